@@ -1,0 +1,294 @@
+"""The environment shell shared by every IIWA task: robot, physics stepping, actions,
+safety of inputs, time limits and rendering. A task (tasks/*.py) adds its scene, its
+reset, its observation pieces, its reward inputs and its success test.
+
+Episode semantics:
+- `terminated` is True when the task itself ended: grasp success (cube held high for the
+  hold time) or failure (cube off the table). A reach episode never terminates: the arm
+  must stay on the goal, and success is read at the last step.
+- `truncated` is True at the time limit (`max_episode_steps`) and when the physics blew
+  up (`info["physics_blowup"]`). A truncated state is not terminal: learners bootstrap
+  from the value of its observation.
+- `info["is_success"]` is the task's success test at this step; `info["reward/<term>"]`
+  holds each weighted reward term.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import pybullet
+
+from iiwa_rl.envs.config import IiwaEnvConfig
+from iiwa_rl.envs.rewards import RewardFunction, RewardInputs
+from iiwa_rl.schema import ConfigError, from_mapping, to_mapping
+from iiwa_rl.sim import BulletSim, Iiwa14
+
+@dataclass
+class RobotSnapshot:
+    joint_positions: np.ndarray
+    joint_velocities: np.ndarray
+    tcp_position: np.ndarray
+    tcp_orientation: np.ndarray
+
+    @property
+    def tcp_yaw(self) -> float:
+        x, y, z, w = self.tcp_orientation
+        # Heading of the TCP x axis in the base plane.
+        return float(np.arctan2(2 * (x * y + w * z), 1 - 2 * (y * y + z * z)))
+
+
+class IiwaEnv(gym.Env, ABC):
+    """Base class; see the module docstring for the episode semantics."""
+
+    metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 20}
+    config_class: type[IiwaEnvConfig] = IiwaEnvConfig
+    with_gripper = False
+    render_size = (480, 360)
+
+    def __init__(self, render_mode: str | None = None, config=None, **overrides):
+        if render_mode not in (None, "human", "rgb_array"):
+            raise ValueError(f"render_mode must be None, 'human' or 'rgb_array', got {render_mode!r}")
+        self.config = self._build_config(config, overrides)
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": self.config.control_hz}
+        cfg = self.config
+        self.sim = BulletSim(
+            gui=render_mode == "human",
+            physics_hz=cfg.physics_hz,
+            solver_iterations=cfg.solver_iterations,
+        )
+        self.robot = Iiwa14(self.sim, with_gripper=self.with_gripper)
+        self.home_joint_positions = np.asarray(cfg.home_joint_positions, dtype=float)
+        self._setup_scene()
+        self.reward_function = RewardFunction(
+            cfg.reward.terms, cfg.reward.sparse, self.available_reward_terms, "env.reward.terms"
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.action_size,), np.float32)
+        self.observation_size = sum(size for _, size in self.observation_layout)
+        self.observation_space = gym.spaces.Box(
+            -np.inf, np.inf, (self.observation_size,), np.float32
+        )
+        self._previous_action = np.zeros(self.action_size, dtype=np.float32)
+        self._last_observation = np.zeros(self.observation_size, dtype=np.float32)
+        self._step_count = 0
+        self._markers: dict[str, int] = {}
+        self._tcp_trail: list[np.ndarray] = []
+        if render_mode is not None:
+            self._create_markers()
+
+    # -------------------------------------------------------------- configuration
+    @classmethod
+    def _build_config(cls, config, overrides) -> IiwaEnvConfig:
+        if isinstance(config, cls.config_class):
+            base = to_mapping(config)
+        elif config is None:
+            base = {}
+        elif isinstance(config, dict):
+            base = dict(config)
+        else:
+            raise ConfigError(f"env config must be a mapping or {cls.config_class.__name__}")
+        return from_mapping(cls.config_class, {**base, **overrides}, "env.kwargs")
+
+    # ------------------------------------------------------------- task interface
+    observation_layout: list[tuple[str, int]] = []
+    available_reward_terms: set[str] = set()
+
+    @property
+    @abstractmethod
+    def action_size(self) -> int:
+        """Length of the action vector."""
+
+    def _setup_scene(self) -> None:
+        """Load the task's bodies (called once)."""
+
+    @abstractmethod
+    def _reset_task(self, rng: np.random.Generator) -> None:
+        """Draw the episode's goal or object pose with `rng`."""
+
+    @abstractmethod
+    def _observation_parts(self, robot: RobotSnapshot) -> list[np.ndarray]:
+        """The pieces of `observation_layout`, in its order."""
+
+    @abstractmethod
+    def _evaluate(self, robot: RobotSnapshot, action: np.ndarray) -> tuple[RewardInputs, bool]:
+        """Reward inputs and whether the task failed (terminal) at this step."""
+
+    def _task_info(self, robot: RobotSnapshot) -> dict:
+        """Task figures for `info` (distances, heights)."""
+        return {}
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        cfg = self.config
+        noise = self.np_random.uniform(-cfg.initial_joint_noise, cfg.initial_joint_noise, 7)
+        start = self.robot.limits.clip(self.home_joint_positions + noise, cfg.joint_limit_margin)
+        self.robot.reset_joint_positions(start)
+        self._reset_task(self.np_random)
+        self._previous_action = np.zeros(self.action_size, dtype=np.float32)
+        self._step_count = 0
+        self._tcp_trail.clear()
+        snapshot = self._snapshot()
+        observation = self._observation(snapshot)
+        self._last_observation = observation
+        self._update_markers(snapshot)
+        return observation, {"is_success": False, **self._task_info(snapshot)}
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != self.action_space.shape:
+            raise ValueError(
+                f"action has shape {action.shape}, expected {self.action_space.shape}"
+            )
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action contains NaN or inf: {action.tolist()}")
+        action = np.clip(action, -1.0, 1.0)
+        self._apply_action(action)
+        self.sim.step(self.config.substeps)
+        self._step_count += 1
+        truncated = self._step_count >= self.config.max_episode_steps
+
+        snapshot = self._snapshot()
+        if self._blew_up(snapshot):
+            # Keep the last good observation: a learner must never see non-finite numbers.
+            info = {"is_success": False, "physics_blowup": True}
+            return self._last_observation.copy(), 0.0, False, True, info
+
+        reward_inputs, failed = self._evaluate(snapshot, action)
+        reward, terms = self.reward_function(reward_inputs)
+        self._previous_action = action
+        observation = self._observation(snapshot)
+        self._last_observation = observation
+        terminated = failed or (reward_inputs.is_success and self.terminate_on_success)
+        info = {"is_success": reward_inputs.is_success, **terms, **self._task_info(snapshot)}
+        self._update_markers(snapshot)
+        return observation, float(reward), bool(terminated), bool(truncated), info
+
+    terminate_on_success = False
+
+    # --------------------------------------------------------------- internals
+    def _snapshot(self) -> RobotSnapshot:
+        q, qd = self.robot.joint_state()
+        tcp_position, tcp_orientation = self.robot.tcp_pose()
+        return RobotSnapshot(q, qd, tcp_position, tcp_orientation)
+
+    def _observation(self, snapshot: RobotSnapshot) -> np.ndarray:
+        return np.concatenate(self._observation_parts(snapshot)).astype(np.float32)
+
+    def _blew_up(self, snapshot: RobotSnapshot) -> bool:
+        limit = self.config.blowup_speed_factor * self.robot.limits.velocity
+        return not (
+            np.all(np.isfinite(snapshot.joint_positions))
+            and np.all(np.isfinite(snapshot.joint_velocities))
+            and np.all(np.abs(snapshot.joint_velocities) <= limit)
+        ) or self._task_blew_up()
+
+    def _task_blew_up(self) -> bool:
+        return False
+
+    def _joint_targets(self, joint_action: np.ndarray, measured: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        if cfg.action_mode == "joint_offset":
+            targets = self.home_joint_positions + cfg.action_scale * joint_action
+        else:  # joint_delta: relative to the measured configuration, as on the real arm
+            targets = measured + cfg.action_scale * joint_action
+        return self.robot.limits.clip(targets, cfg.joint_limit_margin)
+
+    def _apply_action(self, action: np.ndarray) -> None:
+        q, _ = self.robot.joint_state()
+        self.robot.command_joint_positions(self._joint_targets(action[:7], q))
+
+    def joint_state_for_observation(self, snapshot: RobotSnapshot) -> list[np.ndarray]:
+        limits = self.robot.limits
+        return [
+            limits.normalize(snapshot.joint_positions),
+            snapshot.joint_velocities / limits.velocity,
+        ]
+
+    # --------------------------------------------------------------- rendering
+    def _create_markers(self) -> None:
+        """Visual-only bodies (no collision, no mass) for goals and the like."""
+
+    def _update_markers(self, snapshot: RobotSnapshot) -> None:
+        if self.render_mode is None:
+            return
+        self._tcp_trail.append(snapshot.tcp_position.copy())
+        del self._tcp_trail[:-200]
+        self._move_markers()
+
+    def _move_markers(self) -> None:
+        pass
+
+    def add_visual_sphere(self, radius: float, rgba) -> int:
+        client = self.sim.client
+        shape = client.createVisualShape(pybullet.GEOM_SPHERE, radius=radius, rgbaColor=list(rgba))
+        return client.createMultiBody(baseMass=0.0, baseVisualShapeIndex=shape)
+
+    @property
+    def tcp_trail(self) -> list[np.ndarray]:
+        return self._tcp_trail
+
+    def camera_target(self) -> tuple[list[float], float, float, float]:
+        """Camera target (m), distance (m), yaw and pitch (deg) framing the workspace."""
+        return [0.45, 0.0, 0.35], 1.7, 50.0, -25.0
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        width, height = self.render_size
+        target, distance, yaw, pitch = self.camera_target()
+        client = self.sim.client
+        view = client.computeViewMatrixFromYawPitchRoll(target, distance, yaw, pitch, 0.0, 2)
+        projection = client.computeProjectionMatrixFOV(50.0, width / height, 0.05, 10.0)
+        _, _, rgba, _, _ = client.getCameraImage(
+            width, height, view, projection, renderer=pybullet.ER_TINY_RENDERER
+        )
+        return np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[:, :, :3]
+
+    def close(self):
+        if getattr(self, "sim", None) is not None:
+            self.sim.close()
+            self.sim = None
+
+    # ------------------------------------------------------------- description
+    def describe_contract(self) -> dict:
+        """What a deployed policy must know about this environment (see iiwa_rl/export.py)."""
+        limits = self.robot.limits
+        return {
+            "observation": {
+                "size": self.observation_size,
+                "layout": [{"name": n, "size": s} for n, s in self.observation_layout],
+            },
+            "action": {
+                "size": self.action_size,
+                "mode": self.config.action_mode,
+                "scale": self.config.action_scale,
+                "joint_names": list(self.robot_joint_names),
+                "home_joint_positions": self.home_joint_positions.tolist(),
+            },
+            "control_period_s": 1.0 / self.config.control_hz,
+            "joint_limits": {
+                "lower": limits.lower.tolist(),
+                "upper": limits.upper.tolist(),
+                "velocity": limits.velocity.tolist(),
+                "effort": limits.effort.tolist(),
+            },
+            "joint_limit_margin": self.config.joint_limit_margin,
+        }
+
+    @property
+    def robot_joint_names(self) -> tuple[str, ...]:
+        from iiwa_rl.sim.robot import ARM_JOINT_NAMES
+
+        return ARM_JOINT_NAMES
+
+
+def down_orientation(yaw: float) -> np.ndarray:
+    """Quaternion of a TCP pointing straight down, turned by `yaw` (rad) about world z."""
+    return np.array(pybullet.getQuaternionFromEuler([np.pi, 0.0, yaw]))
+
+

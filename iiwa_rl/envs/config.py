@@ -1,0 +1,118 @@
+"""Environment parameters: the `env.kwargs` section of a YAML config, or keyword arguments.
+
+Every number that shapes the simulated task lives here, with its unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from iiwa_rl.schema import check
+from iiwa_rl.sim.robot import HOME_JOINT_POSITIONS
+
+
+@dataclass
+class RewardConfig:
+    """Shaped reward: `terms` maps a term name (see envs/rewards.py) to its weight and
+    parameters; `sparse: true` replaces the sum by -1 per step until success."""
+
+    sparse: bool = False
+    terms: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class IiwaEnvConfig:
+    physics_hz: float = 240.0  # physics steps per second
+    control_hz: float = 20.0  # policy steps per second; must divide physics_hz
+    max_episode_steps: int = 60  # control steps before the episode is truncated
+    action_scale: float = 0.1  # rad per step (joint_delta), rad (joint_offset), m (cartesian)
+    home_joint_positions: list[float] = field(default_factory=lambda: list(HOME_JOINT_POSITIONS))
+    initial_joint_noise: float = 0.1  # rad, uniform around home at reset
+    joint_limit_margin: float = 0.02  # rad kept clear of each range end by commanded targets
+    solver_iterations: int = 30
+    blowup_speed_factor: float = 3.0  # a joint faster than this times its limit = blow-up
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def __post_init__(self):
+        check(self.physics_hz > 0 and self.control_hz > 0, "physics_hz and control_hz must be > 0")
+        ratio = self.physics_hz / self.control_hz
+        check(
+            abs(ratio - round(ratio)) < 1e-9 and round(ratio) >= 1,
+            f"physics_hz ({self.physics_hz}) must be a whole multiple of control_hz ({self.control_hz})",
+        )
+        check(self.max_episode_steps >= 1, "max_episode_steps must be >= 1")
+        check(self.action_scale > 0, "action_scale must be > 0")
+        check(len(self.home_joint_positions) == 7, "home_joint_positions needs 7 values (rad)")
+        check(self.initial_joint_noise >= 0, "initial_joint_noise must be >= 0")
+        check(self.solver_iterations >= 1, "solver_iterations must be >= 1")
+
+    @property
+    def substeps(self) -> int:
+        return int(round(self.physics_hz / self.control_hz))
+
+
+def _reach_reward() -> RewardConfig:
+    return RewardConfig(
+        terms={
+            "tcp_distance": {"weight": -1.0},
+            "tcp_distance_tanh": {"weight": 1.0, "std": 0.05},
+            "action_rate": {"weight": -0.005},
+            "joint_velocity": {"weight": -0.005},
+            "joint_limit_proximity": {"weight": -0.1, "margin": 0.2},
+        }
+    )
+
+
+@dataclass
+class ReachConfig(IiwaEnvConfig):
+    action_mode: Literal["joint_delta", "joint_offset"] = "joint_delta"
+    goal_low: tuple[float, float, float] = (0.35, -0.4, 0.2)  # m, base frame
+    goal_high: tuple[float, float, float] = (0.75, 0.4, 0.8)
+    success_threshold: float = 0.02  # m, TCP to goal
+    reward: RewardConfig = field(default_factory=_reach_reward)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(
+            all(lo <= hi for lo, hi in zip(self.goal_low, self.goal_high)),
+            "goal_low must be <= goal_high on every axis",
+        )
+        check(self.success_threshold > 0, "success_threshold must be > 0")
+
+
+def _grasp_reward() -> RewardConfig:
+    return RewardConfig(
+        terms={
+            "cube_distance_tanh": {"weight": 1.0, "std": 0.1},
+            "finger_contact": {"weight": 0.5},
+            "cube_lift": {"weight": 4.0},
+            "cube_held_high": {"weight": 4.0},
+            "success": {"weight": 20.0},
+            "action_rate": {"weight": -0.01},
+        }
+    )
+
+
+@dataclass
+class GraspConfig(IiwaEnvConfig):
+    action_mode: Literal["cartesian", "joint_delta"] = "cartesian"
+    action_scale: float = 0.03
+    yaw_scale: float = 0.25  # rad per step, cartesian mode
+    max_episode_steps: int = 100
+    cube_size: float = 0.045  # edge, m
+    cube_low: tuple[float, float] = (0.45, -0.15)  # cube centre x, y on the table, m
+    cube_high: tuple[float, float] = (0.65, 0.15)
+    cube_yaw_range: float = 0.785398  # rad, uniform in [-range, range]
+    lift_height: float = 0.10  # m above the cube's resting height
+    hold_time: float = 0.5  # s the cube must stay lifted and held
+    home_tcp_position: tuple[float, float, float] = (0.55, 0.0, 0.25)
+    workspace_low: tuple[float, float, float] = (0.3, -0.35, 0.005)  # TCP targets, m
+    workspace_high: tuple[float, float, float] = (0.8, 0.35, 0.5)
+    reward: RewardConfig = field(default_factory=_grasp_reward)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(0.0 < self.cube_size <= 0.07, "cube_size must be in (0, 0.07] m to fit the gripper")
+        check(self.lift_height > 0 and self.hold_time >= 0, "lift_height > 0 and hold_time >= 0")
+        check(self.yaw_scale > 0, "yaw_scale must be > 0")

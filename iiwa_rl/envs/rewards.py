@@ -1,0 +1,157 @@
+"""Reward terms: small named functions, combined by weights from the config.
+
+A shaped reward is `sum(weight_i * term_i(inputs, **params_i))` over the terms a config
+lists; every weighted term is also reported in `info` as ``reward/<name>`` so training
+can log each one. Adding a term is adding a function to `REWARD_TERMS`; tuning is a YAML
+edit. Terms return unweighted quantities with a fixed sign convention (distances and
+penalties are positive), so the config's weights carry the signs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from iiwa_rl.schema import ConfigError
+
+
+@dataclass
+class RewardInputs:
+    """What the reward may look at after one control step (base frame, SI units)."""
+
+    tcp_position: np.ndarray
+    joint_positions: np.ndarray
+    joint_velocities: np.ndarray
+    joint_lower: np.ndarray
+    joint_upper: np.ndarray
+    joint_velocity_limits: np.ndarray
+    action: np.ndarray
+    previous_action: np.ndarray
+    is_success: bool
+    goal_position: np.ndarray | None = None  # reach
+    cube_position: np.ndarray | None = None  # grasp
+    cube_lift: float = 0.0  # cube height above its resting height, m
+    finger_contacts: tuple[bool, bool] = (False, False)
+    lift_target: float = 0.1
+    extras: dict = field(default_factory=dict)
+
+
+def tcp_distance(x: RewardInputs) -> float:
+    """Distance from the TCP to the goal, m."""
+    return float(np.linalg.norm(x.goal_position - x.tcp_position))
+
+
+def tcp_distance_tanh(x: RewardInputs, std: float = 0.1) -> float:
+    """1 at the goal, falling to 0 over a few `std` (m): a kernel that keeps a gradient close in."""
+    return float(1.0 - np.tanh(tcp_distance(x) / std))
+
+
+def action_rate(x: RewardInputs) -> float:
+    """Squared change of the action since the last step: penalises jerky commands."""
+    return float(np.sum(np.square(x.action - x.previous_action)))
+
+
+def action_magnitude(x: RewardInputs) -> float:
+    return float(np.sum(np.square(x.action)))
+
+
+def joint_velocity(x: RewardInputs) -> float:
+    """Squared joint speeds as fractions of their datasheet limits."""
+    return float(np.sum(np.square(x.joint_velocities / x.joint_velocity_limits)))
+
+
+def joint_limit_proximity(x: RewardInputs, margin: float = 0.2) -> float:
+    """How deep the joints are inside a `margin` (rad) band at their limits, summed, in margins."""
+    room = np.minimum(x.joint_positions - x.joint_lower, x.joint_upper - x.joint_positions)
+    return float(np.sum(np.clip((margin - room) / margin, 0.0, None)))
+
+
+def success(x: RewardInputs) -> float:
+    return float(x.is_success)
+
+
+def cube_distance_tanh(x: RewardInputs, std: float = 0.1) -> float:
+    """1 with the TCP at the cube's centre, falling to 0 over a few `std` (m)."""
+    return float(1.0 - np.tanh(np.linalg.norm(x.cube_position - x.tcp_position) / std))
+
+
+def finger_contact(x: RewardInputs) -> float:
+    """0.5 per finger touching the cube."""
+    return 0.5 * (float(x.finger_contacts[0]) + float(x.finger_contacts[1]))
+
+
+def cube_lift(x: RewardInputs) -> float:
+    """Fraction of the target height the cube is lifted, counted only while both fingers
+    hold it (a cube knocked into the air earns nothing)."""
+    if not all(x.finger_contacts):
+        return 0.0
+    return float(np.clip(x.cube_lift / x.lift_target, 0.0, 1.0))
+
+
+def cube_held_high(x: RewardInputs) -> float:
+    """1 while the cube is held at or above the target height."""
+    return float(all(x.finger_contacts) and x.cube_lift >= x.lift_target)
+
+
+REWARD_TERMS: dict[str, Callable[..., float]] = {
+    fn.__name__: fn
+    for fn in (
+        tcp_distance,
+        tcp_distance_tanh,
+        action_rate,
+        action_magnitude,
+        joint_velocity,
+        joint_limit_proximity,
+        success,
+        cube_distance_tanh,
+        finger_contact,
+        cube_lift,
+        cube_held_high,
+    )
+}
+
+
+class RewardFunction:
+    """The weighted sum of the configured terms.
+
+    Args:
+        terms: ``{name: {"weight": w, <param>: value, ...}}`` as in the YAML.
+        sparse: replace the shaped sum by -1 per step until success (0 at success).
+        available: term names this task can compute (a reach task has no cube).
+    """
+
+    def __init__(self, terms: dict[str, dict], sparse: bool, available: set[str], where: str):
+        self.sparse = sparse
+        self.terms: list[tuple[str, float, Callable[..., float], dict]] = []
+        for name, spec in terms.items():
+            term_where = f"{where}.{name}"
+            if name not in REWARD_TERMS:
+                raise ConfigError(
+                    f"{term_where}: unknown reward term; known terms: {', '.join(REWARD_TERMS)}"
+                )
+            if name not in available:
+                raise ConfigError(f"{term_where}: this task cannot compute the term '{name}'")
+            if not isinstance(spec, dict) or "weight" not in spec:
+                raise ConfigError(f"{term_where}: expected a mapping with a 'weight'")
+            fn = REWARD_TERMS[name]
+            accepted = set(inspect.signature(fn).parameters) - {"x"}
+            params = {k: v for k, v in spec.items() if k != "weight"}
+            for key, value in {"weight": spec["weight"], **params}.items():
+                if key != "weight" and key not in accepted:
+                    raise ConfigError(
+                        f"{term_where}.{key}: unknown parameter; '{name}' takes "
+                        f"{sorted(accepted) or 'no parameters'}"
+                    )
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(f"{term_where}.{key}: expected a number, got {value!r}")
+            self.terms.append((name, float(spec["weight"]), fn, params))
+
+    def __call__(self, inputs: RewardInputs) -> tuple[float, dict[str, float]]:
+        """Total reward and each weighted term (logged even when the reward is sparse)."""
+        parts = {f"reward/{name}": weight * fn(inputs, **params) for name, weight, fn, params in self.terms}
+        if self.sparse:
+            return (0.0 if inputs.is_success else -1.0), parts
+        return float(sum(parts.values())), parts

@@ -1,0 +1,1 @@
+"""The tasks: reach a TCP goal, grasp and lift a cube."""

@@ -1,0 +1,192 @@
+"""Grasp: pick up a cube from the table, lift it and hold it up.
+
+The cube (4.5 cm by default) lies at a random position and yaw in front of the robot on
+the table that carries it. Success: the cube at least `lift_height` above its resting
+height, touched by both fingers, for `hold_time` seconds without a break; the episode then
+terminates. A cube that leaves the table terminates the episode as a failure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from iiwa_rl.envs.base import IiwaEnv, RobotSnapshot, down_orientation
+from iiwa_rl.envs.config import GraspConfig
+from iiwa_rl.envs.rewards import RewardInputs
+
+
+class IiwaGraspEnv(IiwaEnv):
+    """`IiwaGrasp-v0`. Action modes:
+    - `cartesian` (5): TCP displacement x, y, z (scale m), yaw change (yaw_scale rad),
+      gripper opening (-1 closed, 1 fully open); solved to joint targets by inverse
+      kinematics with the gripper pointing down.
+    - `joint_delta` (8): 7 joint deltas (scale rad) and the gripper opening.
+    Observation adds the cube's position, its yaw relative to the gripper (as sin and cos of
+    four times the angle: a cube looks the same every quarter turn), the TCP-to-cube vector,
+    the gripper width and the two finger contacts."""
+
+    config_class = GraspConfig
+    config: GraspConfig
+    with_gripper = True
+    terminate_on_success = True
+    observation_layout = [
+        ("joint_position_normalized", 7),
+        ("joint_velocity_normalized", 7),
+        ("tcp_position", 3),
+        ("tcp_yaw_sincos", 2),
+        ("gripper_width_normalized", 1),
+        ("cube_position", 3),
+        ("cube_relative_yaw_sincos4", 2),
+        ("tcp_to_cube", 3),
+        ("cube_lift", 1),
+        ("finger_contacts", 2),
+        ("previous_action", 0),  # sized in __init__ from the action mode
+    ]
+    available_reward_terms = {
+        "cube_distance_tanh",
+        "finger_contact",
+        "cube_lift",
+        "cube_held_high",
+        "success",
+        "action_rate",
+        "action_magnitude",
+        "joint_velocity",
+        "joint_limit_proximity",
+    }
+
+    def __init__(self, render_mode: str | None = None, config=None, **overrides):
+        config = self._build_config(config, overrides)
+        size = 5 if config.action_mode == "cartesian" else 8
+        self.observation_layout = [*type(self).observation_layout[:-1], ("previous_action", size)]
+        self._action_size = size
+        super().__init__(render_mode=render_mode, config=config)
+
+    @property
+    def action_size(self) -> int:
+        return self._action_size
+
+    def _setup_scene(self) -> None:
+        cfg = self.config
+        self.table_id = self.sim.load_urdf("table.urdf", position=(0.35, 0.0, 0.0), fixed_base=True)
+        self.cube_id = self.sim.load_urdf(
+            "cube.urdf",
+            position=(0.55, 0.0, cfg.cube_size / 2),
+            global_scaling=cfg.cube_size / 0.045,  # the URDF's cube is 4.5 cm
+        )
+        self.cube_rest_height = cfg.cube_size / 2
+        # Home: the gripper open, pointing down above the middle of the cube area. Solved
+        # once by IK from the configured joint home so every reset starts the same way.
+        self.robot.reset_joint_positions(self.home_joint_positions)
+        for _ in range(3):
+            solution = self.robot.inverse_kinematics(
+                np.asarray(cfg.home_tcp_position), down_orientation(0.0), self.home_joint_positions
+            )
+            self.robot.reset_joint_positions(solution)
+        self.home_joint_positions = solution
+        self._hold_steps_needed = max(1, int(round(cfg.hold_time * cfg.control_hz)))
+        self._held_steps = 0
+        self._cube_position = np.zeros(3)
+        self._cube_yaw = 0.0
+        self._contacts = (False, False)
+        self._max_lift = 0.0
+
+    def _reset_task(self, rng: np.random.Generator) -> None:
+        cfg = self.config
+        xy = rng.uniform(cfg.cube_low, cfg.cube_high)
+        yaw = rng.uniform(-cfg.cube_yaw_range, cfg.cube_yaw_range)
+        client = self.sim.client
+        client.resetBasePositionAndOrientation(
+            self.cube_id,
+            [xy[0], xy[1], self.cube_rest_height],
+            client.getQuaternionFromEuler([0.0, 0.0, yaw]),
+        )
+        client.resetBaseVelocity(self.cube_id, [0, 0, 0], [0, 0, 0])
+        self.robot.command_gripper_width(self.robot.max_gripper_width)
+        self._held_steps = 0
+        self._max_lift = 0.0
+        self._read_cube()
+
+    def _read_cube(self) -> None:
+        position, orientation = self.sim.body_pose(self.cube_id)
+        self._cube_position = position - self.robot.base_position
+        x, y, z, w = orientation
+        self._cube_yaw = float(np.arctan2(2 * (x * y + w * z), 1 - 2 * (y * y + z * z)))
+        self._contacts = self.robot.finger_contacts(self.cube_id)
+
+    # ----------------------------------------------------------------- actions
+    def _apply_action(self, action: np.ndarray) -> None:
+        cfg = self.config
+        q, _ = self.robot.joint_state()
+        if cfg.action_mode == "cartesian":
+            tcp, orientation = self.robot.tcp_pose()
+            target = np.clip(tcp + cfg.action_scale * action[:3], cfg.workspace_low, cfg.workspace_high)
+            yaw = RobotSnapshot(q, q, tcp, orientation).tcp_yaw + cfg.yaw_scale * action[3]
+            joint_targets = self.robot.inverse_kinematics(target, down_orientation(yaw), q)
+            # IK may ask for a large jump near singularities; the motors' speed limits
+            # bound the motion, and the margin keeps targets off the range ends.
+            joint_targets = self.robot.limits.clip(joint_targets, cfg.joint_limit_margin)
+        else:
+            joint_targets = self._joint_targets(action[:7], q)
+        self.robot.command_joint_positions(joint_targets)
+        self.robot.command_gripper_width((action[-1] + 1.0) / 2.0 * self.robot.max_gripper_width)
+
+    # -------------------------------------------------------------- observation
+    def _observation_parts(self, robot: RobotSnapshot) -> list[np.ndarray]:
+        self._read_cube()
+        tcp_yaw = robot.tcp_yaw
+        relative = 4.0 * (self._cube_yaw - tcp_yaw)
+        return [
+            *self.joint_state_for_observation(robot),
+            robot.tcp_position,
+            np.array([np.sin(tcp_yaw), np.cos(tcp_yaw)]),
+            np.array([self.robot.gripper_width() / self.robot.max_gripper_width]),
+            self._cube_position,
+            np.array([np.sin(relative), np.cos(relative)]),
+            self._cube_position - robot.tcp_position,
+            np.array([self._cube_position[2] - self.cube_rest_height]),
+            np.array(self._contacts, dtype=float),
+            self._previous_action,
+        ]
+
+    def _evaluate(self, robot: RobotSnapshot, action: np.ndarray) -> tuple[RewardInputs, bool]:
+        cfg = self.config
+        self._read_cube()
+        lift = float(self._cube_position[2] - self.cube_rest_height)
+        held_high = all(self._contacts) and lift >= cfg.lift_height
+        self._held_steps = self._held_steps + 1 if held_high else 0
+        self._max_lift = max(self._max_lift, lift)
+        limits = self.robot.limits
+        inputs = RewardInputs(
+            tcp_position=robot.tcp_position,
+            joint_positions=robot.joint_positions,
+            joint_velocities=robot.joint_velocities,
+            joint_lower=limits.lower,
+            joint_upper=limits.upper,
+            joint_velocity_limits=limits.velocity,
+            action=action,
+            previous_action=self._previous_action,
+            is_success=self._held_steps >= self._hold_steps_needed,
+            cube_position=self._cube_position,
+            cube_lift=lift,
+            finger_contacts=self._contacts,
+            lift_target=cfg.lift_height,
+        )
+        fell_off_table = self._cube_position[2] < -0.05
+        return inputs, bool(fell_off_table)
+
+    def _task_blew_up(self) -> bool:
+        linear, _ = self.sim.body_velocity(self.cube_id)
+        return not np.all(np.isfinite(linear)) or float(np.linalg.norm(linear)) > 20.0
+
+    def _task_info(self, robot: RobotSnapshot) -> dict:
+        return {
+            "cube_lift": float(self._cube_position[2] - self.cube_rest_height),
+            "max_cube_lift": self._max_lift,
+            "tcp_to_cube_distance": float(np.linalg.norm(self._cube_position - robot.tcp_position)),
+            "finger_contacts": int(self._contacts[0]) + int(self._contacts[1]),
+            "held_steps": self._held_steps,
+        }
+
+    # ---------------------------------------------------------------- rendering
+    def camera_target(self):
+        return [0.55, 0.0, 0.1], 1.1, 45.0, -30.0

@@ -1,0 +1,93 @@
+"""Reach: bring the TCP (the flange centre) to a goal position and stay there."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from iiwa_rl.envs.base import IiwaEnv, RobotSnapshot
+from iiwa_rl.envs.config import ReachConfig
+from iiwa_rl.envs.rewards import RewardInputs
+
+
+class IiwaReachEnv(IiwaEnv):
+    """`IiwaReach-v0`. Observation (base frame), in this order: joint positions normalised
+    to [-1, 1] by their ranges, joint velocities as fractions of their limits, TCP position
+    (m), goal (m), goal minus TCP (m), previous action. Action: 7 joint commands in [-1, 1]
+    (`joint_delta`: target = measured + scale * a; `joint_offset`: target = home + scale * a).
+    Success: TCP within `success_threshold` of the goal."""
+
+    config_class = ReachConfig
+    config: ReachConfig
+    observation_layout = [
+        ("joint_position_normalized", 7),
+        ("joint_velocity_normalized", 7),
+        ("tcp_position", 3),
+        ("goal_position", 3),
+        ("goal_minus_tcp", 3),
+        ("previous_action", 7),
+    ]
+    available_reward_terms = {
+        "tcp_distance",
+        "tcp_distance_tanh",
+        "action_rate",
+        "action_magnitude",
+        "joint_velocity",
+        "joint_limit_proximity",
+        "success",
+    }
+
+    @property
+    def action_size(self) -> int:
+        return 7
+
+    def _setup_scene(self) -> None:
+        self.goal_position = np.asarray(self.config.goal_high, dtype=float)
+
+    def _reset_task(self, rng: np.random.Generator) -> None:
+        self.goal_position = rng.uniform(self.config.goal_low, self.config.goal_high)
+
+    def _observation_parts(self, robot: RobotSnapshot) -> list[np.ndarray]:
+        return [
+            *self.joint_state_for_observation(robot),
+            robot.tcp_position,
+            self.goal_position,
+            self.goal_position - robot.tcp_position,
+            self._previous_action,
+        ]
+
+    def _evaluate(self, robot: RobotSnapshot, action: np.ndarray) -> tuple[RewardInputs, bool]:
+        distance = float(np.linalg.norm(self.goal_position - robot.tcp_position))
+        limits = self.robot.limits
+        inputs = RewardInputs(
+            tcp_position=robot.tcp_position,
+            joint_positions=robot.joint_positions,
+            joint_velocities=robot.joint_velocities,
+            joint_lower=limits.lower,
+            joint_upper=limits.upper,
+            joint_velocity_limits=limits.velocity,
+            action=action,
+            previous_action=self._previous_action,
+            is_success=distance <= self.config.success_threshold,
+            goal_position=self.goal_position,
+        )
+        return inputs, False
+
+    def _task_info(self, robot: RobotSnapshot) -> dict:
+        return {"tcp_distance": float(np.linalg.norm(self.goal_position - robot.tcp_position))}
+
+    def _create_markers(self) -> None:
+        self._markers["goal"] = self.add_visual_sphere(0.02, (0.1, 0.8, 0.2, 0.7))
+
+    def _move_markers(self) -> None:
+        self.sim.client.resetBasePositionAndOrientation(
+            self._markers["goal"], list(self.goal_position), [0, 0, 0, 1]
+        )
+
+    def describe_contract(self) -> dict:
+        contract = super().describe_contract()
+        contract["goal_sampling"] = {
+            "low": list(self.config.goal_low),
+            "high": list(self.config.goal_high),
+        }
+        contract["success_threshold_m"] = self.config.success_threshold
+        return contract

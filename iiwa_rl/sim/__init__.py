@@ -1,0 +1,6 @@
+"""PyBullet simulation of the IIWA14: the client wrapper, the robot, and scene objects."""
+
+from iiwa_rl.sim.client import BulletSim, asset_path
+from iiwa_rl.sim.robot import Iiwa14, JointLimits
+
+__all__ = ["BulletSim", "Iiwa14", "JointLimits", "asset_path"]

@@ -1,0 +1,130 @@
+"""One PyBullet physics client per `BulletSim`.
+
+Every call goes through the instance's own `BulletClient`, so several simulations in one
+process (vector environments, a viewer beside a trainer) never share global state.
+Also owns asset lookup: the project's URDFs reference meshes of the installed
+pybullet_data package as ``package://pybullet_data/...``, which PyBullet itself cannot
+resolve; `load_urdf` rewrites that prefix into a cached copy of the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pybullet
+import pybullet_data
+from pybullet_utils.bullet_client import BulletClient
+
+_PACKAGE_PREFIX = "package://pybullet_data/"
+
+
+def asset_path(*parts: str) -> Path:
+    """Path of a file under the project's assets/ (override the root with IIWA_RL_ASSETS)."""
+    root = os.environ.get("IIWA_RL_ASSETS")
+    base = Path(root) if root else Path(__file__).resolve().parents[2] / "assets"
+    path = base.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"asset {path} not found; set IIWA_RL_ASSETS to the project's assets/ folder"
+        )
+    return path
+
+
+def _resolved_urdf(path: Path) -> str:
+    """A copy of the URDF with package://pybullet_data/ made absolute, cached by content."""
+    text = path.read_text()
+    if _PACKAGE_PREFIX not in text:
+        return str(path)
+    resolved = text.replace(_PACKAGE_PREFIX, pybullet_data.getDataPath().rstrip("/") + "/")
+    digest = hashlib.sha256(resolved.encode()).hexdigest()[:16]
+    cache_dir = Path(tempfile.gettempdir()) / "iiwa_rl_urdf"
+    cache_dir.mkdir(exist_ok=True)
+    target = cache_dir / f"{path.stem}-{digest}.urdf"
+    if not target.exists():
+        # Write then rename: parallel workers may race to create the same file.
+        partial = cache_dir / f".{target.name}.{os.getpid()}"
+        partial.write_text(resolved)
+        os.replace(partial, target)
+    return str(target)
+
+
+class BulletSim:
+    """A PyBullet world stepped at a fixed physics rate.
+
+    Args:
+        gui: open the PyBullet GUI (one per process is PyBullet's own limit).
+        physics_hz: physics steps per second (the integrator's time step is 1/physics_hz).
+        solver_iterations: constraint-solver iterations per step; joint motors are
+            constraints, so fewer iterations track less stiffly but step faster.
+    """
+
+    def __init__(self, gui: bool = False, physics_hz: float = 240.0, solver_iterations: int = 50):
+        if physics_hz <= 0:
+            raise ValueError(f"physics_hz must be positive, got {physics_hz}")
+        self.gui = gui
+        self.physics_hz = float(physics_hz)
+        options = "--width=1024 --height=768" if gui else ""
+        self.client = BulletClient(
+            connection_mode=pybullet.GUI if gui else pybullet.DIRECT, options=options
+        )
+        self.client.setTimeStep(1.0 / self.physics_hz)
+        self.client.setGravity(0.0, 0.0, -9.81)
+        self.client.setPhysicsEngineParameter(
+            numSolverIterations=solver_iterations, deterministicOverlappingPairs=1
+        )
+        if gui:
+            self.client.configureDebugVisualizer(pybullet.COV_ENABLE_GUI, 0)
+
+    @property
+    def time_step(self) -> float:
+        return 1.0 / self.physics_hz
+
+    def load_urdf(
+        self,
+        name: str,
+        position=(0.0, 0.0, 0.0),
+        orientation=(0.0, 0.0, 0.0, 1.0),
+        fixed_base: bool = False,
+        flags: int = 0,
+        global_scaling: float = 1.0,
+    ) -> int:
+        """Load assets/urdf/<name> and return its body id."""
+        path = asset_path("urdf", name)
+        return self.client.loadURDF(
+            _resolved_urdf(path),
+            basePosition=list(position),
+            baseOrientation=list(orientation),
+            useFixedBase=fixed_base,
+            flags=flags,
+            globalScaling=global_scaling,
+        )
+
+    def step(self, substeps: int = 1) -> None:
+        for _ in range(substeps):
+            self.client.stepSimulation()
+
+    def body_pose(self, body_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Base position (m) and orientation quaternion (x, y, z, w) of a body."""
+        position, orientation = self.client.getBasePositionAndOrientation(body_id)
+        return np.asarray(position), np.asarray(orientation)
+
+    def body_velocity(self, body_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Linear (m/s) and angular (rad/s) velocity of a body's base."""
+        linear, angular = self.client.getBaseVelocity(body_id)
+        return np.asarray(linear), np.asarray(angular)
+
+    def close(self) -> None:
+        if self.client is not None and self.client.isConnected():
+            self.client.disconnect()
+        self.client = None
+
+    def __del__(self):  # a dropped env must not leak its physics server
+        try:
+            if getattr(self, "client", None) is not None:
+                self.close()
+        except Exception:
+            pass

@@ -1,0 +1,210 @@
+"""The KUKA LBR iiwa 14 R820, with or without the parallel-jaw gripper.
+
+Joints and links are looked up by name, never by index. Joint-position commands pass
+each axis's datasheet torque and speed to PyBullet's motor (`force`, `maxVelocity`):
+PyBullet enforces a limit only when the command carries it, and without them an axis
+was seen spinning at 60 rad/s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pybullet
+
+from iiwa_rl.sim.client import BulletSim
+
+ARM_JOINT_NAMES = tuple(f"iiwa_joint_{axis}" for axis in range(1, 8))
+FINGER_JOINT_NAMES = ("gripper_finger_left_joint", "gripper_finger_right_joint")
+FLANGE_LINK = "iiwa_link_flange"
+GRIPPER_TCP_LINK = "tcp"
+# A slightly bent pose in front of the robot, away from singularities and joint limits.
+HOME_JOINT_POSITIONS = np.array([0.0, 0.35, 0.0, -1.6, 0.0, 1.2, 0.0])
+
+
+@dataclass(frozen=True)
+class JointLimits:
+    """Datasheet limits of the arm's axes, in joint order (rad, rad/s, N m)."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    velocity: np.ndarray
+    effort: np.ndarray
+
+    def normalize(self, joint_positions: np.ndarray) -> np.ndarray:
+        """Map [lower, upper] to [-1, 1]."""
+        return 2.0 * (joint_positions - self.lower) / (self.upper - self.lower) - 1.0
+
+    def clip(self, joint_positions: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        return np.clip(joint_positions, self.lower + margin, self.upper - margin)
+
+
+class Iiwa14:
+    """The arm in a `BulletSim`, fixed at `base_position` (the base frame is the world frame
+    rotated by nothing and shifted by that position).
+
+    Args:
+        sim: the simulation that owns the body.
+        with_gripper: load the variant with the parallel-jaw gripper on the flange.
+        base_position: where link_0 stands, m.
+    """
+
+    def __init__(self, sim: BulletSim, with_gripper: bool = False, base_position=(0.0, 0.0, 0.0)):
+        self.sim = sim
+        self.client = sim.client
+        self.with_gripper = with_gripper
+        self.base_position = np.asarray(base_position, dtype=float)
+        urdf = "iiwa14_gripper.urdf" if with_gripper else "iiwa14.urdf"
+        self.body_id = sim.load_urdf(urdf, position=base_position, fixed_base=True)
+
+        joints, links = {}, {}
+        for index in range(self.client.getNumJoints(self.body_id)):
+            info = self.client.getJointInfo(self.body_id, index)
+            joints[info[1].decode()] = info
+            links[info[12].decode()] = index
+        self._joint_info = joints
+        self.arm_joint_indices = [joints[name][0] for name in ARM_JOINT_NAMES]
+        self.limits = JointLimits(
+            lower=np.array([joints[n][8] for n in ARM_JOINT_NAMES]),
+            upper=np.array([joints[n][9] for n in ARM_JOINT_NAMES]),
+            velocity=np.array([joints[n][11] for n in ARM_JOINT_NAMES]),
+            effort=np.array([joints[n][10] for n in ARM_JOINT_NAMES]),
+        )
+        self.flange_link_index = links[FLANGE_LINK]
+        self.tcp_link_index = links[GRIPPER_TCP_LINK] if with_gripper else self.flange_link_index
+        self.link_indices = links
+        if with_gripper:
+            self.finger_joint_indices = [joints[name][0] for name in FINGER_JOINT_NAMES]
+            self.finger_link_indices = [joints[name][0] for name in FINGER_JOINT_NAMES]
+            self.finger_travel = float(joints[FINGER_JOINT_NAMES[0]][9])
+            self.finger_force = float(joints[FINGER_JOINT_NAMES[0]][10])
+            self.finger_speed = float(joints[FINGER_JOINT_NAMES[0]][11])
+        # PyBullet's default velocity motors would brake every joint: switch them off so
+        # only our position commands act.
+        for index in range(self.client.getNumJoints(self.body_id)):
+            self.client.setJointMotorControl2(
+                self.body_id, index, pybullet.VELOCITY_CONTROL, targetVelocity=0.0, force=0.0
+            )
+        self._last_arm_target = HOME_JOINT_POSITIONS.copy()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def max_gripper_width(self) -> float:
+        return 2.0 * self.finger_travel if self.with_gripper else 0.0
+
+    def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """Measured arm joint positions (rad) and velocities (rad/s)."""
+        states = self.client.getJointStates(self.body_id, self.arm_joint_indices)
+        positions = np.fromiter((s[0] for s in states), dtype=float, count=7)
+        velocities = np.fromiter((s[1] for s in states), dtype=float, count=7)
+        return positions, velocities
+
+    def applied_torques(self) -> np.ndarray:
+        """Motor torques applied in the last physics step (N m)."""
+        states = self.client.getJointStates(self.body_id, self.arm_joint_indices)
+        return np.array([s[3] for s in states])
+
+    def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """TCP position (m) and orientation quaternion (x, y, z, w) in the base frame."""
+        state = self.client.getLinkState(
+            self.body_id, self.tcp_link_index, computeForwardKinematics=1
+        )
+        return np.asarray(state[4]) - self.base_position, np.asarray(state[5])
+
+    def gripper_width(self) -> float:
+        """Distance between the finger pads, m."""
+        if not self.with_gripper:
+            raise RuntimeError("this robot has no gripper")
+        states = self.client.getJointStates(self.body_id, self.finger_joint_indices)
+        return float(states[0][0] + states[1][0])
+
+    def finger_contacts(self, body_id: int) -> tuple[bool, bool]:
+        """Whether the left and right finger touch `body_id`."""
+        return tuple(
+            len(self.client.getContactPoints(self.body_id, body_id, linkIndexA=link)) > 0
+            for link in self.finger_link_indices
+        )
+
+    # --------------------------------------------------------------- commands
+    def reset_joint_positions(self, joint_positions, gripper_width: float | None = None) -> None:
+        """Teleport the arm (and fingers) to a configuration at rest; for episode resets."""
+        joint_positions = np.asarray(joint_positions, dtype=float)
+        for index, position in zip(self.arm_joint_indices, joint_positions, strict=True):
+            self.client.resetJointState(self.body_id, index, float(position), 0.0)
+        self._last_arm_target = joint_positions.copy()
+        self.command_joint_positions(joint_positions)
+        if self.with_gripper:
+            width = self.max_gripper_width if gripper_width is None else gripper_width
+            for index in self.finger_joint_indices:
+                self.client.resetJointState(self.body_id, index, width / 2.0, 0.0)
+            self.command_gripper_width(width)
+
+    def command_joint_positions(self, targets: np.ndarray) -> np.ndarray:
+        """Send position targets (clipped to the joint range); returns what was sent."""
+        targets = self.limits.clip(np.asarray(targets, dtype=float))
+        for axis, index in enumerate(self.arm_joint_indices):
+            self.client.setJointMotorControl2(
+                self.body_id,
+                index,
+                pybullet.POSITION_CONTROL,
+                targetPosition=float(targets[axis]),
+                force=float(self.limits.effort[axis]),
+                maxVelocity=float(self.limits.velocity[axis]),
+            )
+        self._last_arm_target = targets
+        return targets
+
+    @property
+    def last_arm_target(self) -> np.ndarray:
+        return self._last_arm_target
+
+    def command_gripper_width(self, width: float) -> None:
+        """Drive both fingers symmetrically towards a pad distance `width` (m), with the
+        gripper's finite force, so a closing grip squeezes an object instead of crushing it."""
+        half = float(np.clip(width, 0.0, self.max_gripper_width)) / 2.0
+        for index in self.finger_joint_indices:
+            self.client.setJointMotorControl2(
+                self.body_id,
+                index,
+                pybullet.POSITION_CONTROL,
+                targetPosition=half,
+                force=self.finger_force,
+                maxVelocity=self.finger_speed,
+            )
+
+    def inverse_kinematics(
+        self,
+        tcp_position: np.ndarray,
+        tcp_orientation: np.ndarray,
+        rest_positions: np.ndarray | None = None,
+        iterations: int = 20,
+    ) -> np.ndarray:
+        """Joint positions that put the TCP at a pose (base frame); null space pulled
+        towards `rest_positions` (default: the current configuration)."""
+        current, _ = self.joint_state()
+        rest = current if rest_positions is None else np.asarray(rest_positions)
+        limits = self.limits
+        extra = 2 if self.with_gripper else 0
+        solution = self.client.calculateInverseKinematics(
+            self.body_id,
+            self.tcp_link_index,
+            list(np.asarray(tcp_position) + self.base_position),
+            list(tcp_orientation),
+            lowerLimits=list(limits.lower) + [0.0] * extra,
+            upperLimits=list(limits.upper) + [self.finger_travel if extra else 0.0] * extra,
+            jointRanges=list(limits.upper - limits.lower) + [0.1] * extra,
+            restPoses=list(rest) + [0.0] * extra,
+            maxNumIterations=iterations,
+            residualThreshold=1e-4,
+        )
+        return limits.clip(np.asarray(solution[:7]))
+
+    # ------------------------------------------------------------ description
+    def kinematic_chain(self) -> dict:
+        """The arm's joint frames as the deploy runtime's numpy kinematics expects them."""
+        joints = []
+        for name in ARM_JOINT_NAMES:
+            info = self._joint_info[name]
+            joints.append({"name": name, "axis": list(map(float, info[13]))})
+        return {"joints": joints}
