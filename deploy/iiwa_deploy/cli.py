@@ -1,0 +1,198 @@
+"""Command line and the importable entry points (`run_policy`, `main`).
+
+    python -m iiwa_deploy run --model policy.onnx --robot udp --bind 127.0.0.1:30200
+    python -m iiwa_deploy run --model policy.onnx --robot fake      # self-contained rehearsal
+    python -m iiwa_deploy check --model policy.onnx                 # contract check only
+    python -m iiwa_deploy fake-robot --port 30200
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import fake_robot
+from .config import ConfigError, RobotConfig, load_robot_config
+from .contract import ContractError, PolicyContract, read_contract
+from .fake_robot import FakeRobot, NumpyPlant
+from .loop import DEFAULT_FIRST_STATE_TIMEOUT_S, ControlLoop, LoopSummary
+from .policy import create_session, load_policy
+from .robot import RobotBackend, UdpRobot, parse_host_port
+
+logger = logging.getLogger(__name__)
+
+EXIT_REFUSED = 2
+EXIT_FAULT = 3
+
+
+def _resolve_robot_config(robot_config: RobotConfig | str | Path | None) -> RobotConfig:
+    if isinstance(robot_config, RobotConfig):
+        return robot_config
+    return load_robot_config(robot_config)
+
+
+def choose_goal(contract: PolicyContract, goal: Sequence[float] | None,
+                allow_goal_outside_training: bool) -> np.ndarray:
+    """The commanded goal: given, or the centre of the training goal box; refuses one outside
+    the box unless allowed, since the policy never saw such goals."""
+    if goal is None:
+        return contract.goal_center
+    chosen = np.asarray(goal, dtype=float)
+    if chosen.shape != (3,) or not np.all(np.isfinite(chosen)):
+        raise ValueError(f"goal must be 3 finite numbers (m), got {goal!r}")
+    outside = (chosen < contract.goal_low - 1e-9) | (chosen > contract.goal_high + 1e-9)
+    if np.any(outside) and not allow_goal_outside_training:
+        raise ContractError(
+            f"goal {chosen.tolist()} is outside the training goal box low "
+            f"{contract.goal_low.tolist()} high {contract.goal_high.tolist()}; pass "
+            "allow_goal_outside_training (--allow-goal-outside-training) to run it anyway"
+        )
+    return chosen
+
+
+def run_policy(
+    model_path: str | Path,
+    robot_backend: RobotBackend,
+    goal: Sequence[float] | None = None,
+    duration_s: float | None = None,
+    max_cycles: int | None = None,
+    robot_config: RobotConfig | str | Path | None = None,
+    stop_on_success: bool = False,
+    csv_path: str | Path | None = None,
+    first_state_timeout_s: float = DEFAULT_FIRST_STATE_TIMEOUT_S,
+    allow_goal_outside_training: bool = False,
+) -> LoopSummary:
+    """Load and check `model_path`, then drive `robot_backend` until a stop condition.
+
+    Raises ContractError/ConfigError (ValueError subclasses) before the first setpoint if the
+    model, its contract, the robot configuration and the backend's period do not fit.
+    The caller owns `robot_backend` and closes it.
+    """
+    robot = _resolve_robot_config(robot_config)
+    if abs(robot_backend.period_s - robot.robot_period_s) > 1e-9:
+        raise ConfigError(
+            f"robot backend period {robot_backend.period_s} s differs from robot_period_s "
+            f"{robot.robot_period_s} s of the robot configuration"
+        )
+    policy, steps_per_action = load_policy(model_path, robot)
+    chosen_goal = choose_goal(policy.contract, goal, allow_goal_outside_training)
+    loop = ControlLoop(policy, policy.contract, robot, robot_backend, chosen_goal,
+                       steps_per_action)
+    return loop.run(duration_s=duration_s, max_cycles=max_cycles,
+                    stop_on_success=stop_on_success,
+                    first_state_timeout_s=first_state_timeout_s, csv_path=csv_path)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="policy.onnx with an iiwa_rl contract")
+    parser.add_argument("--robot", choices=("udp", "fake"), default="udp",
+                        help="udp: wait for a robot bridge at --bind; fake: also start a "
+                             "loopback fake robot in-process (rehearsal without hardware)")
+    parser.add_argument("--bind", default="127.0.0.1:30200",
+                        help="local HOST:PORT the robot bridge sends STATE to")
+    parser.add_argument("--goal", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
+                        help="goal in the robot base frame, m (default: centre of the "
+                             "training goal box)")
+    parser.add_argument("--duration", type=float, default=None, help="stop after s seconds")
+    parser.add_argument("--max-cycles", type=int, default=None, help="stop after N states")
+    parser.add_argument("--robot-config", default=None,
+                        help="robot YAML (default: the shipped iiwa 14 R820 configuration)")
+    parser.add_argument("--stop-on-success", action="store_true",
+                        help="stop once the TCP is within the contract's success threshold")
+    parser.add_argument("--csv", default=None, help="write a per-cycle CSV log here")
+    parser.add_argument("--first-state-timeout", type=float,
+                        default=DEFAULT_FIRST_STATE_TIMEOUT_S,
+                        help="give up if no robot state arrives within this many s")
+    parser.add_argument("--allow-goal-outside-training", action="store_true")
+
+
+def _command_run(args: argparse.Namespace) -> int:
+    robot = load_robot_config(args.robot_config)
+    backend = UdpRobot(parse_host_port(args.bind), robot.robot_period_s)
+    fake: FakeRobot | None = None
+    try:
+        if args.robot == "fake":
+            fake = FakeRobot(backend.local_address, NumpyPlant(robot.velocity),
+                             robot.robot_period_s)
+            fake.start()
+        host, port = backend.local_address
+        print(f"listening for robot STATE on {host}:{port}", flush=True)
+        summary = run_policy(
+            args.model, backend, goal=args.goal, duration_s=args.duration,
+            max_cycles=args.max_cycles, robot_config=robot, stop_on_success=args.stop_on_success,
+            csv_path=args.csv, first_state_timeout_s=args.first_state_timeout,
+            allow_goal_outside_training=args.allow_goal_outside_training,
+        )
+    finally:
+        if fake is not None:
+            fake.close()
+        backend.close()
+    print(summary.format())
+    return EXIT_FAULT if summary.faults else 0
+
+
+def _command_check(args: argparse.Namespace) -> int:
+    robot = load_robot_config(args.robot_config)
+    policy, steps_per_action = load_policy(args.model, robot, warmup_runs=200)
+    contract = policy.contract
+    worst = policy.warm_up(1000)
+    print(f"{args.model}: contract OK for {robot.name}")
+    print(f"  env {contract.env_id}, observation {contract.observation_size} "
+          f"({', '.join(p.name for p in contract.observation_layout)})")
+    print(f"  action {contract.action_size} {contract.action_mode} x {contract.action_scale}, "
+          f"policy every {contract.control_period_s * 1000:.1f} ms = {steps_per_action} robot "
+          f"periods of {robot.robot_period_s * 1000:.1f} ms")
+    print(f"  config sha256 {contract.config_sha256 or '-'}, versions {dict(contract.versions)}")
+    print(f"  worst inference over 1000 warm runs: {worst * 1e6:.0f} us")
+    return 0
+
+
+def _command_show_contract(args: argparse.Namespace) -> int:
+    import json
+
+    contract = read_contract(create_session(args.model), args.model)
+    print(json.dumps(contract.raw, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m iiwa_deploy",
+        description="Run an iiwa-rl ONNX policy on a KUKA LBR iiwa 14 over the UDP bridge.",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_run_arguments(commands.add_parser("run", help="run a policy against a robot"))
+    check = commands.add_parser("check", help="check a model against the robot config")
+    check.add_argument("--model", required=True)
+    check.add_argument("--robot-config", default=None)
+    show = commands.add_parser("contract", help="print a model's contract")
+    show.add_argument("--model", required=True)
+    fake_robot.build_parser(commands.add_parser(
+        "fake-robot", help="loopback fake robot (the robot side of the bridge)"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers = {
+        "run": _command_run,
+        "check": _command_check,
+        "contract": _command_show_contract,
+        "fake-robot": fake_robot.run_fake_robot,
+    }
+    try:
+        return handlers[args.command](args)
+    except (ContractError, ConfigError) as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_REFUSED

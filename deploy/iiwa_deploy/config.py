@@ -1,0 +1,238 @@
+"""Robot configuration: the deploy YAML that describes the real arm and the safety settings.
+
+The configuration is the controller's own view of the robot. A policy's contract is checked
+against it (see `contract.check_compatibility`), never the other way round: the limits the
+loop enforces always come from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+DEFAULT_ROBOT_CONFIG_NAME = "robot_iiwa14.yaml"
+
+
+class ConfigError(ValueError):
+    """The robot configuration is malformed; the message names the key and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotConfig:
+    """Joint limits, timing and safety settings of the robot the loop drives.
+
+    Arrays are float64, one entry per joint in `joint_names` order, radians and seconds.
+    """
+
+    name: str
+    joint_names: tuple[str, ...]
+    lower: np.ndarray
+    upper: np.ndarray
+    velocity: np.ndarray
+    effort: np.ndarray
+    robot_period_s: float
+    expected_control_period_s: float | None
+    velocity_fraction: float
+    acceleration: np.ndarray
+    target_margin_rad: float
+    setpoint_margin_rad: float
+    position_tolerance_rad: float
+    velocity_tolerance_factor: float
+    stale_timeout_s: float
+
+    def __post_init__(self) -> None:
+        joint_count = len(self.joint_names)
+        if joint_count == 0:
+            raise ConfigError("joint_names: at least one joint is required")
+        if len(set(self.joint_names)) != joint_count:
+            raise ConfigError(f"joint_names: duplicate names in {list(self.joint_names)}")
+        for field_name in ("lower", "upper", "velocity", "effort", "acceleration"):
+            # A private read-only copy: the loop relies on limits nobody can change under it.
+            values = np.array(getattr(self, field_name), dtype=np.float64)
+            object.__setattr__(self, field_name, values)
+            if values.shape != (joint_count,):
+                raise ConfigError(
+                    f"{field_name}: expected {joint_count} values (one per joint), "
+                    f"got {values.shape[0] if values.ndim == 1 else values.shape}"
+                )
+            if not np.all(np.isfinite(values)):
+                raise ConfigError(f"{field_name}: values must be finite, got {values.tolist()}")
+            values.setflags(write=False)
+        if np.any(self.lower >= self.upper):
+            raise ConfigError("joint_limits: every lower limit must be below its upper limit")
+        for field_name in ("velocity", "effort", "acceleration"):
+            if np.any(getattr(self, field_name) <= 0.0):
+                raise ConfigError(f"{field_name}: values must be positive")
+        _require_positive("robot_period_s", self.robot_period_s)
+        if self.expected_control_period_s is not None:
+            _require_positive("expected_control_period_s", self.expected_control_period_s)
+        if not 0.0 < self.velocity_fraction <= 1.0:
+            raise ConfigError(
+                f"interpolator.velocity_fraction: must be in (0, 1], got {self.velocity_fraction}"
+            )
+        half_range = float(np.min(self.upper - self.lower)) / 2.0
+        for field_name in ("target_margin_rad", "setpoint_margin_rad", "position_tolerance_rad"):
+            value = getattr(self, field_name)
+            if not (math.isfinite(value) and 0.0 <= value < half_range):
+                raise ConfigError(
+                    f"safety.{field_name}: must be in [0, {half_range:.3f}) rad, got {value}"
+                )
+        if self.setpoint_margin_rad > self.target_margin_rad:
+            raise ConfigError(
+                "safety.setpoint_margin_rad must not exceed safety.target_margin_rad: clipped "
+                f"policy targets would trip the setpoint gate ({self.setpoint_margin_rad} > "
+                f"{self.target_margin_rad})"
+            )
+        if not (math.isfinite(self.velocity_tolerance_factor)
+                and self.velocity_tolerance_factor >= 1.0):
+            raise ConfigError(
+                "safety.velocity_tolerance_factor: must be >= 1, "
+                f"got {self.velocity_tolerance_factor}"
+            )
+        _require_positive("safety.stale_timeout_s", self.stale_timeout_s)
+
+    @property
+    def joint_count(self) -> int:
+        return len(self.joint_names)
+
+    @property
+    def interpolator_velocity(self) -> np.ndarray:
+        """Per-joint setpoint speed cap (rad/s): datasheet speed times `velocity_fraction`."""
+        return self.velocity * self.velocity_fraction
+
+    @property
+    def target_lower(self) -> np.ndarray:
+        return self.lower + self.target_margin_rad
+
+    @property
+    def target_upper(self) -> np.ndarray:
+        return self.upper - self.target_margin_rad
+
+    def replace(self, **changes: Any) -> RobotConfig:
+        """A copy with some fields changed (validated again), e.g. for a test's faster period."""
+        return dataclasses.replace(self, **changes)
+
+
+def _require_positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0.0):
+        raise ConfigError(f"{name}: must be a positive number of seconds, got {value}")
+
+
+def _take(mapping: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in mapping:
+        raise ConfigError(f"{where}{key}: required key is missing")
+    return mapping[key]
+
+
+def _as_number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _as_vector(value: Any, where: str, joint_count: int) -> np.ndarray:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return np.full(joint_count, float(value))
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise ConfigError(f"{where}: expected a list of {joint_count} numbers, got {value!r}")
+    return np.array([_as_number(v, f"{where}[{i}]") for i, v in enumerate(value)], dtype=float)
+
+
+def _reject_unknown(mapping: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where or 'robot config'}: unknown key '{unknown[0]}'; "
+            f"expected one of: {', '.join(sorted(allowed))}"
+        )
+
+
+def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
+    """Build a `RobotConfig` from the parsed YAML, refusing unknown or missing keys."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"robot config: expected a mapping, got {type(data).__name__}")
+    _reject_unknown(
+        data,
+        {"name", "joint_names", "joint_limits", "robot_period_s", "expected_control_period_s",
+         "interpolator", "safety"},
+        "",
+    )
+    joint_names = _take(data, "joint_names", "")
+    if not isinstance(joint_names, Sequence) or not all(isinstance(n, str) for n in joint_names):
+        raise ConfigError(f"joint_names: expected a list of strings, got {joint_names!r}")
+    joint_count = len(joint_names)
+
+    limits = _take(data, "joint_limits", "")
+    if not isinstance(limits, Mapping):
+        raise ConfigError("joint_limits: expected a mapping with lower, upper, velocity, effort")
+    _reject_unknown(limits, {"lower", "upper", "velocity", "effort"}, "joint_limits")
+    interpolator = data.get("interpolator") or {}
+    _reject_unknown(interpolator, {"velocity_fraction", "acceleration_limits"}, "interpolator")
+    safety = data.get("safety") or {}
+    _reject_unknown(
+        safety,
+        {"target_margin_rad", "setpoint_margin_rad", "position_tolerance_rad",
+         "velocity_tolerance_factor", "stale_timeout_s"},
+        "safety",
+    )
+    expected_period = data.get("expected_control_period_s")
+    return RobotConfig(
+        name=str(data.get("name", "robot")),
+        joint_names=tuple(joint_names),
+        lower=_as_vector(_take(limits, "lower", "joint_limits."), "joint_limits.lower", joint_count),
+        upper=_as_vector(_take(limits, "upper", "joint_limits."), "joint_limits.upper", joint_count),
+        velocity=_as_vector(
+            _take(limits, "velocity", "joint_limits."), "joint_limits.velocity", joint_count
+        ),
+        effort=_as_vector(_take(limits, "effort", "joint_limits."), "joint_limits.effort",
+                          joint_count),
+        robot_period_s=_as_number(_take(data, "robot_period_s", ""), "robot_period_s"),
+        expected_control_period_s=(
+            None if expected_period is None
+            else _as_number(expected_period, "expected_control_period_s")
+        ),
+        velocity_fraction=_as_number(
+            interpolator.get("velocity_fraction", 0.5), "interpolator.velocity_fraction"
+        ),
+        acceleration=_as_vector(
+            interpolator.get("acceleration_limits", 5.0), "interpolator.acceleration_limits",
+            joint_count,
+        ),
+        target_margin_rad=_as_number(
+            safety.get("target_margin_rad", 0.05), "safety.target_margin_rad"
+        ),
+        setpoint_margin_rad=_as_number(
+            safety.get("setpoint_margin_rad", 0.0175), "safety.setpoint_margin_rad"
+        ),
+        position_tolerance_rad=_as_number(
+            safety.get("position_tolerance_rad", 0.0175), "safety.position_tolerance_rad"
+        ),
+        velocity_tolerance_factor=_as_number(
+            safety.get("velocity_tolerance_factor", 1.1), "safety.velocity_tolerance_factor"
+        ),
+        stale_timeout_s=_as_number(safety.get("stale_timeout_s", 0.1), "safety.stale_timeout_s"),
+    )
+
+
+def load_robot_config(path: str | Path | None = None) -> RobotConfig:
+    """Load a robot configuration YAML; None loads the shipped iiwa 14 R820 configuration."""
+    if path is None:
+        text = resources.files("iiwa_deploy").joinpath(DEFAULT_ROBOT_CONFIG_NAME).read_text()
+        source = f"iiwa_deploy/{DEFAULT_ROBOT_CONFIG_NAME}"
+    else:
+        text = Path(path).read_text()
+        source = str(path)
+    try:
+        data = yaml.safe_load(text)
+        return robot_config_from_mapping(data)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {error}") from None
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None

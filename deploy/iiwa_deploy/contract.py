@@ -1,0 +1,397 @@
+"""The policy contract: what a policy.onnx expects and produces, checked before it may move a robot.
+
+The exporter stores the contract as JSON in the ONNX model's metadata under
+`CONTRACT_METADATA_KEY` (authoritative) and writes a `policy.json` sidecar for humans. Every
+check here refuses with a `ContractError` whose message says exactly what differs, because the
+operator reading it is deciding whether a model may drive a real arm.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import RobotConfig
+from .kinematics import KinematicChain
+
+CONTRACT_METADATA_KEY = "iiwa_rl_contract"
+SUPPORTED_FORMAT_VERSION = 1
+OBSERVATION_INPUT_NAME = "observation"
+ACTION_OUTPUT_NAME = "action"
+ACTION_MODES = ("joint_delta", "joint_offset")
+
+# Pieces the controller can compute from joint state, the goal and its own previous action.
+# Sizes: "joints" = one per joint, "action" = action size, an int = fixed size.
+OBSERVATION_PIECE_SIZES: dict[str, str | int] = {
+    "joint_position_normalized": "joints",
+    "joint_velocity_normalized": "joints",
+    "tcp_position": 3,
+    "goal_position": 3,
+    "goal_minus_tcp": 3,
+    "previous_action": "action",
+}
+
+# Contracts carry limits as floats that went through a JSON round trip and maybe a degree to
+# radian conversion on the training side; anything beyond this is a different robot model.
+LIMIT_TOLERANCE = 1e-4
+EFFORT_TOLERANCE_NM = 1e-3
+PERIOD_RATIO_TOLERANCE = 1e-6
+
+
+class ContractError(ValueError):
+    """The model, its contract or the robot configuration do not fit together."""
+
+
+@dataclass(frozen=True)
+class ObservationPiece:
+    name: str
+    size: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class PolicyContract:
+    """A validated format_version 1 contract. Arrays are float64 in the contract's joint order."""
+
+    raw: Mapping[str, Any]
+    env_id: str
+    observation_size: int
+    observation_layout: tuple[ObservationPiece, ...]
+    action_size: int
+    action_mode: str
+    action_scale: float
+    joint_names: tuple[str, ...]
+    home_joint_positions: np.ndarray
+    control_period_s: float
+    lower: np.ndarray
+    upper: np.ndarray
+    velocity: np.ndarray
+    effort: np.ndarray
+    kinematics: KinematicChain
+    goal_low: np.ndarray
+    goal_high: np.ndarray
+    success_threshold_m: float
+    config_sha256: str
+    versions: Mapping[str, str]
+
+    @property
+    def goal_center(self) -> np.ndarray:
+        return (self.goal_low + self.goal_high) / 2.0
+
+
+class _SessionLike(Protocol):
+    def get_modelmeta(self) -> Any: ...
+    def get_inputs(self) -> Any: ...
+    def get_outputs(self) -> Any: ...
+
+
+def _get(mapping: Mapping[str, Any], key: str, where: str) -> Any:
+    if not isinstance(mapping, Mapping):
+        raise ContractError(f"contract{where}: expected a mapping, got {type(mapping).__name__}")
+    if key not in mapping:
+        raise ContractError(f"contract{where}.{key}: required key is missing")
+    return mapping[key]
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ContractError(f"contract{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _integer(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ContractError(f"contract{where}: expected an integer, got {value!r}")
+    return value
+
+
+def _vector(value: Any, size: int, where: str) -> np.ndarray:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise ContractError(f"contract{where}: expected a list of {size} numbers, got {value!r}")
+    if len(value) != size:
+        raise ContractError(f"contract{where}: expected {size} numbers, got {len(value)}")
+    return np.array([_number(v, f"{where}[{i}]") for i, v in enumerate(value)], dtype=float)
+
+
+def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
+    """Validate the contract's own structure (not yet against a model or a robot)."""
+    if not isinstance(data, Mapping):
+        raise ContractError(f"contract: expected a JSON object, got {type(data).__name__}")
+    version = _get(data, "format_version", "")
+    if version != SUPPORTED_FORMAT_VERSION:
+        raise ContractError(
+            f"contract.format_version: this runtime reads version {SUPPORTED_FORMAT_VERSION}, "
+            f"the model has {version!r}"
+        )
+
+    action = _get(data, "action", "")
+    action_size = _integer(_get(action, "size", ".action"), ".action.size")
+    if action_size <= 0:
+        raise ContractError(f"contract.action.size: must be positive, got {action_size}")
+    mode = _get(action, "mode", ".action")
+    if mode not in ACTION_MODES:
+        raise ContractError(
+            f"contract.action.mode: unknown action mode {mode!r}; this runtime supports "
+            f"{', '.join(ACTION_MODES)}"
+        )
+    scale = _number(_get(action, "scale", ".action"), ".action.scale")
+    if scale <= 0.0:
+        raise ContractError(f"contract.action.scale: must be positive, got {scale}")
+    joint_names = _get(action, "joint_names", ".action")
+    if (not isinstance(joint_names, Sequence) or isinstance(joint_names, str)
+            or not all(isinstance(n, str) for n in joint_names)):
+        raise ContractError(f"contract.action.joint_names: expected a list of names, got "
+                            f"{joint_names!r}")
+    if len(joint_names) != action_size:
+        raise ContractError(
+            f"contract.action.joint_names: {len(joint_names)} names for action size {action_size}"
+        )
+    joint_count = action_size
+    home = _vector(_get(action, "home_joint_positions", ".action"), joint_count,
+                   ".action.home_joint_positions")
+
+    observation = _get(data, "observation", "")
+    observation_size = _integer(_get(observation, "size", ".observation"), ".observation.size")
+    layout = _get(observation, "layout", ".observation")
+    if not isinstance(layout, Sequence) or isinstance(layout, str) or not layout:
+        raise ContractError("contract.observation.layout: expected a non-empty list of pieces")
+    pieces = []
+    offset = 0
+    for index, raw_piece in enumerate(layout):
+        where = f".observation.layout[{index}]"
+        name = _get(raw_piece, "name", where)
+        size = _integer(_get(raw_piece, "size", where), f"{where}.size")
+        if name not in OBSERVATION_PIECE_SIZES:
+            raise ContractError(
+                f"contract{where}: observation piece '{name}' cannot be built from joint state "
+                f"on the controller; this runtime builds only: "
+                f"{', '.join(OBSERVATION_PIECE_SIZES)}"
+            )
+        expected_kind = OBSERVATION_PIECE_SIZES[name]
+        expected_size = {"joints": joint_count, "action": action_size}.get(
+            expected_kind, expected_kind  # type: ignore[arg-type]
+        )
+        if size != expected_size:
+            raise ContractError(
+                f"contract{where}: piece '{name}' has size {size}, expected {expected_size}"
+            )
+        if any(piece.name == name for piece in pieces):
+            raise ContractError(f"contract{where}: piece '{name}' appears twice")
+        pieces.append(ObservationPiece(name=name, size=size, offset=offset))
+        offset += size
+    if offset != observation_size:
+        raise ContractError(
+            f"contract.observation.size is {observation_size} but the layout pieces add up to "
+            f"{offset}"
+        )
+
+    period = _number(_get(data, "control_period_s", ""), ".control_period_s")
+    if period <= 0.0:
+        raise ContractError(f"contract.control_period_s: must be positive, got {period}")
+
+    limits = _get(data, "joint_limits", "")
+    lower = _vector(_get(limits, "lower", ".joint_limits"), joint_count, ".joint_limits.lower")
+    upper = _vector(_get(limits, "upper", ".joint_limits"), joint_count, ".joint_limits.upper")
+    velocity = _vector(_get(limits, "velocity", ".joint_limits"), joint_count,
+                       ".joint_limits.velocity")
+    effort = _vector(_get(limits, "effort", ".joint_limits"), joint_count, ".joint_limits.effort")
+    if np.any(lower >= upper):
+        raise ContractError("contract.joint_limits: every lower limit must be below its upper")
+    if np.any(velocity <= 0.0):
+        raise ContractError("contract.joint_limits.velocity: values must be positive")
+    if np.any(home < lower) or np.any(home > upper):
+        raise ContractError("contract.action.home_joint_positions: outside the joint limits")
+
+    try:
+        chain = KinematicChain.from_contract(_get(data, "kinematics", ""))
+    except ValueError as error:
+        if isinstance(error, ContractError):
+            raise
+        raise ContractError(f"contract.{error}") from None
+    if chain.joint_names != tuple(joint_names):
+        raise ContractError(
+            f"contract.kinematics.joints: joint names {list(chain.joint_names)} differ from "
+            f"action.joint_names {list(joint_names)}"
+        )
+
+    goal_sampling = _get(data, "goal_sampling", "")
+    goal_low = _vector(_get(goal_sampling, "low", ".goal_sampling"), 3, ".goal_sampling.low")
+    goal_high = _vector(_get(goal_sampling, "high", ".goal_sampling"), 3, ".goal_sampling.high")
+    if np.any(goal_low > goal_high):
+        raise ContractError("contract.goal_sampling: low must not exceed high")
+    threshold = _number(_get(data, "success_threshold_m", ""), ".success_threshold_m")
+    if threshold <= 0.0:
+        raise ContractError(f"contract.success_threshold_m: must be positive, got {threshold}")
+
+    versions = data.get("versions", {})
+    return PolicyContract(
+        raw=data,
+        env_id=str(data.get("env_id", "")),
+        observation_size=observation_size,
+        observation_layout=tuple(pieces),
+        action_size=action_size,
+        action_mode=mode,
+        action_scale=scale,
+        joint_names=tuple(joint_names),
+        home_joint_positions=home,
+        control_period_s=period,
+        lower=lower,
+        upper=upper,
+        velocity=velocity,
+        effort=effort,
+        kinematics=chain,
+        goal_low=goal_low,
+        goal_high=goal_high,
+        success_threshold_m=threshold,
+        config_sha256=str(data.get("config_sha256", "")),
+        versions={str(k): str(v) for k, v in versions.items()} if isinstance(versions, Mapping)
+        else {},
+    )
+
+
+def contract_text_from_session(session: _SessionLike, model_path: str | Path) -> str:
+    """The contract JSON from the model metadata; refuses a model without one."""
+    metadata = session.get_modelmeta().custom_metadata_map
+    if CONTRACT_METADATA_KEY not in metadata:
+        raise ContractError(
+            f"{model_path}: the ONNX model has no '{CONTRACT_METADATA_KEY}' metadata; export it "
+            "with the iiwa-rl exporter (a policy.json sidecar alone is not trusted)"
+        )
+    return metadata[CONTRACT_METADATA_KEY]
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def _differences(left: Any, right: Any, where: str = "") -> list[str]:
+    if isinstance(left, Mapping) and isinstance(right, Mapping):
+        found = []
+        for key in sorted(set(left) | set(right), key=str):
+            path = f"{where}.{key}" if where else str(key)
+            if key not in left:
+                found.append(f"{path} only in the sidecar")
+            elif key not in right:
+                found.append(f"{path} only in the ONNX metadata")
+            else:
+                found.extend(_differences(left[key], right[key], path))
+        return found
+    if left != right:
+        return [f"{where or 'contract'}: ONNX metadata {left!r} vs sidecar {right!r}"]
+    return []
+
+
+def read_contract(session: _SessionLike, model_path: str | Path) -> PolicyContract:
+    """Parse the model's contract, refusing if a sidecar policy.json exists and differs."""
+    text = contract_text_from_session(session, model_path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ContractError(f"{model_path}: contract metadata is not valid JSON: {error}") from None
+    sidecar = sidecar_path(model_path)
+    if sidecar.exists():
+        try:
+            sidecar_data = json.loads(sidecar.read_text())
+        except json.JSONDecodeError as error:
+            raise ContractError(f"{sidecar}: not valid JSON: {error}") from None
+        differences = _differences(data, sidecar_data)
+        if differences:
+            shown = "; ".join(differences[:5])
+            more = f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""
+            raise ContractError(
+                f"{sidecar} differs from the contract inside {Path(model_path).name}: {shown}"
+                f"{more}. Re-export the model or remove the stale sidecar."
+            )
+    return parse_contract(data)
+
+
+def check_model_io(contract: PolicyContract, session: _SessionLike) -> None:
+    """The ONNX graph must take [batch, observation_size] float32 and give [batch, action_size]."""
+    inputs = session.get_inputs()
+    outputs = session.get_outputs()
+    if len(inputs) != 1 or inputs[0].name != OBSERVATION_INPUT_NAME:
+        raise ContractError(
+            f"model inputs are {[i.name for i in inputs]}; expected exactly one named "
+            f"'{OBSERVATION_INPUT_NAME}'"
+        )
+    if not any(o.name == ACTION_OUTPUT_NAME for o in outputs):
+        raise ContractError(
+            f"model outputs are {[o.name for o in outputs]}; expected one named "
+            f"'{ACTION_OUTPUT_NAME}'"
+        )
+    output = next(o for o in outputs if o.name == ACTION_OUTPUT_NAME)
+    for tensor, role, size in (
+        (inputs[0], "observation", contract.observation_size),
+        (output, "action", contract.action_size),
+    ):
+        if tensor.type != "tensor(float)":
+            raise ContractError(f"model {role} has type {tensor.type}; expected tensor(float)")
+        shape = list(tensor.shape)
+        if len(shape) != 2:
+            raise ContractError(f"model {role} has shape {shape}; expected [batch, {size}]")
+        batch, width = shape
+        if isinstance(batch, int) and batch not in (1, -1) and batch > 0:
+            raise ContractError(f"model {role} has batch size {batch}; batch 1 is required")
+        if isinstance(width, int) and width != size:
+            raise ContractError(
+                f"contract {role} size is {size} but the ONNX {role} tensor has width {width}"
+            )
+
+
+def _compare_vectors(name: str, contract_values: np.ndarray, robot_values: np.ndarray,
+                     joint_names: Sequence[str], tolerance: float) -> None:
+    mismatched = np.flatnonzero(np.abs(contract_values - robot_values) > tolerance)
+    if mismatched.size:
+        details = ", ".join(
+            f"{joint_names[i]}: contract {contract_values[i]:.6g} vs robot {robot_values[i]:.6g}"
+            for i in mismatched
+        )
+        raise ContractError(
+            f"joint_limits.{name} of the policy differ from the robot configuration "
+            f"(tolerance {tolerance:g}): {details}"
+        )
+
+
+def control_steps_per_policy_step(contract: PolicyContract, robot: RobotConfig) -> int:
+    """Robot periods per policy period; refuses a policy period that is not a whole multiple."""
+    ratio = contract.control_period_s / robot.robot_period_s
+    steps = round(ratio)
+    if steps < 1 or abs(ratio - steps) > PERIOD_RATIO_TOLERANCE * max(1.0, ratio):
+        raise ContractError(
+            f"control_period_s {contract.control_period_s} s is not a whole multiple of the "
+            f"robot period {robot.robot_period_s} s (ratio {ratio:.6g})"
+        )
+    return steps
+
+
+def check_compatibility(contract: PolicyContract, robot: RobotConfig) -> int:
+    """Refuse a policy that does not fit this robot; returns robot periods per policy step."""
+    if contract.joint_names != robot.joint_names:
+        if sorted(contract.joint_names) == sorted(robot.joint_names):
+            raise ContractError(
+                f"joint order differs: policy {list(contract.joint_names)} vs robot "
+                f"{list(robot.joint_names)}"
+            )
+        raise ContractError(
+            f"joint names differ: policy {list(contract.joint_names)} vs robot "
+            f"{list(robot.joint_names)}"
+        )
+    for name in ("lower", "upper", "velocity"):
+        _compare_vectors(name, getattr(contract, name), getattr(robot, name), robot.joint_names,
+                         LIMIT_TOLERANCE)
+    _compare_vectors("effort", contract.effort, robot.effort, robot.joint_names,
+                     EFFORT_TOLERANCE_NM)
+    if (robot.expected_control_period_s is not None
+            and abs(contract.control_period_s - robot.expected_control_period_s)
+            > PERIOD_RATIO_TOLERANCE * robot.expected_control_period_s):
+        raise ContractError(
+            f"control_period_s of the policy is {contract.control_period_s} s; the robot "
+            f"configuration expects {robot.expected_control_period_s} s"
+        )
+    return control_steps_per_policy_step(contract, robot)

@@ -1,0 +1,172 @@
+"""Robot backends: what the control loop talks to. The robot clocks the loop.
+
+`UdpRobot` is the controller side of the UDP bridge: an FRI client (or a ROS 2 node, or the
+fake robot) sends a STATE datagram every robot period to the port we bind, and we answer each
+with one SETPOINT sent back to the address the state came from.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .protocol import (
+    SETPOINT_FAULT_LATCHED,
+    SETPOINT_HOLD,
+    ProtocolError,
+    decode_state,
+    encode_setpoint,
+)
+
+RECEIVE_BUFFER_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class RobotState:
+    sequence: int
+    timestamp_s: float
+    joint_positions: np.ndarray
+    joint_velocities: np.ndarray
+    joint_torques: np.ndarray | None = None
+
+
+@runtime_checkable
+class RobotBackend(Protocol):
+    """The loop's view of a robot.
+
+    `receive_state` blocks until the robot's next state (or returns None after `timeout_s`);
+    `send_setpoint` answers the state with sequence `answer_to_sequence`; `fault` tells the
+    robot side the controller is holding because of a latched fault.
+    """
+
+    period_s: float
+
+    def receive_state(self, timeout_s: float) -> RobotState | None: ...
+
+    def send_setpoint(
+        self, answer_to_sequence: int, joint_positions: np.ndarray, fault: bool
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class UdpLinkStats:
+    received: int = 0
+    malformed: int = 0
+    duplicate_or_reordered: int = 0
+    superseded: int = 0
+    foreign_sender: int = 0
+    sent: int = 0
+    send_errors: int = 0
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    host, separator, port = text.rpartition(":")
+    if not separator or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+class UdpRobot:
+    """Controller end of the bridge. Bind to a local address; the robot side sends to it.
+
+    Malformed datagrams, and states not newer than the last one returned, are dropped and
+    counted. If several fresh states are queued (the loop fell behind), only the newest is
+    returned and the older ones count as superseded: answering each in turn would send a burst
+    of stale setpoints. The first sender becomes the robot; datagrams from other addresses are
+    ignored so a stray packet cannot hijack the setpoint stream.
+    """
+
+    def __init__(self, bind_address: tuple[str, int], period_s: float) -> None:
+        self.period_s = float(period_s)
+        self.stats = UdpLinkStats()
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind(bind_address)
+        self._socket.setblocking(False)
+        self.robot_address: tuple[str, int] | None = None
+        self._last_sequence: int | None = None
+        self._own_sequence = 0
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self._socket.getsockname()
+
+    def _accept(self, data: bytes, sender: tuple[str, int]) -> RobotState | None:
+        self.stats.received += 1
+        if self.robot_address is not None and sender != self.robot_address:
+            self.stats.foreign_sender += 1
+            return None
+        try:
+            message = decode_state(data)
+        except ProtocolError:
+            self.stats.malformed += 1
+            return None
+        if self._last_sequence is not None and message.sequence <= self._last_sequence:
+            self.stats.duplicate_or_reordered += 1
+            return None
+        self.robot_address = sender
+        self._last_sequence = message.sequence
+        return RobotState(
+            sequence=message.sequence,
+            timestamp_s=message.timestamp_s,
+            joint_positions=message.joint_positions,
+            joint_velocities=message.joint_velocities,
+            joint_torques=message.joint_torques,
+        )
+
+    def _drain(self) -> RobotState | None:
+        newest: RobotState | None = None
+        while True:
+            try:
+                data, sender = self._socket.recvfrom(RECEIVE_BUFFER_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return newest
+            except OSError:
+                # ICMP port-unreachable from an earlier send surfaces here on some systems.
+                continue
+            state = self._accept(data, sender)
+            if state is not None:
+                if newest is not None:
+                    self.stats.superseded += 1
+                newest = state
+
+    def receive_state(self, timeout_s: float) -> RobotState | None:
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            state = self._drain()
+            if state is not None:
+                return state
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.0:
+                return None
+            select.select([self._socket], [], [], remaining)
+
+    def send_setpoint(self, answer_to_sequence: int, joint_positions: np.ndarray,
+                      fault: bool) -> None:
+        if self.robot_address is None:
+            return
+        self._own_sequence += 1
+        flags = SETPOINT_FAULT_LATCHED | SETPOINT_HOLD if fault else 0
+        datagram = encode_setpoint(
+            self._own_sequence, time.monotonic(), answer_to_sequence, joint_positions, flags
+        )
+        try:
+            self._socket.sendto(datagram, self.robot_address)
+            self.stats.sent += 1
+        except OSError:
+            self.stats.send_errors += 1
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> UdpRobot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
