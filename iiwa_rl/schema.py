@@ -70,7 +70,9 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(
+                _convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))
+            )
         item = args[0] if args else Any
         items = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -79,9 +81,7 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
         args = get_args(annotation)
         value_type = args[1] if len(args) == 2 else Any
-        return {
-            str(k): _convert(value_type, v, f"{where}.{k}") for k, v in value.items()
-        }
+        return {str(k): _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
     raise TypeError(f"unsupported annotation {annotation!r} at {where}")
 
 

@@ -55,7 +55,7 @@ FINGER_TRAVEL = 0.04  # each finger's stroke, m: opening 0 to 8 cm
 FINGER_FORCE = 40.0  # N per finger (grip force), finite as on a real gripper
 FINGER_SPEED = 0.1  # m/s
 FINGER_FRICTION = 1.5
-TCP_DEPTH = 0.065  # flange to the grasp point between the finger pads, m
+TCP_DEPTH = 0.075  # flange to the grasp point between the pads, 1.5 cm above the tips, m
 
 
 def _f(values) -> str:
@@ -108,8 +108,7 @@ def _arm_links() -> str:
             "  </joint>\n"
         )
     parts.append(
-        _frame_link("iiwa_link_flange")
-        + '  <joint name="iiwa_joint_flange" type="fixed">\n'
+        _frame_link("iiwa_link_flange") + '  <joint name="iiwa_joint_flange" type="fixed">\n'
         '    <parent link="iiwa_link_7"/><child link="iiwa_link_flange"/>\n'
         f'    <origin xyz="0 0 {FLANGE_OFFSET:g}" rpy="0 0 0"/>\n'
         "  </joint>\n"
@@ -157,8 +156,7 @@ def _gripper() -> str:
             "  </joint>\n"
         )
     parts.append(
-        _frame_link("tcp")
-        + '  <joint name="tcp_joint" type="fixed">\n'
+        _frame_link("tcp") + '  <joint name="tcp_joint" type="fixed">\n'
         '    <parent link="gripper_palm"/><child link="tcp"/>\n'
         f'    <origin xyz="0 0 {TCP_DEPTH:g}" rpy="0 0 0"/>\n'
         "  </joint>\n"

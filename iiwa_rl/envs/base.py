@@ -27,6 +27,7 @@ from iiwa_rl.envs.rewards import RewardFunction, RewardInputs
 from iiwa_rl.schema import ConfigError, from_mapping, to_mapping
 from iiwa_rl.sim import BulletSim, Iiwa14
 
+
 @dataclass
 class RobotSnapshot:
     joint_positions: np.ndarray
@@ -51,7 +52,9 @@ class IiwaEnv(gym.Env, ABC):
 
     def __init__(self, render_mode: str | None = None, config=None, **overrides):
         if render_mode not in (None, "human", "rgb_array"):
-            raise ValueError(f"render_mode must be None, 'human' or 'rgb_array', got {render_mode!r}")
+            raise ValueError(
+                f"render_mode must be None, 'human' or 'rgb_array', got {render_mode!r}"
+            )
         self.config = self._build_config(config, overrides)
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.config.control_hz}
@@ -74,6 +77,7 @@ class IiwaEnv(gym.Env, ABC):
         )
         self._previous_action = np.zeros(self.action_size, dtype=np.float32)
         self._last_observation = np.zeros(self.observation_size, dtype=np.float32)
+        self._blowup_speeds = cfg.blowup_speed_factor * self.robot.limits.velocity
         self._step_count = 0
         self._markers: dict[str, int] = {}
         self._tcp_trail: list[np.ndarray] = []
@@ -133,6 +137,7 @@ class IiwaEnv(gym.Env, ABC):
         self._step_count = 0
         self._tcp_trail.clear()
         snapshot = self._snapshot()
+        self._current = snapshot
         observation = self._observation(snapshot)
         self._last_observation = observation
         self._update_markers(snapshot)
@@ -141,18 +146,17 @@ class IiwaEnv(gym.Env, ABC):
     def step(self, action):
         action = np.asarray(action, dtype=np.float32)
         if action.shape != self.action_space.shape:
-            raise ValueError(
-                f"action has shape {action.shape}, expected {self.action_space.shape}"
-            )
+            raise ValueError(f"action has shape {action.shape}, expected {self.action_space.shape}")
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action contains NaN or inf: {action.tolist()}")
-        action = np.clip(action, -1.0, 1.0)
+        action = np.minimum(np.maximum(action, -1.0), 1.0)
         self._apply_action(action)
         self.sim.step(self.config.substeps)
         self._step_count += 1
         truncated = self._step_count >= self.config.max_episode_steps
 
         snapshot = self._snapshot()
+        self._current = snapshot
         if self._blew_up(snapshot):
             # Keep the last good observation: a learner must never see non-finite numbers.
             info = {"is_success": False, "physics_blowup": True}
@@ -180,12 +184,11 @@ class IiwaEnv(gym.Env, ABC):
         return np.concatenate(self._observation_parts(snapshot)).astype(np.float32)
 
     def _blew_up(self, snapshot: RobotSnapshot) -> bool:
-        limit = self.config.blowup_speed_factor * self.robot.limits.velocity
-        return not (
-            np.all(np.isfinite(snapshot.joint_positions))
-            and np.all(np.isfinite(snapshot.joint_velocities))
-            and np.all(np.abs(snapshot.joint_velocities) <= limit)
-        ) or self._task_blew_up()
+        # `<=` is False for NaN, so one comparison also catches non-finite speeds.
+        speeds_ok = (np.abs(snapshot.joint_velocities) <= self._blowup_speeds).all()
+        return not (speeds_ok and np.isfinite(snapshot.joint_positions).all()) or (
+            self._task_blew_up()
+        )
 
     def _task_blew_up(self) -> bool:
         return False
@@ -199,8 +202,9 @@ class IiwaEnv(gym.Env, ABC):
         return self.robot.limits.clip(targets, cfg.joint_limit_margin)
 
     def _apply_action(self, action: np.ndarray) -> None:
-        q, _ = self.robot.joint_state()
-        self.robot.command_joint_positions(self._joint_targets(action[:7], q))
+        # The state read after the last step is still current: nothing moved since.
+        measured = self._current.joint_positions
+        self.robot.command_joint_positions(self._joint_targets(action[:7], measured))
 
     def joint_state_for_observation(self, snapshot: RobotSnapshot) -> list[np.ndarray]:
         limits = self.robot.limits
@@ -290,5 +294,3 @@ class IiwaEnv(gym.Env, ABC):
 def down_orientation(yaw: float) -> np.ndarray:
     """Quaternion of a TCP pointing straight down, turned by `yaw` (rad) about world z."""
     return np.array(pybullet.getQuaternionFromEuler([np.pi, 0.0, yaw]))
-
-

@@ -67,22 +67,38 @@ class IiwaGraspEnv(IiwaEnv):
 
     def _setup_scene(self) -> None:
         cfg = self.config
-        self.table_id = self.sim.load_urdf("table.urdf", position=(0.35, 0.0, 0.0), fixed_base=True)
+        self.table_id = self.sim.load_urdf(
+            "table.urdf", position=(0.35, 0.0, 0.0), fixed_base=True, maximal_coordinates=True
+        )
+        # The robot stands on the table: its base and first link rest in (or on) the top,
+        # which would keep a useless contact manifold alive every physics step.
+        for link in (-1, self.robot.link_indices["iiwa_link_1"]):
+            self.sim.client.setCollisionFilterPair(self.robot.body_id, self.table_id, link, -1, 0)
         self.cube_id = self.sim.load_urdf(
             "cube.urdf",
             position=(0.55, 0.0, cfg.cube_size / 2),
             global_scaling=cfg.cube_size / 0.045,  # the URDF's cube is 4.5 cm
+            maximal_coordinates=True,
         )
         self.cube_rest_height = cfg.cube_size / 2
         # Home: the gripper open, pointing down above the middle of the cube area. Solved
         # once by IK from the configured joint home so every reset starts the same way.
+        # Of the two headings that look the same to the parallel gripper (yaw and yaw + pi),
+        # take the one that leaves joint 7 near the middle of its range, so the policy can
+        # turn the gripper either way.
+        candidates = []
+        for yaw in (0.0, np.pi):
+            self.robot.reset_joint_positions(self.home_joint_positions)
+            for _ in range(3):
+                solution = self.robot.inverse_kinematics(
+                    np.asarray(cfg.home_tcp_position),
+                    down_orientation(yaw),
+                    self.home_joint_positions,
+                )
+                self.robot.reset_joint_positions(solution)
+            candidates.append(solution)
+        self.home_joint_positions = min(candidates, key=lambda q: abs(q[6]))
         self.robot.reset_joint_positions(self.home_joint_positions)
-        for _ in range(3):
-            solution = self.robot.inverse_kinematics(
-                np.asarray(cfg.home_tcp_position), down_orientation(0.0), self.home_joint_positions
-            )
-            self.robot.reset_joint_positions(solution)
-        self.home_joint_positions = solution
         self._hold_steps_needed = max(1, int(round(cfg.hold_time * cfg.control_hz)))
         self._held_steps = 0
         self._cube_position = np.zeros(3)
@@ -116,14 +132,20 @@ class IiwaGraspEnv(IiwaEnv):
     # ----------------------------------------------------------------- actions
     def _apply_action(self, action: np.ndarray) -> None:
         cfg = self.config
-        q, _ = self.robot.joint_state()
+        current = self._current  # measured after the last step; nothing moved since
+        q = current.joint_positions
         if cfg.action_mode == "cartesian":
-            tcp, orientation = self.robot.tcp_pose()
-            target = np.clip(tcp + cfg.action_scale * action[:3], cfg.workspace_low, cfg.workspace_high)
-            yaw = RobotSnapshot(q, q, tcp, orientation).tcp_yaw + cfg.yaw_scale * action[3]
-            joint_targets = self.robot.inverse_kinematics(target, down_orientation(yaw), q)
-            # IK may ask for a large jump near singularities; the motors' speed limits
-            # bound the motion, and the margin keeps targets off the range ends.
+            target = np.clip(
+                current.tcp_position + cfg.action_scale * action[:3],
+                cfg.workspace_low,
+                cfg.workspace_high,
+            )
+            yaw = current.tcp_yaw + cfg.yaw_scale * action[3]
+            # One differential-IK step: the target is a few cm away, and the next control
+            # step corrects what is left.
+            joint_targets = self.robot.differential_ik(
+                q, current.tcp_position, current.tcp_orientation, target, down_orientation(yaw)
+            )
             joint_targets = self.robot.limits.clip(joint_targets, cfg.joint_limit_margin)
         else:
             joint_targets = self._joint_targets(action[:7], q)
@@ -132,7 +154,7 @@ class IiwaGraspEnv(IiwaEnv):
 
     # -------------------------------------------------------------- observation
     def _observation_parts(self, robot: RobotSnapshot) -> list[np.ndarray]:
-        self._read_cube()
+        # The cube was read by _reset_task or _evaluate for this very state.
         tcp_yaw = robot.tcp_yaw
         relative = 4.0 * (self._cube_yaw - tcp_yaw)
         return [

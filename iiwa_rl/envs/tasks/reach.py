@@ -56,7 +56,8 @@ class IiwaReachEnv(IiwaEnv):
         ]
 
     def _evaluate(self, robot: RobotSnapshot, action: np.ndarray) -> tuple[RewardInputs, bool]:
-        distance = float(np.linalg.norm(self.goal_position - robot.tcp_position))
+        offset = self.goal_position - robot.tcp_position
+        distance = float(np.sqrt(offset @ offset))
         limits = self.robot.limits
         inputs = RewardInputs(
             tcp_position=robot.tcp_position,
@@ -73,7 +74,8 @@ class IiwaReachEnv(IiwaEnv):
         return inputs, False
 
     def _task_info(self, robot: RobotSnapshot) -> dict:
-        return {"tcp_distance": float(np.linalg.norm(self.goal_position - robot.tcp_position))}
+        offset = self.goal_position - robot.tcp_position
+        return {"tcp_distance": float(np.sqrt(offset @ offset))}
 
     def _create_markers(self) -> None:
         self._markers["goal"] = self.add_visual_sphere(0.02, (0.1, 0.8, 0.2, 0.7))
