@@ -275,9 +275,6 @@ class ControlLoop:
                 if max_cycles is not None and cycles >= max_cycles:
                     stop_reason = "max_cycles"
                     break
-                if self._reset_requested.is_set():
-                    self._apply_reset()
-                    next_policy_sequence = None
                 if last_received is None:
                     timeout = start + first_state_timeout_s - now
                     if timeout <= 0.0:
@@ -299,6 +296,11 @@ class ControlLoop:
                     continue
                 if not safety.accept_sequence(state.sequence):
                     continue
+                if self._reset_requested.is_set():
+                    # Applied to the state just received, so a reset made while waiting takes
+                    # effect on the very next answer.
+                    self._apply_reset()
+                    next_policy_sequence = None
 
                 slot = recorder.count % recorder.capacity
                 safety.cycle = cycles

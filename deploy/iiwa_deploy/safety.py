@@ -103,7 +103,20 @@ class SafetyMonitor:
             )
             return False
         if self.hold_setpoint is None:
-            # Before any setpoint was sent, holding means staying where the arm is measured.
+            # Before any setpoint was sent, holding means staying where the arm is measured,
+            # but only if that position is itself a setpoint we would send: the hold must
+            # never be the one setpoint that escapes the setpoint gate.
+            near_limit = np.flatnonzero((joint_positions < self._setpoint_low)
+                                        | (joint_positions > self._setpoint_high))
+            if near_limit.size:
+                index = int(near_limit[0])
+                self.latch(
+                    f"start position of {self._robot.joint_names[index]} "
+                    f"{joint_positions[index]:.4f} rad is within "
+                    f"{self._robot.setpoint_margin_rad} rad of its limits; jog the arm clear "
+                    "before running a policy"
+                )
+                return False
             self.hold_setpoint = joint_positions.astype(float).copy()
         return True
 
