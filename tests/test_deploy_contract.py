@@ -199,3 +199,9 @@ def test_contract_json_round_trip_is_what_the_sidecar_holds(tmp_path: Path) -> N
     contract = support.make_contract()
     model = support.write_policy(tmp_path, contract)
     assert json.loads(model.with_suffix(".json").read_text()) == contract
+
+
+def test_robot_config_is_also_reachable_at_deploy_robot_iiwa14_yaml() -> None:
+    from_path = load_robot_config(support.DEPLOY_DIR / "robot_iiwa14.yaml")
+    assert from_path.joint_names == ROBOT.joint_names
+    np.testing.assert_array_equal(from_path.velocity, ROBOT.velocity)

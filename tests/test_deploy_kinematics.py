@@ -127,3 +127,21 @@ def test_observation_follows_a_reordered_layout() -> None:
                                                      np.zeros(7))
     np.testing.assert_allclose(observation[:3], [0.0, 0.0, 1.0 - 1.306], atol=1e-6)
     np.testing.assert_allclose(observation[3:], 0.0, atol=1e-6)
+
+
+def test_general_axis_path_matches_the_z_axis_shortcut() -> None:
+    joints = [{**joint, "axis": [0.0, 0.0, -1.0]} for joint in IIWA14_R820_KINEMATICS["joints"]]
+    flipped = {**IIWA14_R820_KINEMATICS, "joints": joints}
+    chain = KinematicChain.from_contract(flipped)
+    q = np.array([0.4, -0.7, 1.1, -1.3, 0.2, 0.9, -2.0])
+    position, rotation = chain.forward(-q)
+    expected_position, expected_rotation = CHAIN.forward(q)
+    np.testing.assert_allclose(position, expected_position, atol=1e-12)
+    np.testing.assert_allclose(rotation, expected_rotation, atol=1e-12)
+
+
+def test_tcp_offset_rotation_turns_only_the_orientation() -> None:
+    turned = {**IIWA14_R820_KINEMATICS, "tcp_offset_rpy": [0.0, 0.0, math.pi / 2]}
+    position, rotation = KinematicChain.from_contract(turned).forward(np.zeros(7))
+    np.testing.assert_allclose(position, [0.0, 0.0, 1.306], atol=1e-12)
+    np.testing.assert_allclose(rotation, [[0, -1, 0], [1, 0, 0], [0, 0, 1]], atol=1e-12)

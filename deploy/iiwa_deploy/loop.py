@@ -81,6 +81,7 @@ class LoopSummary:
     faults: tuple[FaultRecord, ...]
     fault_latched: bool
     inference: TimingStats
+    policy_step: TimingStats
     compute: TimingStats
     busy: TimingStats
     state_interval: TimingStats
@@ -104,6 +105,7 @@ class LoopSummary:
             f"{self.success_threshold_m * 1000:.1f} mm) -> "
             f"{'SUCCESS' if self.success else 'not reached'}",
             f"inference:      {self.inference.format()}",
+            f"policy step:    {self.policy_step.format()}  (observation + inference + target)",
             f"compute:        {self.compute.format()}  (state received -> setpoint sent)",
             f"cycle busy:     {self.busy.format()}  (state received -> cycle work done)",
             f"state interval: {self.state_interval.format()}",
@@ -129,6 +131,7 @@ class _CycleRecorder:
     def __init__(self, capacity: int, joint_count: int, with_joint_log: bool) -> None:
         self.capacity = capacity
         self.inference = np.full(capacity, np.nan)
+        self.policy_step = np.full(capacity, np.nan)
         self.compute = np.full(capacity, np.nan)
         self.busy = np.full(capacity, np.nan)
         self.interval = np.full(capacity, np.nan)
@@ -151,22 +154,24 @@ class _CycleRecorder:
         if not self.with_joint_log:
             return
         header = ["cycle", "sequence", "received_s", "state_interval_s", "compute_s", "busy_s",
-                  "inference_s", "missed_deadline", "fault_latched"]
+                  "inference_s", "policy_step_s", "missed_deadline", "fault_latched"]
         header += [f"q_{name}" for name in joint_names]
         header += [f"setpoint_{name}" for name in joint_names]
         first_cycle = max(0, self.count - self.capacity)
         columns = [self.ordered(a) for a in (
             self.sequence, self.received, self.interval, self.compute, self.busy,
-            self.inference, self.missed, self.fault, self.positions, self.setpoints)]
+            self.inference, self.policy_step, self.missed, self.fault, self.positions,
+            self.setpoints)]
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
             for row in range(len(columns[0])):
-                (sequence, received, interval, compute, busy, inference, missed, fault,
-                 positions, setpoints) = (c[row] for c in columns)
+                (sequence, received, interval, compute, busy, inference, policy_step, missed,
+                 fault, positions, setpoints) = (c[row] for c in columns)
                 writer.writerow([
                     first_cycle + row, int(sequence), f"{received:.6f}", f"{interval:.6f}",
-                    f"{compute:.6f}", f"{busy:.6f}", f"{inference:.6f}", int(missed), int(fault),
+                    f"{compute:.6f}", f"{busy:.6f}", f"{inference:.6f}", f"{policy_step:.6f}",
+                    int(missed), int(fault),
                     *(f"{v:.6f}" for v in positions), *(f"{v:.6f}" for v in setpoints),
                 ])
 
@@ -199,6 +204,7 @@ class ControlLoop:
         self._previous_action = np.zeros(contract.action_size, dtype=np.float32)
         self._target = np.zeros(robot_config.joint_count)
         self._interpolator: JointInterpolator | None = None
+        self._last_inference_s = math.nan
         self._reset_requested = threading.Event()
 
     def request_reset(self) -> None:
@@ -220,7 +226,9 @@ class ControlLoop:
         )
         if not self.safety.check_finite("observation", observation):
             return None
+        inference_start = time.perf_counter()
         action = self.policy.act(observation)
+        self._last_inference_s = time.perf_counter() - inference_start
         if not self.safety.check_finite("policy action", action):
             return None
         np.clip(action, -1.0, 1.0, out=self._previous_action)
@@ -330,14 +338,16 @@ class ControlLoop:
                     self.backend.send_setpoint(state.sequence, setpoint, safety.latched)
                 sent = time.perf_counter()
 
-                inference = math.nan
+                inference = policy_step = math.nan
                 if (not safety.latched and self._interpolator is not None
                         and (next_policy_sequence is None
                              or state.sequence >= next_policy_sequence)):
                     next_policy_sequence = state.sequence + self.steps_per_action
                     policy_start = time.perf_counter()
+                    self._last_inference_s = math.nan
                     target = self._policy_target(positions, velocities)
-                    inference = time.perf_counter() - policy_start
+                    policy_step = time.perf_counter() - policy_start
+                    inference = self._last_inference_s
                     if target is not None:
                         self._interpolator.set_target(target)
                         policy_steps += 1
@@ -347,11 +357,12 @@ class ControlLoop:
                             stop_reason = "success"
                             cycles += 1
                             self._record(recorder, slot, received, sent, interval, inference,
-                                         period, state.sequence, positions, setpoint, start)
+                                         policy_step, period, state.sequence, positions,
+                                         setpoint, start)
                             break
                 cycles += 1
-                self._record(recorder, slot, received, sent, interval, inference, period,
-                             state.sequence, positions, setpoint, start)
+                self._record(recorder, slot, received, sent, interval, inference, policy_step,
+                             period, state.sequence, positions, setpoint, start)
         except KeyboardInterrupt:
             stop_reason = "interrupted"
         duration = time.perf_counter() - start
@@ -372,6 +383,7 @@ class ControlLoop:
             faults=tuple(safety.faults),
             fault_latched=safety.latched,
             inference=TimingStats.of(recorder.ordered(recorder.inference)),
+            policy_step=TimingStats.of(recorder.ordered(recorder.policy_step)),
             compute=TimingStats.of(recorder.ordered(recorder.compute)),
             busy=TimingStats.of(recorder.ordered(recorder.busy)),
             state_interval=TimingStats.of(interval_samples),
@@ -388,13 +400,15 @@ class ControlLoop:
         )
 
     def _record(self, recorder: _CycleRecorder, slot: int, received: float, sent: float,
-                interval: float, inference: float, period: float, sequence: int,
+                interval: float, inference: float, policy_step: float, period: float,
+                sequence: int,
                 positions: np.ndarray, setpoint: np.ndarray | None, start: float) -> None:
         busy = time.perf_counter() - received
         recorder.compute[slot] = sent - received
         recorder.busy[slot] = busy
         recorder.interval[slot] = interval
         recorder.inference[slot] = inference
+        recorder.policy_step[slot] = policy_step
         recorder.missed[slot] = busy > period or interval > LATE_INTERVAL_FACTOR * period
         if recorder.with_joint_log:
             recorder.sequence[slot] = sequence
