@@ -183,16 +183,17 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
         "safety",
     )
     expected_period = data.get("expected_control_period_s")
+    limit_vectors = {
+        key: _as_vector(_take(limits, key, "joint_limits."), f"joint_limits.{key}", joint_count)
+        for key in ("lower", "upper", "velocity", "effort")
+    }
     return RobotConfig(
         name=str(data.get("name", "robot")),
         joint_names=tuple(joint_names),
-        lower=_as_vector(_take(limits, "lower", "joint_limits."), "joint_limits.lower", joint_count),
-        upper=_as_vector(_take(limits, "upper", "joint_limits."), "joint_limits.upper", joint_count),
-        velocity=_as_vector(
-            _take(limits, "velocity", "joint_limits."), "joint_limits.velocity", joint_count
-        ),
-        effort=_as_vector(_take(limits, "effort", "joint_limits."), "joint_limits.effort",
-                          joint_count),
+        lower=limit_vectors["lower"],
+        upper=limit_vectors["upper"],
+        velocity=limit_vectors["velocity"],
+        effort=limit_vectors["effort"],
         robot_period_s=_as_number(_take(data, "robot_period_s", ""), "robot_period_s"),
         expected_control_period_s=(
             None if expected_period is None

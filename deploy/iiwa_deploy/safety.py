@@ -134,8 +134,8 @@ class SafetyMonitor:
         if outside.size:
             index = int(outside[0])
             self.latch(
-                f"setpoint for {self._robot.joint_names[index]} {setpoint[index]:.4f} rad is within "
-                f"{self._robot.setpoint_margin_rad} rad of (or beyond) its limits "
+                f"setpoint for {self._robot.joint_names[index]} {setpoint[index]:.4f} rad is "
+                f"within {self._robot.setpoint_margin_rad} rad of (or beyond) its limits "
                 f"[{self._robot.lower[index]:.4f}, {self._robot.upper[index]:.4f}]"
             )
             return False
