@@ -87,16 +87,16 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
 
 def from_mapping(cls: type, data: Any, where: str) -> Any:
     """Build dataclass `cls` from `data`, checking keys and types (see module docstring)."""
+    label = where or "top level"
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of keys to values, got {_describe(data)}")
+        raise ConfigError(f"{label}: expected a mapping of keys to values, got {_describe(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [key for key in data if key not in fields]
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key '{unknown[0]}'; expected one of: {', '.join(sorted(fields))}"
-        )
+        key = f"{where}.{unknown[0]}" if where else str(unknown[0])
+        raise ConfigError(f"{key}: unknown key; expected one of: {', '.join(sorted(fields))}")
     hints = get_type_hints(cls)
     kwargs = {}
     for name, field in fields.items():
@@ -110,7 +110,7 @@ def from_mapping(cls: type, data: Any, where: str) -> Any:
     except ConfigError:
         raise
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"{where}: {error}") from None
+        raise ConfigError(f"{label}: {error}") from None
 
 
 def to_mapping(config: Any) -> Any:

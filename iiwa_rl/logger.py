@@ -1,0 +1,125 @@
+"""Run logging: CSV files (the source for plots), TensorBoard, and the console progress.
+
+metrics.csv holds one row per update (training figures), eval.csv one row per
+evaluation. Both are appended as the run goes and truncated back to the checkpoint's
+step on resume, so a resumed run's curves have no duplicated stretch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+
+
+class CsvLog:
+    """Append-only CSV whose columns grow when a new key appears (the file is rewritten
+    then, which happens a handful of times per run at most)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns: list[str] = []
+        if path.exists() and path.stat().st_size > 0:
+            with path.open() as handle:
+                self.columns = next(csv.reader(handle), [])
+
+    def write(self, row: dict) -> None:
+        new = [key for key in row if key not in self.columns]
+        if new:
+            rows = self.read() if self.columns else []
+            self.columns += new
+            self._rewrite(rows)
+        with self.path.open("a", newline="") as handle:
+            csv.DictWriter(handle, self.columns, restval="").writerow(row)
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with self.path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged past `step` (they belong to work a resume will redo)."""
+        rows = [row for row in self.read() if float(row.get("step") or 0) <= step]
+        self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        partial = self.path.with_suffix(".csv.partial")
+        with partial.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, self.columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        partial.replace(self.path)
+
+
+class TensorBoardLog:
+    """TensorBoard scalars, if the tensorboard package is importable."""
+
+    def __init__(self, directory: Path, purge_step: int | None = None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional at run time: CSV always works
+            self.writer = None
+            return
+        self.writer = SummaryWriter(str(directory), purge_step=purge_step)
+
+    def write(self, prefix: str, row: dict, step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Progress:
+    """A one-line live bar on a terminal; in quiet mode (logs, CI) a line per evaluation."""
+
+    def __init__(self, total_steps: int, mode: str = "auto", stream=None):
+        self.stream = stream or sys.stderr
+        self.total = total_steps
+        self.live = mode == "bar" or (mode == "auto" and self.stream.isatty())
+        self._last_draw = 0.0
+
+    def update(
+        self, step: int, steps_per_second: float, episode_return: float, success: float
+    ) -> None:
+        if not self.live:
+            return
+        now = time.monotonic()
+        if now - self._last_draw < 0.25 and step < self.total:
+            return
+        self._last_draw = now
+        fraction = min(step / self.total, 1.0)
+        bar = "#" * int(fraction * 24)
+        eta = (self.total - step) / steps_per_second if steps_per_second > 0 else math.inf
+        line = (
+            f"\r[{bar:<24}] {step:>10,}/{self.total:,} steps | {steps_per_second:7,.0f} steps/s"
+            f" | ETA {_clock(eta)} | return {episode_return:8.2f} | success {success:6.1%}"
+        )
+        self.stream.write(line)
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if self.live:
+            self.stream.write("\r" + " " * 110 + "\r")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,160 @@
+"""Networks: the Gaussian actor (PPO, TRPO), the deterministic actor (DDPG), critics.
+
+The Gaussian actor has a mean head and a std head. The std is either one learned
+parameter per action dimension (state-independent) or a second linear head on the shared
+trunk (state-dependent). Its log is squashed smoothly into [min, max] with a tanh, so it
+can neither collapse to 0 nor run off to infinity or NaN, and its gradient never dies at
+a hard clamp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from iiwa_rl.config import LogStdSection, NetworkSection
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def mlp(input_size: int, spec: NetworkSection) -> tuple[nn.Sequential, int]:
+    """The hidden layers of `spec` (without an output layer) and their output size."""
+    layers: list[nn.Module] = []
+    size = input_size
+    for hidden in spec.hidden_sizes:
+        layers += [nn.Linear(size, hidden), _ACTIVATIONS[spec.activation]()]
+        size = hidden
+    trunk = nn.Sequential(*layers)
+    if spec.init == "orthogonal":
+        for layer in trunk:
+            if isinstance(layer, nn.Linear):
+                init_linear(layer, gain=math.sqrt(2.0))
+    return trunk, size
+
+
+def init_linear(layer: nn.Linear, gain: float) -> None:
+    nn.init.orthogonal_(layer.weight, gain=gain)
+    nn.init.zeros_(layer.bias)
+
+
+class GaussianActor(nn.Module):
+    """pi(a|s) = N(mean(s), diag(std^2)). Actions are sampled unbounded; the environment
+    clips them to [-1, 1] (see algos/ppo.py for why the unclipped sample is stored)."""
+
+    def __init__(self, observation_size: int, action_size: int, spec: NetworkSection):
+        super().__init__()
+        self.trunk, features = mlp(observation_size, spec)
+        self.mean_head = nn.Linear(features, action_size)
+        log_std: LogStdSection = spec.log_std
+        self.log_std_min, self.log_std_max = log_std.min, log_std.max
+        # The raw value whose squashed log-std equals the configured initial value.
+        fraction = (log_std.init - log_std.min) / (log_std.max - log_std.min)
+        raw_init = math.atanh(2.0 * fraction - 1.0)
+        self.state_dependent_std = log_std.mode == "state_dependent"
+        if self.state_dependent_std:
+            self.log_std_head = nn.Linear(features, action_size)
+            init_linear(self.log_std_head, gain=0.01)
+            nn.init.constant_(self.log_std_head.bias, raw_init)
+        else:
+            self.log_std_raw = nn.Parameter(torch.full((action_size,), raw_init))
+        if spec.init == "orthogonal":
+            # Small initial means: early actions are the noise, not a random network bias.
+            init_linear(self.mean_head, gain=0.01)
+
+    def _squash(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (
+            torch.tanh(raw) + 1
+        )
+
+    def forward(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-std of the action distribution."""
+        features = self.trunk(observation)
+        mean = self.mean_head(features)
+        if self.state_dependent_std:
+            log_std = self._squash(self.log_std_head(features))
+        else:
+            log_std = self._squash(self.log_std_raw).expand_as(mean)
+        return mean, log_std
+
+    def sample(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self(observation)
+        action = mean + torch.randn_like(mean) * log_std.exp()
+        return action, gaussian_log_prob(action, mean, log_std)
+
+    def log_prob_and_entropy(
+        self, observation: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self(observation)
+        return gaussian_log_prob(action, mean, log_std), gaussian_entropy(log_std)
+
+    def deterministic(self, observation: torch.Tensor) -> torch.Tensor:
+        """The mean action clipped to the action bounds: what is evaluated and exported."""
+        return self(observation)[0].clamp(-1.0, 1.0)
+
+
+def gaussian_log_prob(
+    action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
+) -> torch.Tensor:
+    """log N(action; mean, exp(log_std)^2), summed over action dimensions."""
+    z = (action - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
+
+
+def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
+    return (log_std + 0.5 * (1.0 + _LOG_2PI)).sum(-1)
+
+
+def gaussian_kl(
+    mean_p: torch.Tensor, log_std_p: torch.Tensor, mean_q: torch.Tensor, log_std_q: torch.Tensor
+) -> torch.Tensor:
+    """KL(p || q) of diagonal Gaussians, summed over action dimensions."""
+    var_p, var_q = torch.exp(2 * log_std_p), torch.exp(2 * log_std_q)
+    return (log_std_q - log_std_p + (var_p + (mean_p - mean_q).pow(2)) / (2 * var_q) - 0.5).sum(-1)
+
+
+class ValueCritic(nn.Module):
+    """V(s)."""
+
+    def __init__(self, observation_size: int, spec: NetworkSection):
+        super().__init__()
+        self.trunk, features = mlp(observation_size, spec)
+        self.head = nn.Linear(features, 1)
+        if spec.init == "orthogonal":
+            init_linear(self.head, gain=1.0)
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(observation)).squeeze(-1)
+
+
+class DeterministicActor(nn.Module):
+    """mu(s) = tanh(...): already inside the [-1, 1] action bounds."""
+
+    def __init__(self, observation_size: int, action_size: int, spec: NetworkSection):
+        super().__init__()
+        self.trunk, features = mlp(observation_size, spec)
+        self.head = nn.Linear(features, action_size)
+        if spec.init == "orthogonal":
+            init_linear(self.head, gain=0.01)
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.head(self.trunk(observation)))
+
+    def deterministic(self, observation: torch.Tensor) -> torch.Tensor:
+        return self(observation)
+
+
+class QCritic(nn.Module):
+    """Q(s, a)."""
+
+    def __init__(self, observation_size: int, action_size: int, spec: NetworkSection):
+        super().__init__()
+        self.trunk, features = mlp(observation_size + action_size, spec)
+        self.head = nn.Linear(features, 1)
+        if spec.init == "orthogonal":
+            init_linear(self.head, gain=1.0)
+
+    def forward(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(torch.cat([observation, action], dim=-1))).squeeze(-1)

@@ -1,0 +1,1 @@
+"""Seeing the robot and the runs: GUI viewer, headless recording, learning curves."""
