@@ -302,3 +302,17 @@ def test_targets_are_clipped_inside_the_target_margin(mode: str) -> None:
     final = backend.sent[-1].joint_positions
     assert np.all(final <= ROBOT.target_upper + 1e-12)
     assert np.any(final > ROBOT.target_upper - 0.5)
+
+
+def test_state_with_the_wrong_joint_count_latches_and_the_csv_log_survives(
+        tmp_path: Path) -> None:
+    script = [state(1), state(2), RobotState(3, 0.0, np.zeros(6), np.zeros(6)), state(4)]
+    backend = ScriptedRobot(script)
+    loop = ControlLoop(ScriptedPolicy([np.zeros(7)]), CONTRACT, ROBOT, backend, GOAL, 10)
+    log = tmp_path / "cycles.csv"
+    summary = loop.run(first_state_timeout_s=1.0, csv_path=log)
+    assert "expected 7 each" in summary.faults[0].reason
+    assert [sent.fault for sent in backend.sent] == [False, False, True, True]
+    rows = log.read_text().splitlines()
+    assert len(rows) == 1 + 4
+    assert rows[3].split(",")[10] == "nan"

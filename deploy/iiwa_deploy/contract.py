@@ -173,10 +173,13 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
                 f"on the controller; this runtime builds only: "
                 f"{', '.join(OBSERVATION_PIECE_SIZES)}"
             )
-        expected_kind = OBSERVATION_PIECE_SIZES[name]
-        expected_size = {"joints": joint_count, "action": action_size}.get(
-            expected_kind, expected_kind  # type: ignore[arg-type]
-        )
+        size_rule = OBSERVATION_PIECE_SIZES[name]
+        if size_rule == "joints":
+            expected_size = joint_count
+        elif size_rule == "action":
+            expected_size = action_size
+        else:
+            expected_size = int(size_rule)
         if size != expected_size:
             raise ContractError(
                 f"contract{where}: piece '{name}' has size {size}, expected {expected_size}"
@@ -336,7 +339,7 @@ def check_model_io(contract: PolicyContract, session: _SessionLike) -> None:
         if len(shape) != 2:
             raise ContractError(f"model {role} has shape {shape}; expected [batch, {size}]")
         batch, width = shape
-        if isinstance(batch, int) and batch not in (1, -1) and batch > 0:
+        if isinstance(batch, int) and batch > 1:
             raise ContractError(f"model {role} has batch size {batch}; batch 1 is required")
         if isinstance(width, int) and width != size:
             raise ContractError(

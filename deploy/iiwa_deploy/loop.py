@@ -414,7 +414,10 @@ class ControlLoop:
             recorder.sequence[slot] = sequence
             recorder.received[slot] = received - start
             recorder.fault[slot] = self.safety.latched
-            recorder.positions[slot] = positions
+            if positions.shape == recorder.positions[slot].shape:
+                recorder.positions[slot] = positions
+            else:
+                recorder.positions[slot] = np.nan
             if setpoint is None:
                 recorder.setpoints[slot] = np.nan
             else:
