@@ -145,6 +145,12 @@ def summarize_episodes(results: list[EpisodeResult]) -> dict[str, float]:
         values = [r.final_info[key] for r in results if key in r.final_info]
         if values:
             summary[f"final_{key}" if not key.startswith("max") else key] = float(np.mean(values))
+    if any("max_cube_lift" in r.final_info for r in results):
+        from iiwa_rl.envs.tasks.grasp import failure_reason
+
+        for reason in ("missed", "not lifted", "dropped", "timed out"):
+            count = sum(failure_reason(r.final_info) == reason for r in results)
+            summary[f"failed_{reason.replace(' ', '_')}"] = count
     return summary
 
 

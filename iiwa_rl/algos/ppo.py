@@ -15,6 +15,14 @@ from iiwa_rl.algos.base import OnPolicyAlgorithm
 from iiwa_rl.config import PPOSection
 
 
+def clipped_surrogate_loss(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """-E[min(r A, clip(r, 1 - eps, 1 + eps) A)]: the pessimistic bound, so moving the
+    ratio beyond the clip range never improves the objective."""
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * advantages
+    return -torch.min(unclipped, clipped).mean()
+
+
 class PPO(OnPolicyAlgorithm):
     def __init__(self, config, observation_size, action_size, num_envs, device, seed):
         super().__init__(config, observation_size, action_size, num_envs, device, seed)
@@ -48,9 +56,7 @@ class PPO(OnPolicyAlgorithm):
                 log_probs, entropy = self.actor.log_prob_and_entropy(observations, actions)
                 log_ratio = log_probs - batch.log_probs[index]
                 ratio = log_ratio.exp()
-                unclipped = ratio * advantages
-                clipped = ratio.clamp(1.0 - cfg.clip_range, 1.0 + cfg.clip_range) * advantages
-                policy_loss = -torch.min(unclipped, clipped).mean()
+                policy_loss = clipped_surrogate_loss(ratio, advantages, cfg.clip_range)
 
                 # Value: regression to the GAE returns, optionally clipped around the old values.
                 values = self.critic(observations)

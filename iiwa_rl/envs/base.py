@@ -151,6 +151,7 @@ class IiwaEnv(gym.Env, ABC):
             raise ValueError(f"action contains NaN or inf: {action.tolist()}")
         action = np.minimum(np.maximum(action, -1.0), 1.0)
         self._apply_action(action)
+        self.robot.peak_speed_fraction = 0.0
         self.sim.step(self.config.substeps)
         self._step_count += 1
         truncated = self._step_count >= self.config.max_episode_steps
@@ -184,8 +185,12 @@ class IiwaEnv(gym.Env, ABC):
         return np.concatenate(self._observation_parts(snapshot)).astype(np.float32)
 
     def _blew_up(self, snapshot: RobotSnapshot) -> bool:
-        # `<=` is False for NaN, so one comparison also catches non-finite speeds.
-        speeds_ok = (np.abs(snapshot.joint_velocities) <= self._blowup_speeds).all()
+        # `<=` is False for NaN, so one comparison also catches non-finite speeds. The
+        # robot clamps speeds after each physics step, so the speeds it met before
+        # clamping (its peak) tell a blow-up inside the control step.
+        speeds_ok = (np.abs(snapshot.joint_velocities) <= self._blowup_speeds).all() and (
+            self.robot.peak_speed_fraction <= self.config.blowup_speed_factor
+        )
         return not (speeds_ok and np.isfinite(snapshot.joint_positions).all()) or (
             self._task_blew_up()
         )

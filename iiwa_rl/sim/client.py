@@ -16,7 +16,7 @@ import hashlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +147,9 @@ class BulletSim:
         )
         if gui:
             self.client.configureDebugVisualizer(pybullet.COV_ENABLE_GUI, 0)
+        # Called after every physics step, by whoever steps the world: a robot enforces
+        # limits that PyBullet cannot hold per joint (see Iiwa14._limit_joint_speeds).
+        self.post_step_hooks: list[Callable[[], None]] = []
 
     @property
     def time_step(self) -> float:
@@ -179,8 +182,11 @@ class BulletSim:
             )
 
     def step(self, substeps: int = 1) -> None:
+        hooks = self.post_step_hooks
         for _ in range(substeps):
             self.client.stepSimulation()
+            for hook in hooks:
+                hook()
 
     def body_pose(self, body_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Base position (m) and orientation quaternion (x, y, z, w) of a body."""

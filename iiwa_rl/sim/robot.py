@@ -142,6 +142,30 @@ class Iiwa14:
                 self.body_id, index, pybullet.VELOCITY_CONTROL, targetVelocity=0.0, force=0.0
             )
         self._last_arm_target = HOME_JOINT_POSITIONS.copy()
+        # The motor's maxVelocity caps only the speed the motor drives towards; a joint
+        # whose motor is at its torque limit is still swung past its speed by the others
+        # (A3 reached twice its 100 deg/s when A2 and A4 reversed: the simulated arm lacks
+        # the real one's geared rotor inertia). PyBullet's own cap (maxJointVelocity) is one
+        # value for the whole body, so the limit is enforced per joint after every step.
+        self.peak_speed_fraction = 0.0
+        sim.post_step_hooks.append(self._limit_joint_speeds)
+
+    def _limit_joint_speeds(self) -> None:
+        """Clamp each arm joint's speed to its datasheet limit, and record in
+        `peak_speed_fraction` the largest |speed| / limit met before clamping (inf for a
+        non-finite speed, which is left alone so that blow-up detection sees it); whoever
+        reads the peak clears it."""
+        states = self.client.getJointStates(self.body_id, self.arm_joint_indices)
+        for index, state, limit in zip(self.arm_joint_indices, states, self._arm_speeds):
+            speed = state[1]
+            if -limit <= speed <= limit:
+                continue
+            if speed != speed or abs(speed) == float("inf"):
+                self.peak_speed_fraction = float("inf")
+                continue
+            self.peak_speed_fraction = max(self.peak_speed_fraction, abs(speed) / limit)
+            clamped = limit if speed > 0.0 else -limit
+            self.client.resetJointState(self.body_id, index, state[0], clamped)
 
     # ------------------------------------------------------------------ state
     @property

@@ -120,6 +120,8 @@ class IiwaGraspEnv(IiwaEnv):
         self.robot.command_gripper_width(self.robot.max_gripper_width)
         self._held_steps = 0
         self._max_lift = 0.0
+        self._ever_grasped = False
+        self._fell_off = False
         self._read_cube()
 
     def _read_cube(self) -> None:
@@ -177,6 +179,7 @@ class IiwaGraspEnv(IiwaEnv):
         held_high = all(self._contacts) and lift >= cfg.lift_height
         self._held_steps = self._held_steps + 1 if held_high else 0
         self._max_lift = max(self._max_lift, lift)
+        self._ever_grasped = self._ever_grasped or all(self._contacts)
         limits = self.robot.limits
         inputs = RewardInputs(
             tcp_position=robot.tcp_position,
@@ -193,8 +196,8 @@ class IiwaGraspEnv(IiwaEnv):
             finger_contacts=self._contacts,
             lift_target=cfg.lift_height,
         )
-        fell_off_table = self._cube_position[2] < -0.05
-        return inputs, bool(fell_off_table)
+        self._fell_off = bool(self._cube_position[2] < -0.05)
+        return inputs, self._fell_off
 
     def _task_blew_up(self) -> bool:
         linear, _ = self.sim.body_velocity(self.cube_id)
@@ -207,8 +210,35 @@ class IiwaGraspEnv(IiwaEnv):
             "tcp_to_cube_distance": float(np.linalg.norm(self._cube_position - robot.tcp_position)),
             "finger_contacts": int(self._contacts[0]) + int(self._contacts[1]),
             "held_steps": self._held_steps,
+            "ever_grasped": self._ever_grasped,
+            "cube_fell_off": self._fell_off,
         }
 
     # ---------------------------------------------------------------- rendering
     def camera_target(self):
         return [0.55, 0.0, 0.1], 1.1, 45.0, -30.0
+
+
+# A lift below this never counts as "lifted" when classifying failures (m).
+_LIFTED = 0.02
+
+
+def failure_reason(final_info: dict) -> str | None:
+    """Why a grasp episode failed, from its last info; None for a success.
+
+    missed: both fingers never touched the cube; not lifted: grasped but never raised
+    2 cm; dropped: raised, then lost (or knocked off the table); timed out: raised and
+    still held, but not high enough for long enough before the time limit."""
+    if final_info.get("is_success"):
+        return None
+    if final_info.get("cube_fell_off"):
+        return "dropped"
+    if not final_info.get("ever_grasped"):
+        return "missed"
+    if final_info.get("max_cube_lift", 0.0) < _LIFTED:
+        return "not lifted"
+    if final_info.get("cube_lift", 0.0) < _LIFTED:
+        return "dropped"
+    return "timed out"
+
+

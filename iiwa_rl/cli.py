@@ -1,0 +1,175 @@
+"""`iiwa-rl`: the command line.
+
+    iiwa-rl train CONFIG [--set key=value ...] [--run-dir DIR] [--seed N] [--quiet]
+    iiwa-rl train --resume RUN_DIR
+    iiwa-rl eval RUN_DIR [--episodes N] [--checkpoint best|last] [--json] [--video PATH]
+    iiwa-rl export RUN_DIR [-o policy.onnx]
+    iiwa-rl deploy policy.onnx --robot sim|udp [...]
+    iiwa-rl view [CONFIG | RUN_DIR | policy.onnx]
+    iiwa-rl record [CONFIG | RUN_DIR | policy.onnx] -o rollout.mp4
+    iiwa-rl plot RUN_DIR [RUN_DIR ...] -o curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from iiwa_rl.schema import ConfigError
+
+
+def _default_run_dir(config_path: str, seed: int) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{Path(config_path).stem}-seed{seed}-{stamp}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from iiwa_rl.config import config_from_dict, load_config
+    from iiwa_rl.train import Trainer
+
+    if args.resume:
+        import yaml
+
+        run_dir = Path(args.resume)
+        config_path = run_dir / "config.yaml"
+        if not config_path.exists():
+            raise ConfigError(f"{run_dir}: not a run directory (no config.yaml to resume)")
+        config = config_from_dict(yaml.safe_load(config_path.read_text()), str(config_path))
+        if args.quiet:
+            config.train.progress = "quiet"
+        trainer = Trainer(config, run_dir, resume=True)
+    else:
+        if not args.config:
+            raise ConfigError("train: give a CONFIG file or --resume RUN_DIR")
+        overrides = list(args.set or [])
+        if args.seed is not None:
+            overrides.append(f"seed={args.seed}")
+        if args.quiet:
+            overrides.append("train.progress=quiet")
+        config = load_config(args.config, overrides)
+        run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, config.seed)
+        trainer = Trainer(config, run_dir)
+    print(f"run directory: {trainer.run_dir}  (device: {trainer.device})", flush=True)
+    summary = trainer.train()
+    print(
+        f"done after {summary['step']:,} steps ({summary['stop_reason']}): "
+        f"success {summary['success_rate']:.1%} over {summary['episodes']} evaluation episodes"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    import iiwa_rl.envs  # noqa: F401
+    from iiwa_rl.train import build_policy, load_run, run_episodes, summarize_episodes
+
+    config, state = load_run(args.run_dir, args.checkpoint)
+    actor, normalizer = build_policy(config, state)
+    env = gym.make(config.env.id, render_mode="rgb_array" if args.video else None, **config.env.kwargs)
+
+    @torch.no_grad()
+    def act(observation: np.ndarray) -> np.ndarray:
+        return actor.deterministic(torch.from_numpy(normalizer(observation))).numpy()
+
+    recorder = None
+    if args.video:
+        from iiwa_rl.viz.record import VideoRecorder
+
+        recorder = VideoRecorder(args.video, fps=config.env.kwargs.get("control_hz", 20))
+    results = run_episodes(act, env, args.episodes, args.seed if args.seed is not None else config.eval.seed,
+                           on_step=recorder.capture if recorder else None)
+    if recorder:
+        recorder.close()
+    summary = summarize_episodes(results)
+    summary["run_dir"] = str(args.run_dir)
+    summary["checkpoint"] = args.checkpoint
+    summary["trained_steps"] = int(state["global_step"])
+    env.close()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from iiwa_rl.viz.plots import plot_runs
+
+    path = plot_runs(args.run_dirs, args.output, x_axis=args.x)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iiwa-rl", description="RL for the KUKA LBR iiwa 14")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a policy from a YAML config")
+    train.add_argument("config", nargs="?", help="configs/*.yaml")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. ppo.epochs=5")
+    train.add_argument("--run-dir", help="where to write the run (default runs/<config>-seed<N>-<time>)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    train.add_argument("--quiet", action="store_true", help="no live progress bar")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's policy deterministically")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--episodes", type=int, default=100)
+    evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    evaluate.add_argument("--seed", type=int, help="first episode's seed (default: config eval.seed)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--video", metavar="PATH", help="record the episodes (.mp4 or .gif)")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    plot = commands.add_parser("plot", help="learning curves of one or several runs")
+    plot.add_argument("run_dirs", nargs="+")
+    plot.add_argument("-o", "--output", default="curves.png")
+    plot.add_argument("--x", choices=["step", "wall_time"], default="step")
+    plot.set_defaults(handler=cmd_plot)
+
+    for register in _EXTRA_COMMANDS:
+        register(commands)
+    return parser
+
+
+def _register_optional_commands():
+    registrars = []
+    for module_name in ("iiwa_rl.export", "iiwa_rl.deploy_sim", "iiwa_rl.viz.viewer", "iiwa_rl.viz.record"):
+        try:
+            module = __import__(module_name, fromlist=["register_cli"])
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        registrars.append(module.register_cli)
+    return registrars
+
+
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _EXTRA_COMMANDS[:] = _register_optional_commands()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, FileNotFoundError, FileExistsError) as error:
+        print(f"iiwa-rl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"iiwa-rl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
