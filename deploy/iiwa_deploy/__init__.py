@@ -5,7 +5,7 @@ checks, safety gates and a velocity/acceleration-limited interpolator. Depends o
 onnxruntime and pyyaml so it can be installed on the robot's controller PC by itself.
 """
 
-from .cli import main, run_policy
+from .cli import PreparedPolicy, main, prepare_policy, run_policy, run_prepared
 from .config import ConfigError, RobotConfig, load_robot_config
 from .contract import ContractError, PolicyContract, parse_contract
 from .fake_robot import FakeRobot, FaultInjection, NumpyPlant, Plant
@@ -34,6 +34,7 @@ __all__ = [
     "OnnxPolicy",
     "Plant",
     "PolicyContract",
+    "PreparedPolicy",
     "ProtocolError",
     "RobotBackend",
     "RobotConfig",
@@ -45,5 +46,7 @@ __all__ = [
     "load_robot_config",
     "main",
     "parse_contract",
+    "prepare_policy",
     "run_policy",
+    "run_prepared",
 ]

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from .config import ConfigError, RobotConfig, load_robot_config
 from .contract import ContractError, PolicyContract, read_contract
 from .fake_robot import FakeRobot, NumpyPlant
 from .loop import DEFAULT_FIRST_STATE_TIMEOUT_S, ControlLoop, LoopSummary
-from .policy import create_session, load_policy
+from .policy import OnnxPolicy, create_session, load_policy
 from .robot import RobotBackend, UdpRobot, parse_host_port
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,51 @@ def choose_goal(contract: PolicyContract, goal: Sequence[float] | None,
     return chosen
 
 
+@dataclass(frozen=True)
+class PreparedPolicy:
+    """A model checked against the robot, warmed up, with its goal chosen."""
+
+    policy: OnnxPolicy
+    robot: RobotConfig
+    steps_per_action: int
+    goal: np.ndarray
+
+
+def prepare_policy(
+    model_path: str | Path,
+    robot_config: RobotConfig | str | Path | None = None,
+    goal: Sequence[float] | None = None,
+    allow_goal_outside_training: bool = False,
+) -> PreparedPolicy:
+    """Every refusal (ContractError/ConfigError) happens here, before any socket is opened."""
+    robot = _resolve_robot_config(robot_config)
+    policy, steps_per_action = load_policy(model_path, robot)
+    chosen_goal = choose_goal(policy.contract, goal, allow_goal_outside_training)
+    return PreparedPolicy(policy, robot, steps_per_action, chosen_goal)
+
+
+def run_prepared(
+    prepared: PreparedPolicy,
+    robot_backend: RobotBackend,
+    duration_s: float | None = None,
+    max_cycles: int | None = None,
+    stop_on_success: bool = False,
+    csv_path: str | Path | None = None,
+    first_state_timeout_s: float = DEFAULT_FIRST_STATE_TIMEOUT_S,
+) -> LoopSummary:
+    robot = prepared.robot
+    if abs(robot_backend.period_s - robot.robot_period_s) > 1e-9:
+        raise ConfigError(
+            f"robot backend period {robot_backend.period_s} s differs from robot_period_s "
+            f"{robot.robot_period_s} s of the robot configuration"
+        )
+    loop = ControlLoop(prepared.policy, prepared.policy.contract, robot, robot_backend,
+                       prepared.goal, prepared.steps_per_action)
+    return loop.run(duration_s=duration_s, max_cycles=max_cycles,
+                    stop_on_success=stop_on_success,
+                    first_state_timeout_s=first_state_timeout_s, csv_path=csv_path)
+
+
 def run_policy(
     model_path: str | Path,
     robot_backend: RobotBackend,
@@ -73,19 +119,10 @@ def run_policy(
     model, its contract, the robot configuration and the backend's period do not fit.
     The caller owns `robot_backend` and closes it.
     """
-    robot = _resolve_robot_config(robot_config)
-    if abs(robot_backend.period_s - robot.robot_period_s) > 1e-9:
-        raise ConfigError(
-            f"robot backend period {robot_backend.period_s} s differs from robot_period_s "
-            f"{robot.robot_period_s} s of the robot configuration"
-        )
-    policy, steps_per_action = load_policy(model_path, robot)
-    chosen_goal = choose_goal(policy.contract, goal, allow_goal_outside_training)
-    loop = ControlLoop(policy, policy.contract, robot, robot_backend, chosen_goal,
-                       steps_per_action)
-    return loop.run(duration_s=duration_s, max_cycles=max_cycles,
-                    stop_on_success=stop_on_success,
-                    first_state_timeout_s=first_state_timeout_s, csv_path=csv_path)
+    prepared = prepare_policy(model_path, robot_config, goal, allow_goal_outside_training)
+    return run_prepared(prepared, robot_backend, duration_s=duration_s, max_cycles=max_cycles,
+                        stop_on_success=stop_on_success, csv_path=csv_path,
+                        first_state_timeout_s=first_state_timeout_s)
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +149,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_run(args: argparse.Namespace) -> int:
-    robot = load_robot_config(args.robot_config)
+    prepared = prepare_policy(args.model, args.robot_config, args.goal,
+                              args.allow_goal_outside_training)
+    robot = prepared.robot
     backend = UdpRobot(parse_host_port(args.bind), robot.robot_period_s)
     fake: FakeRobot | None = None
     try:
@@ -121,12 +160,12 @@ def _command_run(args: argparse.Namespace) -> int:
                              robot.robot_period_s)
             fake.start()
         host, port = backend.local_address
-        print(f"listening for robot STATE on {host}:{port}", flush=True)
-        summary = run_policy(
-            args.model, backend, goal=args.goal, duration_s=args.duration,
-            max_cycles=args.max_cycles, robot_config=robot, stop_on_success=args.stop_on_success,
-            csv_path=args.csv, first_state_timeout_s=args.first_state_timeout,
-            allow_goal_outside_training=args.allow_goal_outside_training,
+        print(f"{args.model}: contract OK; goal {prepared.goal.tolist()} m; listening for "
+              f"robot STATE on {host}:{port}", flush=True)
+        summary = run_prepared(
+            prepared, backend, duration_s=args.duration, max_cycles=args.max_cycles,
+            stop_on_success=args.stop_on_success, csv_path=args.csv,
+            first_state_timeout_s=args.first_state_timeout,
         )
     finally:
         if fake is not None:
