@@ -2,6 +2,7 @@
 
 import gymnasium as gym
 
+import iiwa_rl.sim  # noqa: F401  (first: imports PyBullet without its stdout banner)
 from iiwa_rl.envs.base import IiwaEnv
 from iiwa_rl.envs.config import GraspConfig, IiwaEnvConfig, ReachConfig, RewardConfig
 from iiwa_rl.envs.tasks.grasp import IiwaGraspEnv

@@ -9,19 +9,18 @@ resolve; `load_urdf` rewrites that prefix into a cached copy of the file.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import hashlib
 import os
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pybullet
 import pybullet_data
+
+from iiwa_rl.sim.native import quiet_native_stdout
 
 _PACKAGE_PREFIX = "package://pybullet_data/"
 
@@ -90,27 +89,6 @@ def _resolved_urdf(path: Path) -> str:
     return str(target)
 
 
-@contextlib.contextmanager
-def _quiet_native_stdout() -> Iterator[None]:
-    """Silence what PyBullet's C++ prints to stdout (one line per merged link on every
-    URDF load), which would bury training progress and CLI output."""
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:  # no real stdout (some test runners): nothing to silence
-        yield
-        return
-    libc = ctypes.CDLL(None)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 1)
-        try:
-            yield
-        finally:
-            libc.fflush(None)
-            os.dup2(saved, 1)
-            os.close(saved)
-
-
 class BulletSim:
     """A PyBullet world stepped at a fixed physics rate.
 
@@ -136,7 +114,7 @@ class BulletSim:
         self.gui = gui
         self.physics_hz = float(physics_hz)
         options = "--width=1024 --height=768" if gui else ""
-        with _quiet_native_stdout():  # "argv[0]=" on every connect
+        with quiet_native_stdout():  # "argv[0]=" on every connect
             self.client = PhysicsClient(pybullet.GUI if gui else pybullet.DIRECT, options)
         self.client.setTimeStep(1.0 / self.physics_hz)
         self.client.setGravity(0.0, 0.0, -9.81)
@@ -170,7 +148,7 @@ class BulletSim:
         `maximal_coordinates` makes a single rigid body instead of a multibody: for a free
         box resting on another it cuts the physics step's cost about sevenfold."""
         path = asset_path("urdf", name)
-        with _quiet_native_stdout():
+        with quiet_native_stdout():
             return self.client.loadURDF(
                 _resolved_urdf(path),
                 basePosition=list(position),

@@ -323,9 +323,25 @@ class Iiwa14:
 
     # ------------------------------------------------------------ description
     def kinematic_chain(self) -> dict:
-        """The arm's joint frames as the deploy runtime's numpy kinematics expects them."""
+        """The arm's joint frames from the URDF, as the deploy runtime's numpy forward
+        kinematics reads them: each joint's origin relative to its parent link, its axis,
+        and the fixed offset from link 7 to the TCP."""
+        urdf = "iiwa14_gripper.urdf" if self.with_gripper else "iiwa14.urdf"
+        root = ElementTree.parse(asset_path("urdf", urdf)).getroot()
         joints = []
         for name in ARM_JOINT_NAMES:
-            info = self._joint_info[name]
-            joints.append({"name": name, "axis": list(map(float, info[13]))})
-        return {"joints": joints}
+            element = root.find(f"joint[@name='{name}']")
+            origin = element.find("origin")
+            joints.append(
+                {
+                    "name": name,
+                    "origin_xyz": [float(v) for v in origin.get("xyz").split()],
+                    "origin_rpy": [float(v) for v in origin.get("rpy", "0 0 0").split()],
+                    "axis": [float(v) for v in element.find("axis").get("xyz").split()],
+                }
+            )
+        return {
+            "joints": joints,
+            "tcp_offset_xyz": self.tcp_offset.tolist(),
+            "tcp_offset_rpy": [0.0, 0.0, 0.0],
+        }
