@@ -35,11 +35,15 @@ from iiwa_rl.schema import ConfigError, check, from_mapping, to_mapping
 class EnvSection:
     id: str = "IiwaReach-v0"
     num_envs: int = 16
-    vector_mode: Literal["sync", "async"] = "sync"
+    # sync: in-process; async: a process per env; batched: `workers` processes stepping
+    # num_envs / workers envs each (fastest on a few cores).
+    vector_mode: Literal["sync", "async", "batched"] = "sync"
+    workers: int | None = None  # batched mode; default: one per CPU core
     kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check(self.num_envs >= 1, "num_envs must be >= 1")
+        check(self.workers is None or self.workers >= 1, "workers must be >= 1")
 
 
 @dataclass
@@ -296,4 +300,15 @@ def _check_environment(config: TrainConfig, source: str) -> None:
         import importlib
 
         env_class = getattr(importlib.import_module(module_name), class_name)
-        from_mapping(env_class.config_class, config.env.kwargs, "env.kwargs")
+        env_config = from_mapping(env_class.config_class, config.env.kwargs, "env.kwargs")
+        reward = getattr(env_config, "reward", None)
+        if reward is not None:
+            # Reward terms are checked here too, not only when the first environment is built.
+            from iiwa_rl.envs.rewards import RewardFunction
+
+            RewardFunction(
+                reward.terms,
+                reward.sparse,
+                getattr(env_class, "available_reward_terms", set()),
+                "env.kwargs.reward.terms",
+            )
