@@ -1,0 +1,314 @@
+"""Config loading: every kind of mistake is refused before any work, with a message that
+names the file and the key; the CLI turns it into exit code 2 and creates nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from iiwa_rl.cli import main
+from iiwa_rl.config import TrainConfig, config_from_dict, load_config, parse_overrides
+from iiwa_rl.schema import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+REACH = REPO / "configs" / "reach_ppo.yaml"
+
+
+def _reach_data() -> dict:
+    return yaml.safe_load(REACH.read_text())
+
+
+def _write(tmp_path: Path, data, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _with(path: str, value) -> dict:
+    """The reach config with the dotted `path` set to `value`."""
+    data = _reach_data()
+    *parents, last = path.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return data
+
+
+# ---------------------------------------------------------------------- good configs
+
+
+def test_reach_config_loads_and_round_trips():
+    config = load_config(REACH)
+    assert config.algorithm == "ppo" and config.env.id == "IiwaReach-v0"
+    assert config.ppo.rollout_steps == 64 and config.policy.hidden_sizes == [128, 128]
+    assert config.policy.log_std.max == 0.5
+    assert config.env.kwargs["reward"]["terms"]["tcp_distance_tanh"]["std"] == 0.05
+    data = config.to_dict()
+    assert "trpo" not in data and "ddpg" not in data  # only the chosen algorithm's section
+    again = config_from_dict(yaml.safe_load(config.to_yaml()))
+    assert again == config and again.sha256() == config.sha256()
+
+
+def test_overrides_merge_into_nested_sections():
+    config = load_config(
+        REACH,
+        [
+            "ppo.epochs=3",
+            "env.kwargs.control_hz=40",
+            "policy.log_std.mode=state_dependent",
+            "train.max_wall_seconds=null",
+            "policy.hidden_sizes=[32, 16]",
+        ],
+    )
+    assert config.ppo.epochs == 3
+    assert config.env.kwargs["control_hz"] == 40
+    assert config.env.kwargs["max_episode_steps"] == 60  # siblings kept
+    assert config.policy.log_std.mode == "state_dependent" and config.policy.log_std.max == 0.5
+    assert config.train.max_wall_seconds is None
+    assert config.policy.hidden_sizes == [32, 16]
+    assert isinstance(load_config(REACH, ["ppo.learning_rate=1"]).ppo.learning_rate, float)
+
+
+def test_parse_overrides_builds_nested_yaml_values():
+    assert parse_overrides(["a.b.c=1", "a.b.d=[1, 2]", "a.e=x", "f=null"]) == {
+        "a": {"b": {"c": 1, "d": [1, 2]}, "e": "x"},
+        "f": None,
+    }
+    assert parse_overrides(["a=b=c"]) == {"a": "b=c"}  # split at the first '='
+
+
+# ----------------------------------------------------------------------- bad configs
+
+# (name, config data, what the message must contain besides the file name)
+BAD_CONFIGS = [
+    ("unknown top-level key", _with("learning_rate", 0.1), ["learning_rate: unknown key"]),
+    ("unknown nested key", _with("ppo.epoch", 3), ["ppo.epoch: unknown key", "epochs"]),
+    (
+        "unknown deeply nested key",
+        _with("policy.log_std.maximum", 1.0),
+        ["policy.log_std.maximum: unknown key"],
+    ),
+    (
+        "wrong type: string for int",
+        _with("ppo.epochs", "ten"),
+        ["ppo.epochs", "expected an integer", "'ten'"],
+    ),
+    (
+        "wrong type: bool for int",
+        _with("env.num_envs", True),
+        ["env.num_envs", "expected an integer"],
+    ),
+    (
+        "wrong type: string for float",
+        _with("ppo.gamma", "high"),
+        ["ppo.gamma", "expected a number"],
+    ),
+    ("wrong type: list for a section", _with("train", [1, 2]), ["train", "expected a mapping"]),
+    (
+        "wrong type: list item",
+        _with("policy.hidden_sizes", [64, "x"]),
+        ["policy.hidden_sizes[1]", "expected an integer"],
+    ),
+    ("not a choice", _with("device", "tpu"), ["device", "expected one of", "'tpu'"]),
+    (
+        "bad value (__post_init__)",
+        _with("ppo.clip_range", 1.5),
+        ["ppo", "clip_range must be in (0, 1)"],
+    ),
+    ("bad value: num_envs", _with("env.num_envs", 0), ["env", "num_envs must be >= 1"]),
+    (
+        "bad value: log_std bounds",
+        _with("policy.log_std.min", 2.0),
+        ["policy.log_std", "log_std.min must be < log_std.max"],
+    ),
+    (
+        "unknown env id",
+        _with("env.id", "IiwaPour-v0"),
+        ["env.id", "unknown environment 'IiwaPour-v0'", "IiwaReach-v0"],
+    ),
+    (
+        "unknown env parameter",
+        _with("env.kwargs.control_rate", 20),
+        ["env.kwargs.control_rate: unknown key"],
+    ),
+    (
+        "physics not a multiple of control rate",
+        _with("env.kwargs.control_hz", 7.0),
+        ["env.kwargs", "physics_hz (120.0) must be a whole multiple of control_hz (7.0)"],
+    ),
+    (
+        "unknown reward term",
+        _with("env.kwargs.reward.terms.tcp_distanse", {"weight": -1.0}),
+        ["env.kwargs.reward.terms.tcp_distanse", "unknown reward term", "tcp_distance_tanh"],
+    ),
+    (
+        "reward term of another task",
+        _with("env.kwargs.reward.terms.cube_lift", {"weight": 1.0}),
+        ["env.kwargs.reward.terms.cube_lift", "cannot compute"],
+    ),
+    (
+        "unknown reward term parameter",
+        _with("env.kwargs.reward.terms.tcp_distance_tanh", {"weight": 1.0, "scale": 0.1}),
+        ["env.kwargs.reward.terms.tcp_distance_tanh.scale", "unknown parameter"],
+    ),
+    (
+        "section of another algorithm",
+        _with("trpo", {"max_kl": 0.02}),
+        ["'trpo'", "algorithm is 'ppo'"],
+    ),
+    ("top level is a list", [1, 2, 3], ["top level must be a mapping"]),
+]
+
+
+@pytest.mark.parametrize("name,data,expected", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_is_refused_with_file_and_key(tmp_path, name, data, expected):
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(str(path)), message
+    for part in expected:
+        assert part in message, (part, message)
+
+
+def test_missing_file_and_invalid_yaml(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="config file not found") as error:
+        load_config(missing)
+    assert str(missing) in str(error.value)
+    broken = _write(tmp_path, "ppo:\n  epochs: [1, 2\n  gamma: 0.9\n", "broken.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML") as error:
+        load_config(broken)
+    assert str(error.value).startswith(str(broken))
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("ppoepochs", "expected section.key=value"),
+        ("ppo..epochs=3", "empty key part"),
+        ("=3", "empty key part"),
+        ("ppo.epochs=[1", "not valid YAML"),
+    ],
+)
+def test_malformed_set_is_refused(override, expected):
+    with pytest.raises(ConfigError, match=expected) as error:
+        load_config(REACH, [override])
+    assert repr(override) in str(error.value)
+
+
+def test_set_value_and_section_conflict():
+    with pytest.raises(ConfigError, match="set as a value and a section"):
+        parse_overrides(["ppo=1", "ppo.epochs=3"])
+
+
+def test_bad_set_value_names_file_and_key():
+    with pytest.raises(ConfigError) as error:
+        load_config(REACH, ["ppo.minibatch_size=many"])
+    message = str(error.value)
+    assert message.startswith(str(REACH)) and "ppo.minibatch_size" in message
+
+
+def test_default_config_is_valid():
+    assert config_from_dict({}) == TrainConfig()
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def _cli(monkeypatch, capsys, tmp_path, argv) -> tuple[int, str]:
+    monkeypatch.chdir(tmp_path)  # a default run directory would land here
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+CLI_CASES = [
+    ("unknown nested key", _with("ppo.epoch", 3), [], ["ppo.epoch", "unknown key"]),
+    ("wrong type", _with("ppo.epochs", "ten"), [], ["ppo.epochs", "expected an integer"]),
+    ("unknown env id", _with("env.id", "Nope-v3"), [], ["env.id", "Nope-v3"]),
+    (
+        "unknown reward term",
+        _with("env.kwargs.reward.terms.bogus", {"weight": 1.0}),
+        [],
+        ["env.kwargs.reward.terms.bogus", "unknown reward term"],
+    ),
+    ("physics rate", _with("env.kwargs.control_hz", 7.0), [], ["physics_hz", "control_hz"]),
+    ("other algorithm", _with("ddpg", {"tau": 0.1}), [], ["ddpg"]),
+    (
+        "bad --set key",
+        _reach_data(),
+        ["--set", "train.total_step=5"],
+        ["train.total_step", "unknown key"],
+    ),
+    (
+        "malformed --set",
+        _reach_data(),
+        ["--set", "train.total_steps"],
+        ["train.total_steps", "section.key=value"],
+    ),
+]
+
+
+@pytest.mark.parametrize("name,data,extra,expected", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_exits_2_before_any_work(monkeypatch, capsys, tmp_path, name, data, extra, expected):
+    path = _write(tmp_path, data)
+    run_dir = tmp_path / "run"
+    code, err = _cli(
+        monkeypatch,
+        capsys,
+        tmp_path,
+        ["train", str(path), "--run-dir", str(run_dir), "--quiet", *extra],
+    )
+    assert code == 2
+    assert err.startswith("iiwa-rl train: error:"), err
+    if "--set" not in extra or "unknown key" in expected:
+        assert str(path) in err, err
+    for part in expected:
+        assert part in err, (part, err)
+    assert not run_dir.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # no runs/ either
+
+
+def test_cli_missing_config_and_bad_resume(monkeypatch, capsys, tmp_path):
+    code, err = _cli(monkeypatch, capsys, tmp_path, ["train", "missing.yaml", "--quiet"])
+    assert code == 2 and "missing.yaml: config file not found" in err
+    code, err = _cli(monkeypatch, capsys, tmp_path, ["train", "--resume", "no_such_run"])
+    assert code == 2 and "no_such_run" in err and "not a run directory" in err
+    code, err = _cli(monkeypatch, capsys, tmp_path, ["train", "--quiet"])
+    assert code == 2 and "CONFIG" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_to_overwrite_a_run(monkeypatch, capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"not touched")
+    code, err = _cli(
+        monkeypatch, capsys, tmp_path, ["train", str(REACH), "--run-dir", str(run_dir), "--quiet"]
+    )
+    assert code == 2 and "already holds a run" in err and "--resume" in err
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == b"not touched"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"]
+
+
+def test_console_script_exit_code(tmp_path):
+    """The installed `iiwa-rl` entry point really exits with status 2 (not an exception)."""
+    path = _write(tmp_path, _with("normalize.clip", -1.0))
+    result = subprocess.run(
+        [sys.executable, "-m", "iiwa_rl.cli", "train", str(path), "--run-dir", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{path}: normalize: clip must be > 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
