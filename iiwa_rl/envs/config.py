@@ -24,8 +24,10 @@ class RewardConfig:
 @dataclass
 class IiwaEnvConfig:
     physics_hz: float = 240.0  # physics steps per second
-    control_hz: float = 20.0  # policy steps per second; must divide physics_hz
-    max_episode_steps: int = 60  # control steps before the episode is truncated
+    # Policy steps per second; must divide physics_hz. 25 Hz (40 ms) is a whole number of
+    # every FRI period (1, 2, 5, 10 ms) and of 4 ms, so a deployed policy keeps its rate.
+    control_hz: float = 25.0
+    max_episode_steps: int = 75  # control steps before the episode is truncated
     action_scale: float = 0.1  # rad per step (joint_delta), rad (joint_offset), m (cartesian)
     home_joint_positions: list[float] = field(default_factory=lambda: list(HOME_JOINT_POSITIONS))
     initial_joint_noise: float = 0.1  # rad, uniform around home at reset
@@ -66,9 +68,9 @@ def _reach_reward() -> RewardConfig:
 
 @dataclass
 class ReachConfig(IiwaEnvConfig):
-    # Reach has no contacts: 120 Hz physics with 10 solver iterations holds a position
-    # target to about 1e-4 rad (0.1 mm at the TCP), and steps twice as fast as 240 Hz.
-    physics_hz: float = 120.0
+    # Reach has no contacts: 100 Hz physics with 10 solver iterations holds a position
+    # target to about 4e-4 rad, as 240 Hz does, and steps about 2.5x faster.
+    physics_hz: float = 100.0
     solver_iterations: int = 10
     action_mode: Literal["joint_delta", "joint_offset"] = "joint_delta"
     goal_low: tuple[float, float, float] = (0.35, -0.4, 0.2)  # m, base frame
@@ -100,10 +102,11 @@ def _grasp_reward() -> RewardConfig:
 
 @dataclass
 class GraspConfig(IiwaEnvConfig):
+    physics_hz: float = 200.0  # contacts: a finer step than reach
     action_mode: Literal["cartesian", "joint_delta"] = "cartesian"
     action_scale: float = 0.03
     yaw_scale: float = 0.25  # rad per step, cartesian mode
-    max_episode_steps: int = 100
+    max_episode_steps: int = 125
     cube_size: float = 0.045  # edge, m
     cube_low: tuple[float, float] = (0.45, -0.15)  # cube centre x, y on the table, m
     cube_high: tuple[float, float] = (0.65, 0.15)

@@ -8,6 +8,8 @@ terminates. A cube that leaves the table terminates the episode as a failure.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from iiwa_rl.envs.base import IiwaEnv, RobotSnapshot, down_orientation
@@ -99,7 +101,8 @@ class IiwaGraspEnv(IiwaEnv):
             candidates.append(solution)
         self.home_joint_positions = min(candidates, key=lambda q: abs(q[6]))
         self.robot.reset_joint_positions(self.home_joint_positions)
-        self._hold_steps_needed = max(1, int(round(cfg.hold_time * cfg.control_hz)))
+        # At least hold_time: 0.5 s at 25 Hz is 12.5 steps, so 13.
+        self._hold_steps_needed = max(1, math.ceil(cfg.hold_time * cfg.control_hz - 1e-9))
         self._held_steps = 0
         self._cube_position = np.zeros(3)
         self._cube_yaw = 0.0
