@@ -31,10 +31,10 @@ def refusal(tmp_path: Path, **write_arguments: object) -> str:
     return str(caught.value)
 
 
-def test_valid_model_loads_with_ten_robot_periods_per_policy_step(tmp_path: Path) -> None:
+def test_valid_model_loads_with_eight_robot_periods_per_policy_step(tmp_path: Path) -> None:
     model = support.write_policy(tmp_path, support.make_contract())
     policy, steps = load_policy(model, ROBOT, warmup_runs=3)
-    assert steps == 10
+    assert steps == 8
     assert policy.contract.observation_size == 30
     assert policy.contract.action_mode == "joint_delta"
     assert [p.name for p in policy.contract.observation_layout][-1] == "previous_action"
@@ -89,7 +89,7 @@ def test_policy_period_that_is_not_a_multiple_of_the_robot_period_is_refused(
 
 def test_policy_period_other_than_the_expected_one_is_refused(tmp_path: Path) -> None:
     message = refusal(tmp_path, contract=support.make_contract(control_period_s=0.1))
-    assert "expects 0.05 s" in message
+    assert "expects 0.04 s" in message
 
 
 def test_any_multiple_is_accepted_without_an_expected_period(tmp_path: Path) -> None:

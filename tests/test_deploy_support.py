@@ -51,7 +51,7 @@ def make_contract(**overrides: Any) -> dict[str, Any]:
             "joint_names": list(ROBOT.joint_names),
             "home_joint_positions": START_POSITIONS.tolist(),
         },
-        "control_period_s": 0.05,
+        "control_period_s": 0.04,
         "joint_limits": {
             "lower": ROBOT.lower.tolist(),
             "upper": ROBOT.upper.tolist(),
