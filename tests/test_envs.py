@@ -388,7 +388,11 @@ def test_bad_config_is_a_config_error_naming_the_key(env_id, kwargs, message):
 
 def test_config_keywords_reach_the_env():
     env = make(
-        "IiwaGrasp-v0", physics_hz=120.0, action_mode="joint_delta", config={"max_episode_steps": 7}
+        "IiwaGrasp-v0",
+        physics_hz=120.0,
+        control_hz=20.0,
+        action_mode="joint_delta",
+        config={"max_episode_steps": 7},
     )
     try:
         assert env.sim.physics_hz == 120.0
