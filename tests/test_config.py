@@ -45,10 +45,12 @@ def _with(path: str, value) -> dict:
 
 def test_reach_config_loads_and_round_trips():
     config = load_config(REACH)
+    raw = _reach_data()
     assert config.algorithm == "ppo" and config.env.id == "IiwaReach-v0"
-    assert config.ppo.rollout_steps == 64 and config.policy.hidden_sizes == [128, 128]
-    assert config.policy.log_std.max == 0.5
-    assert config.env.kwargs["reward"]["terms"]["tcp_distance_tanh"]["std"] == 0.05
+    assert config.ppo.rollout_steps == raw["ppo"]["rollout_steps"]
+    assert config.policy.hidden_sizes == raw["policy"]["hidden_sizes"]
+    assert config.policy.log_std.max == raw["policy"]["log_std"]["max"]
+    assert config.env.kwargs == raw["env"]["kwargs"]
     data = config.to_dict()
     assert "trpo" not in data and "ddpg" not in data  # only the chosen algorithm's section
     again = config_from_dict(yaml.safe_load(config.to_yaml()))
@@ -60,16 +62,20 @@ def test_overrides_merge_into_nested_sections():
         REACH,
         [
             "ppo.epochs=3",
-            "env.kwargs.control_hz=40",
+            "env.kwargs.control_hz=50",
             "policy.log_std.mode=state_dependent",
             "train.max_wall_seconds=null",
             "policy.hidden_sizes=[32, 16]",
         ],
     )
     assert config.ppo.epochs == 3
-    assert config.env.kwargs["control_hz"] == 40
-    assert config.env.kwargs["max_episode_steps"] == 60  # siblings kept
-    assert config.policy.log_std.mode == "state_dependent" and config.policy.log_std.max == 0.5
+    assert config.env.kwargs["control_hz"] == 50
+    assert (
+        config.env.kwargs["max_episode_steps"]
+        == _reach_data()["env"]["kwargs"]["max_episode_steps"]
+    )
+    assert config.policy.log_std.mode == "state_dependent"
+    assert config.policy.log_std.max == _reach_data()["policy"]["log_std"]["max"]
     assert config.train.max_wall_seconds is None
     assert config.policy.hidden_sizes == [32, 16]
     assert isinstance(load_config(REACH, ["ppo.learning_rate=1"]).ppo.learning_rate, float)
@@ -139,8 +145,11 @@ BAD_CONFIGS = [
     ),
     (
         "physics not a multiple of control rate",
-        _with("env.kwargs.control_hz", 7.0),
-        ["env.kwargs", "physics_hz (120.0) must be a whole multiple of control_hz (7.0)"],
+        _with(
+            "env.kwargs",
+            {**_reach_data()["env"]["kwargs"], "physics_hz": 100.0, "control_hz": 30.0},
+        ),
+        ["env.kwargs", "physics_hz (100.0) must be a whole multiple of control_hz (30.0)"],
     ),
     (
         "unknown reward term",
