@@ -181,31 +181,25 @@ def test_same_seed_same_trajectory(env_id, kwargs):
 
 
 @pytest.mark.parametrize("env_id, kwargs", ENV_CASES, ids=CASE_IDS)
-def test_reset_with_a_seed_reproduces_the_first_steps_of_a_used_env(env_id, kwargs):
-    """A used env, reset with a seed, starts like a fresh one: contacts left by the last
-    episode (a cube put back where it lay) must not leak into the next."""
+def test_a_used_env_reset_with_a_seed_replays_a_fresh_envs_trajectory(env_id, kwargs):
+    """Nothing of earlier episodes leaks into the next: a cube teleported at reset once
+    kept its old orientation's world inertia for the first step, which made the same
+    seed give a different trajectory (and gymnasium's check_env fail)."""
     used, fresh = make(env_id, **kwargs), make(env_id, **kwargs)
     try:
         _rollout(used, seed=3)
-        _rollout(used, seed=3)
-        observations_used, rewards_used = _rollout(used, seed=3, steps=3)
-        observations_fresh, rewards_fresh = _rollout(fresh, seed=3, steps=3)
+        _rollout(used, seed=4)
+        observations_used, rewards_used = _rollout(used, seed=3)
+        observations_fresh, rewards_fresh = _rollout(fresh, seed=3)
         np.testing.assert_array_equal(observations_used, observations_fresh)
         np.testing.assert_array_equal(rewards_used, rewards_fresh)
+        # The same seed right after itself (the cube put back near where it lay).
+        observations_again, rewards_again = _rollout(used, seed=3)
+        np.testing.assert_array_equal(observations_again, observations_fresh)
+        np.testing.assert_array_equal(rewards_again, rewards_fresh)
     finally:
         used.close()
         fresh.close()
-
-
-def test_reach_is_reproducible_on_a_used_env():
-    env = make("IiwaReach-v0")
-    try:
-        observations_a, rewards_a = _rollout(env, seed=8, steps=60)
-        observations_b, rewards_b = _rollout(env, seed=8, steps=60)
-        np.testing.assert_array_equal(observations_a, observations_b)
-        np.testing.assert_array_equal(rewards_a, rewards_b)
-    finally:
-        env.close()
 
 
 def test_seeds_draw_different_goals_and_cube_poses():

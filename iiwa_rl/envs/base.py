@@ -83,14 +83,6 @@ class IiwaEnv(gym.Env, ABC):
         self._tcp_trail: list[np.ndarray] = []
         if render_mode is not None:
             self._create_markers()
-        # Contact manifolds (and their warm-start impulses) outlive a teleport: a cube put
-        # back where the last episode left it kept its contacts, so the first step after
-        # reset(seed=s) depended on the previous episode (gymnasium's check_env failed).
-        # Restoring this state at reset replaces them by the scene's initial ones; it is
-        # saved after a collision pass so that it holds those contacts, and after every
-        # body (markers included) exists, as PyBullet restores only into the same bodies.
-        self.sim.client.performCollisionDetection()
-        self._initial_state = self.sim.client.saveState()
 
     # -------------------------------------------------------------- configuration
     @classmethod
@@ -136,7 +128,6 @@ class IiwaEnv(gym.Env, ABC):
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self.sim.client.restoreState(stateId=self._initial_state)
         cfg = self.config
         noise = self.np_random.uniform(-cfg.initial_joint_noise, cfg.initial_joint_noise, 7)
         start = self.robot.limits.clip(self.home_joint_positions + noise, cfg.joint_limit_margin)
