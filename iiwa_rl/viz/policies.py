@@ -70,6 +70,18 @@ class LoadedPolicy:
         return self._bind(env)
 
 
+def make_env(env_id: str, env_kwargs: dict[str, Any], render_mode: str | None = None):
+    """The environment a policy was made for. The kwargs go in as the env's `config`
+    mapping, not as keywords: gym.make takes a `max_episode_steps` keyword for itself (a
+    TimeLimit wrapper) and never passes it on, so the env would run to its default length
+    whenever that is shorter, and report the default in its config."""
+    import gymnasium as gym
+
+    import iiwa_rl.envs  # noqa: F401  (registers the environment ids)
+
+    return gym.make(env_id, render_mode=render_mode, config=dict(env_kwargs))
+
+
 # ----------------------------------------------------------------------- sources
 def default_source() -> Path:
     """The shipped reach policy when it exists, else the reach config (random actions)."""

@@ -125,14 +125,12 @@ def record_episodes(
     max_episode_steps: int | None = None,
 ) -> dict:
     """Render `episodes` episodes of a `LoadedPolicy` to `output`. Returns a summary."""
-    import gymnasium as gym
-
-    import iiwa_rl.envs  # noqa: F401  (registers the environment ids)
+    from iiwa_rl.viz.policies import make_env
 
     kwargs = dict(loaded.env_kwargs)
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps
-    env = gym.make(loaded.env_id, render_mode="rgb_array", **kwargs)
+    env = make_env(loaded.env_id, kwargs, render_mode="rgb_array")
     try:
         actor = loaded.bind(env)
         fps = fps or float(env.unwrapped.config.control_hz)  # real time

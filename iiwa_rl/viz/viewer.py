@@ -37,14 +37,12 @@ class Viewer:
     """Runs a `LoadedPolicy` in a GUI environment until it is told to stop."""
 
     def __init__(self, loaded, seed: int = 0, realtime: bool = True, shadows: str = "auto"):
-        import gymnasium as gym
-
-        import iiwa_rl.envs  # noqa: F401  (registers the environment ids)
+        from iiwa_rl.viz.policies import make_env
 
         self.loaded = loaded
         self.seed = seed
         self.realtime = realtime
-        self.env = gym.make(loaded.env_id, render_mode="human", **loaded.env_kwargs)
+        self.env = make_env(loaded.env_id, loaded.env_kwargs, render_mode="human")
         self.base = self.env.unwrapped
         self.client = self.base.sim.client
         self.actor = loaded.bind(self.env)
