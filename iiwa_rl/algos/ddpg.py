@@ -1,0 +1,305 @@
+"""DDPG (Lillicrap et al., 2016), the update in one function.
+
+    critic:  min (Q(s, a) - y)^2,   y = r + gamma * (1 - terminated) * Q'(s', mu'(s'))
+    actor:   max Q(s, mu(s))
+    targets: theta' <- (1 - tau) theta' + tau theta   (Polyak averaging)
+
+Acting: uniform random actions for the first `warmup_steps` environment steps, then the
+tanh actor plus Gaussian or Ornstein-Uhlenbeck noise (one process per environment),
+whose std decays linearly from `noise_std` to `noise_final_std`. The executed (clipped)
+action is what the replay stores.
+
+Time limits: the replay stores the true successor (the final observation where an
+episode ended) and `terminated` only, so a transition cut by a time limit still
+bootstraps from Q'(s', mu'(s')): the episode would have gone on.
+
+Speed: every vector step brings N transitions; an update round runs the gradient steps
+those transitions are owed (`updates_per_step` per transition), so the update-to-data
+ratio does not depend on N while the per-round Python and environment overheads are
+shared by N transitions. Inside a round everything stays in torch on the training
+device: no host synchronisation until the round's metrics are read once at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from iiwa_rl.algos.base import Algorithm, Transition
+from iiwa_rl.buffers import ReplayBuffer
+from iiwa_rl.config import DDPGSection
+from iiwa_rl.nn import DeterministicActor, QCritic
+
+
+@torch.no_grad()
+def polyak_update(
+    target: nn.Module | torch.Tensor, source: nn.Module | torch.Tensor, tau: float
+) -> None:
+    """target <- (1 - tau) * target + tau * source, for two modules of the same shape
+    (parameter by parameter, in one multi-tensor op) or two flat parameter vectors."""
+    if isinstance(target, torch.Tensor):
+        target.lerp_(source, tau)
+        return
+    target_params = list(target.parameters())
+    source_params = list(source.parameters())
+    if len(target_params) != len(source_params):
+        raise ValueError("polyak_update: target and source have different parameter lists")
+    torch._foreach_lerp_(target_params, source_params, tau)
+
+
+def flatten_parameters_(module: nn.Module) -> torch.Tensor:
+    """Move `module`'s parameters into one contiguous vector, in place, and return it: the
+    parameters become views into it. An optimiser step or a Polyak average is then a few
+    ops on one tensor instead of a few ops per weight and bias: at DDPG's small networks
+    the per-op overhead, not the arithmetic, is what a gradient step costs on a CPU."""
+    params = list(module.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    offset = 0
+    for p in params:
+        size = p.numel()
+        p.data = flat[offset : offset + size].view_as(p)
+        offset += size
+    return flat
+
+
+class FlatAdam:
+    """Adam (Kingma and Ba, 2015) on a flat parameter vector, the same arithmetic as
+    torch.optim.Adam without weight decay: five tensor ops per step for the whole network,
+    and no `.grad` bookkeeping (gradients come from `torch.autograd.grad`)."""
+
+    def __init__(
+        self,
+        flat_params: torch.Tensor,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
+        self.params, self.lr, self.betas, self.eps = flat_params, lr, betas, eps
+        self.exp_avg = torch.zeros_like(flat_params)
+        self.exp_avg_sq = torch.zeros_like(flat_params)
+        self.steps = 0  # a host counter: the bias corrections are host floats, no sync
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> None:
+        """Apply one step with the gradients of the parameters, in the vector's order."""
+        grad = torch.cat([g.reshape(-1) for g in grads])
+        beta1, beta2 = self.betas
+        self.steps += 1
+        correction1 = 1.0 - beta1**self.steps
+        correction2_sqrt = (1.0 - beta2**self.steps) ** 0.5
+        self.exp_avg.lerp_(grad, 1.0 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        denominator = self.exp_avg_sq.sqrt().div_(correction2_sqrt).add_(self.eps)
+        self.params.addcdiv_(self.exp_avg, denominator, value=-self.lr / correction1)
+
+    def state_dict(self) -> dict:
+        return {
+            "exp_avg": self.exp_avg.clone(),
+            "exp_avg_sq": self.exp_avg_sq.clone(),
+            "steps": self.steps,
+            "lr": self.lr,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+        self.steps, self.lr = int(state["steps"]), float(state["lr"])
+
+
+def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
+    """`start` at step 0, `end` from step `duration` on, linear in between."""
+    if duration <= 0:
+        return end
+    fraction = min(max(step / duration, 0.0), 1.0)
+    return start + fraction * (end - start)
+
+
+class ExplorationNoise:
+    """Per-environment action noise whose marginal std is `std` for both kinds.
+
+    Ornstein-Uhlenbeck: x <- (1 - theta) x + std * sqrt(1 - (1 - theta)^2) * N(0, 1), i.e.
+    an AR(1) process with unit time step whose stationary std is `std`, so the two kinds
+    share one meaning of `noise_std`; its state restarts at 0 when an episode ends.
+    """
+
+    def __init__(self, kind: str, num_envs: int, action_size: int, theta: float, rng):
+        self.kind, self.theta, self.rng = kind, theta, rng
+        self.state = np.zeros((num_envs, action_size))
+
+    def sample(self, std: float) -> np.ndarray:
+        white = self.rng.standard_normal(self.state.shape)
+        if self.kind == "gaussian":
+            return std * white
+        innovation = std * np.sqrt(1.0 - (1.0 - self.theta) ** 2)
+        self.state = (1.0 - self.theta) * self.state + innovation * white
+        return self.state.copy()
+
+    def reset(self, done: np.ndarray) -> None:
+        self.state[done] = 0.0
+
+
+class DDPG(Algorithm):
+    def __init__(self, config, observation_size, action_size, num_envs, device, seed):
+        super().__init__(config, observation_size, action_size, num_envs, device, seed)
+        cfg: DDPGSection = config.ddpg
+        self.section = cfg
+        self.actor = DeterministicActor(observation_size, action_size, config.policy).to(device)
+        self.critic = QCritic(observation_size, action_size, config.critic).to(device)
+        self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_flat = flatten_parameters_(self.actor)
+        self.critic_flat = flatten_parameters_(self.critic)
+        self.target_actor_flat = flatten_parameters_(self.target_actor)
+        self.target_critic_flat = flatten_parameters_(self.target_critic)
+        self.actor_params = list(self.actor.parameters())
+        self.critic_params = list(self.critic.parameters())
+        self.actor_optimizer = FlatAdam(self.actor_flat, lr=cfg.actor_learning_rate)
+        self.critic_optimizer = FlatAdam(self.critic_flat, lr=cfg.critic_learning_rate)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.replay = ReplayBuffer(
+            cfg.buffer_size, observation_size, action_size, device, self.generator
+        )
+        self.noise = ExplorationNoise(cfg.noise, num_envs, action_size, cfg.ou_theta, self.rng)
+        self.env_steps = 0  # transitions observed
+        self.vector_steps = 0
+        self.gradient_steps = 0
+        self.owed_updates = 0.0  # gradient steps earned by data but not yet run
+
+    # ------------------------------------------------------------------ acting
+    def noise_std(self) -> float:
+        cfg = self.section
+        return linear_schedule(
+            cfg.noise_std, cfg.noise_final_std, cfg.noise_decay_steps, self.env_steps
+        )
+
+    @torch.no_grad()
+    def act(self, observations, deterministic=False):
+        observations = np.asarray(observations, dtype=np.float32)
+        if not deterministic and self.env_steps < self.section.warmup_steps:
+            action = self.rng.uniform(-1.0, 1.0, (len(observations), self.action_size))
+            action = action.astype(np.float32)
+            return action, action, {}
+        obs = torch.from_numpy(observations).to(self.device)
+        action = self.actor(obs).cpu().numpy()
+        if not deterministic:
+            action = np.clip(action + self.noise.sample(self.noise_std()), -1.0, 1.0)
+            action = action.astype(np.float32)
+        return action, action, {}
+
+    def observe(self, transition: Transition) -> None:
+        # s' is the true successor and only a termination stops the bootstrap.
+        self.replay.add(
+            transition.observations,
+            transition.actions,
+            transition.rewards,
+            transition.final_observations,
+            transition.terminated,
+        )
+        self.noise.reset(transition.terminated | transition.truncated)
+        self.env_steps += len(transition.rewards)
+        self.vector_steps += 1
+        self.owed_updates += self.section.updates_per_step * len(transition.rewards)
+
+    def ready_to_update(self) -> bool:
+        cfg = self.section
+        return (
+            self.vector_steps % cfg.update_every == 0
+            and self.env_steps >= cfg.warmup_steps
+            and self.replay.size >= cfg.batch_size
+        )
+
+    # ------------------------------------------------------------------ learning
+    def update(self, progress: float) -> dict[str, float]:
+        cfg = self.section
+        steps = int(self.owed_updates)
+        self.owed_updates -= steps
+        critic_losses, actor_losses, q_values = [], [], []
+        for _ in range(steps):
+            batch = self.replay.sample(cfg.batch_size)
+            observations, actions = batch["observations"], batch["actions"]
+
+            # Critic: one-step TD target from the target networks.
+            with torch.no_grad():
+                next_observations = batch["next_observations"]
+                next_q = self.target_critic(next_observations, self.target_actor(next_observations))
+                target = batch["rewards"] + cfg.gamma * (1.0 - batch["terminated"]) * next_q
+            q = self.critic(observations, actions)
+            critic_loss = (q - target).pow(2).mean()
+            self.critic_optimizer.step(torch.autograd.grad(critic_loss, self.critic_params))
+            self.gradient_steps += 1
+            critic_losses.append(critic_loss.detach())
+            q_values.append(q.detach().mean())
+
+            if self.gradient_steps % cfg.policy_delay == 0:
+                # Actor: ascend Q(s, mu(s)) through the just-updated critic. Asking autograd
+                # for the actor's gradients only skips the critic's weight gradients.
+                actor_loss = -self.critic(observations, self.actor(observations)).mean()
+                self.actor_optimizer.step(torch.autograd.grad(actor_loss, self.actor_params))
+                actor_losses.append(actor_loss.detach())
+
+                polyak_update(self.target_critic_flat, self.critic_flat, cfg.tau)
+                polyak_update(self.target_actor_flat, self.actor_flat, cfg.tau)
+
+        metrics = {
+            "noise_std": self.noise_std(),
+            "gradient_steps": float(self.gradient_steps),
+            "replay_size": float(self.replay.size),
+        }
+        if critic_losses:
+            # One device-to-host transfer for the round's numbers.
+            means = torch.stack(
+                [
+                    torch.stack(critic_losses).mean(),
+                    torch.stack(q_values).mean(),
+                    torch.stack(actor_losses).mean() if actor_losses else torch.zeros(()),
+                ]
+            ).tolist()
+            metrics.update(critic_loss=means[0], q_mean=means[1])
+            if actor_losses:
+                metrics["actor_loss"] = means[2]
+        return metrics
+
+    def deterministic_actor(self) -> nn.Module:
+        return self.actor
+
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "target_actor": self.target_actor.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "replay": self.replay.state_dict(),
+            "noise_state": self.noise.state.copy(),
+            "counters": {
+                "env_steps": self.env_steps,
+                "vector_steps": self.vector_steps,
+                "gradient_steps": self.gradient_steps,
+                "owed_updates": self.owed_updates,
+            },
+            "generator": self.generator.get_state(),
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.target_actor.load_state_dict(state["target_actor"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if "replay" in state:
+            self.replay.load_state_dict(state["replay"])
+        if state["noise_state"].shape == self.noise.state.shape:
+            self.noise.state = np.array(state["noise_state"])
+        counters = state["counters"]
+        self.env_steps = int(counters["env_steps"])
+        self.vector_steps = int(counters["vector_steps"])
+        self.gradient_steps = int(counters["gradient_steps"])
+        self.owed_updates = float(counters["owed_updates"])
+        self.generator.set_state(state["generator"])
+        self.rng.bit_generator.state = state["rng"]
