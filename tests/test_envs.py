@@ -360,11 +360,11 @@ def test_flying_cube_is_a_blowup():
         ("IiwaReach-v0", {"not_a_key": 1}, "not_a_key"),
         ("IiwaGrasp-v0", {"cube_colour": "red"}, "cube_colour"),
         ("IiwaReach-v0", {"control_hz": "fast"}, "control_hz"),
-        # gym.make keeps max_episode_steps for itself (see the xfail test below): passed
+        # gym.make keeps episode_steps for itself (see the xfail test below): passed
         # as `config`, it reaches the env's own checks.
-        ("IiwaReach-v0", {"config": {"max_episode_steps": 2.5}}, "max_episode_steps"),
-        ("IiwaReach-v0", {"config": {"max_episode_steps": True}}, "max_episode_steps"),
-        ("IiwaReach-v0", {"config": {"max_episode_steps": 0}}, "max_episode_steps"),
+        ("IiwaReach-v0", {"config": {"episode_steps": 2.5}}, "episode_steps"),
+        ("IiwaReach-v0", {"config": {"episode_steps": True}}, "episode_steps"),
+        ("IiwaReach-v0", {"config": {"episode_steps": 0}}, "episode_steps"),
         ("IiwaReach-v0", {"goal_low": [0.1, 0.2]}, "goal_low"),
         ("IiwaReach-v0", {"action_mode": "cartesian"}, "action_mode"),
         ("IiwaReach-v0", {"physics_hz": 250.0, "control_hz": 20.0}, "multiple"),
@@ -386,7 +386,7 @@ def test_config_keywords_reach_the_env():
         physics_hz=120.0,
         control_hz=20.0,
         action_mode="joint_delta",
-        config={"max_episode_steps": 7},
+        config={"episode_steps": 7},
     )
     try:
         assert env.sim.physics_hz == 120.0
@@ -400,16 +400,19 @@ def test_config_keywords_reach_the_env():
         env.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gym.make takes max_episode_steps as its own argument (a TimeLimit wrapper), so "
-    "env.kwargs.max_episode_steps never reaches the env's config: a limit above the "
-    "default is cut at the default, and the value is not validated",
-)
-def test_max_episode_steps_keyword_reaches_the_env_config():
-    env = gym.make("IiwaReach-v0", max_episode_steps=200)
+def test_episode_steps_keyword_reaches_the_env_config():
+    # The env's own key is episode_steps: gym.make keeps max_episode_steps for itself (a
+    # TimeLimit wrapper) and never passes it on, which is why the env does not use that name.
+    env = gym.make("IiwaReach-v0", episode_steps=200)
     try:
-        assert env.unwrapped.config.max_episode_steps == 200
+        assert env.unwrapped.config.episode_steps == 200
+        env.reset(seed=0)
+        truncated = False
+        for step in range(1, 201):
+            *_, truncated, _ = env.step(np.zeros(7, dtype=np.float32))
+            if truncated:
+                break
+        assert truncated and step == 200
     finally:
         env.close()
 
@@ -447,7 +450,7 @@ def test_render_mode_is_checked():
 @pytest.mark.parametrize("mode", ["sync", "async", "batched"])
 def test_vector_env_seeds_and_same_step_autoreset(mode):
     episode = 3
-    kwargs = {"config": {"max_episode_steps": episode}}
+    kwargs = {"config": {"episode_steps": episode}}
     envs = make_vector_env("IiwaReach-v0", 2, kwargs, mode=mode)
     single = make("IiwaReach-v0")
     try:

@@ -9,7 +9,7 @@ from iiwa_rl.envs.tasks.grasp import IiwaGraspEnv
 from iiwa_rl.envs.tasks.reach import IiwaReachEnv
 from iiwa_rl.envs.vector import make_vector_env
 
-# No max_episode_steps here: each env truncates itself at its configured episode length,
+# No max_episode_steps here: each env truncates itself at its configured `episode_steps`,
 # so the limit is config like every other parameter.
 for _env_id, _entry in (
     ("IiwaReach-v0", "iiwa_rl.envs.tasks.reach:IiwaReachEnv"),

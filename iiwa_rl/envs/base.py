@@ -6,7 +6,7 @@ Episode semantics:
 - `terminated` is True when the task itself ended: grasp success (cube held high for the
   hold time) or failure (cube off the table). A reach episode never terminates: the arm
   must stay on the goal, and success is read at the last step.
-- `truncated` is True at the time limit (`max_episode_steps`) and when the physics blew
+- `truncated` is True at the time limit (`episode_steps`) and when the physics blew
   up (`info["physics_blowup"]`). A truncated state is not terminal: learners bootstrap
   from the value of its observation.
 - `info["is_success"]` is the task's success test at this step; `info["reward/<term>"]`
@@ -154,7 +154,7 @@ class IiwaEnv(gym.Env, ABC):
         self.robot.peak_speed_fraction = 0.0
         self.sim.step(self.config.substeps)
         self._step_count += 1
-        truncated = self._step_count >= self.config.max_episode_steps
+        truncated = self._step_count >= self.config.episode_steps
 
         snapshot = self._snapshot()
         self._current = snapshot

@@ -27,7 +27,7 @@ class IiwaEnvConfig:
     # Policy steps per second; must divide physics_hz. 25 Hz (40 ms) is a whole number of
     # every FRI period (1, 2, 5, 10 ms) and of 4 ms, so a deployed policy keeps its rate.
     control_hz: float = 25.0
-    max_episode_steps: int = 75  # control steps before the episode is truncated
+    episode_steps: int = 75  # control steps before the episode is truncated
     action_scale: float = 0.1  # rad per step (joint_delta), rad (joint_offset), m (cartesian)
     home_joint_positions: list[float] = field(default_factory=lambda: list(HOME_JOINT_POSITIONS))
     initial_joint_noise: float = 0.1  # rad, uniform around home at reset
@@ -43,7 +43,7 @@ class IiwaEnvConfig:
             abs(ratio - round(ratio)) < 1e-9 and round(ratio) >= 1,
             f"physics_hz ({self.physics_hz}) must be a whole multiple of control_hz ({self.control_hz})",
         )
-        check(self.max_episode_steps >= 1, "max_episode_steps must be >= 1")
+        check(self.episode_steps >= 1, "episode_steps must be >= 1")
         check(self.action_scale > 0, "action_scale must be > 0")
         check(len(self.home_joint_positions) == 7, "home_joint_positions needs 7 values (rad)")
         check(self.initial_joint_noise >= 0, "initial_joint_noise must be >= 0")
@@ -106,7 +106,7 @@ class GraspConfig(IiwaEnvConfig):
     action_mode: Literal["cartesian", "joint_delta"] = "cartesian"
     action_scale: float = 0.03
     yaw_scale: float = 0.25  # rad per step, cartesian mode
-    max_episode_steps: int = 125
+    episode_steps: int = 125
     cube_size: float = 0.045  # edge, m
     cube_low: tuple[float, float] = (0.45, -0.15)  # cube centre x, y on the table, m
     cube_high: tuple[float, float] = (0.65, 0.15)

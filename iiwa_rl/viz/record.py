@@ -122,14 +122,14 @@ def record_episodes(
     seed: int = 0,
     fps: float | None = None,
     size: tuple[int, int] | None = None,
-    max_episode_steps: int | None = None,
+    episode_steps: int | None = None,
 ) -> dict:
     """Render `episodes` episodes of a `LoadedPolicy` to `output`. Returns a summary."""
     from iiwa_rl.viz.policies import make_env
 
     kwargs = dict(loaded.env_kwargs)
-    if max_episode_steps is not None:
-        kwargs["max_episode_steps"] = max_episode_steps
+    if episode_steps is not None:
+        kwargs["episode_steps"] = episode_steps
     env = make_env(loaded.env_id, kwargs, render_mode="rgb_array")
     try:
         actor = loaded.bind(env)
@@ -215,7 +215,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         seed=args.seed,
         fps=args.fps,
         size=args.size,
-        max_episode_steps=args.max_episode_steps,
+        episode_steps=args.episode_steps,
     )
     print(
         f"wrote {summary['path']}: {summary['frames']} frames, "

@@ -83,7 +83,8 @@ class IiwaGraspEnv(IiwaEnv):
             maximal_coordinates=True,
         )
         self.cube_rest_height = cfg.cube_size / 2
-        self._cube_local_inertia = list(self.sim.client.getDynamicsInfo(self.cube_id, -1)[2])
+        cube_dynamics = self.sim.client.getDynamicsInfo(self.cube_id, -1)
+        self._cube_mass, self._cube_local_inertia = cube_dynamics[0], list(cube_dynamics[2])
         # Home: the gripper open, pointing down above the middle of the cube area. Solved
         # once by IK from the configured joint home so every reset starts the same way.
         # Of the two headings that look the same to the parallel gripper (yaw and yaw + pi),
@@ -123,8 +124,11 @@ class IiwaGraspEnv(IiwaEnv):
         client.resetBaseVelocity(self.cube_id, [0, 0, 0], [0, 0, 0])
         # A teleport leaves the cube's world-frame inertia at its old orientation until the
         # next step; setting the unchanged local inertia recomputes it, so the first steps
-        # after reset(seed=s) do not depend on how the last episode left the cube.
-        client.changeDynamics(self.cube_id, -1, localInertiaDiagonal=self._cube_local_inertia)
+        # after reset(seed=s) do not depend on how the last episode left the cube. The mass
+        # must go with it: given the inertia alone, PyBullet makes the body static.
+        client.changeDynamics(
+            self.cube_id, -1, mass=self._cube_mass, localInertiaDiagonal=self._cube_local_inertia
+        )
         self.robot.command_gripper_width(self.robot.max_gripper_width)
         self._held_steps = 0
         self._max_lift = 0.0
