@@ -377,18 +377,16 @@ def _assert_png(path: Path, min_size: tuple[int, int]) -> None:
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, "an empty figure"
 
 
-def test_plot_one_run_and_cli(tmp_path):
+def test_plot_one_run_from_the_cli(tmp_path):
     import matplotlib.image
 
     from iiwa_rl.cli import main
 
     run = _fake_run(tmp_path / "run", seed=0, learning_rate=3e-4)
-    output = plot_runs([run], tmp_path / "one.png")
+    output = tmp_path / "curves.png"
+    assert main(["plot", str(run), "-o", str(output), "--x", "wall_time"]) == 0
     _assert_png(output, (800, 500))
     assert matplotlib.image.imread(output).ndim == 3
-
-    assert main(["plot", str(run), "-o", str(tmp_path / "cli.png"), "--x", "wall_time"]) == 0
-    _assert_png(tmp_path / "cli.png", (800, 500))
 
 
 def test_plot_groups_seeds_and_labels_differing_configs(tmp_path):

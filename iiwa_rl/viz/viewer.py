@@ -53,6 +53,7 @@ class Viewer:
         self.overlay = GuiOverlay(self.env)
         self.episode = 0
         self.paused = False
+        self._held: set[int] = set()  # keys whose press was seen and release not yet
         self.steps = 0
         self.results: list[bool] = []
 
@@ -137,6 +138,7 @@ class Viewer:
         return {
             "reason": reason,
             "steps": self.steps,
+            "episodes_started": self.episode,
             "episodes_finished": len(self.results),
             "successes": int(sum(self.results)),
             "seconds": time.monotonic() - started,
@@ -168,7 +170,21 @@ class Viewer:
             events = self.client.getKeyboardEvents()
         except pybullet.error:
             return None
-        return {key for key, state in events.items() if state & pybullet.KEY_WAS_TRIGGERED}
+        # A quick press can reach us as its release alone (the GUI thread overwrote the
+        # triggered state before we read it): count such a release as a press, unless its
+        # press was already seen, so a slow press is not counted twice.
+        pressed = set()
+        for key, state in events.items():
+            if state & pybullet.KEY_WAS_TRIGGERED:
+                pressed.add(key)
+                if not state & pybullet.KEY_WAS_RELEASED:
+                    self._held.add(key)
+            elif state & pybullet.KEY_WAS_RELEASED:
+                if key in self._held:
+                    self._held.discard(key)
+                else:
+                    pressed.add(key)
+        return pressed
 
     def _sleep_until(self, tick: float) -> float:
         if not self.realtime:
@@ -235,7 +251,8 @@ def cmd_view(args: argparse.Namespace) -> int:
     finally:
         viewer.close()
     print(
-        f"stopped ({summary['reason']}) after {summary['steps']} steps: "
+        f"stopped ({summary['reason']}) after {summary['steps']} steps in "
+        f"{summary['episodes_started']} episode(s): "
         f"{summary['successes']}/{summary['episodes_finished']} finished episodes successful"
     )
     return 0
