@@ -1,0 +1,387 @@
+"""The training loop end to end: saved models act exactly like the trained one, a run
+killed with SIGKILL resumes from its checkpoint, `iiwa-rl eval --json`, a short learning
+test, and the same trainer on gymnasium's Pendulum (Box and Dict observations)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import iiwa_rl.envs  # noqa: F401  (registers the Iiwa ids)
+from iiwa_rl.cli import main
+from iiwa_rl.config import config_from_dict, load_config
+from iiwa_rl.train import (
+    ActionScaler,
+    ObservationFlattener,
+    Trainer,
+    build_policy,
+    load_run,
+    run_episodes,
+    summarize_episodes,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+REACH = REPO / "configs" / "reach_ppo.yaml"
+NEVER = "1000000000"  # an interval no test run reaches
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _steps(path: Path) -> list[int]:
+    return [int(float(row["step"])) for row in _read_csv(path)]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "iiwa_rl.cli", *args]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _policy_results(actor, normalizer, env_id, env_kwargs, episodes, seed):
+    env = gym.make(env_id, **env_kwargs)
+
+    @torch.no_grad()
+    def act(raw):
+        return actor.deterministic(torch.from_numpy(normalizer(raw))).numpy()
+
+    try:
+        return summarize_episodes(run_episodes(act, env, episodes, seed))
+    finally:
+        env.close()
+
+
+# ------------------------------------------------------------- a tiny reach run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    config = load_config(
+        REACH,
+        [
+            "env.num_envs=2",
+            "ppo.rollout_steps=32",
+            "ppo.minibatch_size=32",
+            "ppo.epochs=2",
+            "train.total_steps=1536",
+            "train.eval_every_steps=768",
+            "train.eval_episodes=1",
+            "train.checkpoint_every_steps=512",
+            "train.progress=quiet",
+            "train.max_wall_seconds=null",
+        ],
+    )
+    trainer = Trainer(config, run_dir)
+    summary = trainer.train()
+    return trainer, summary, run_dir
+
+
+def test_tiny_run_writes_its_files(tiny_run):
+    trainer, summary, run_dir = tiny_run
+    assert summary["step"] == 1536 and trainer.global_step == 1536
+    assert summary["stop_reason"] == "step budget reached"
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "eval.csv",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert _steps(run_dir / "metrics.csv") == list(range(64, 1537, 64))  # one row per update
+    assert _steps(run_dir / "eval.csv") == [768, 1536]
+    assert trainer.algorithm.updates == 24
+    # nothing half-written is left behind
+    assert not list((run_dir / "checkpoints").glob("*.partial*"))
+
+
+def test_saved_model_acts_exactly_like_the_trained_one(tiny_run):
+    trainer, _, run_dir = tiny_run
+    config, state = load_run(run_dir, "last")
+    assert config == trainer.config
+    assert state["global_step"] == trainer.global_step
+    actor, normalizer = build_policy(config, state)
+    trained = trainer.algorithm.deterministic_actor()
+    for key, value in trained.state_dict().items():
+        assert torch.equal(value, actor.state_dict()[key]), key
+    # real observations from the environment and random ones well off the training data
+    env = gym.make(config.env.id, **config.env.kwargs)
+    raw = [env.reset(seed=seed)[0] for seed in range(8)]
+    for _ in range(20):
+        raw.append(env.step(env.action_space.sample())[0])
+    env.close()
+    rng = np.random.default_rng(0)
+    raw = np.concatenate([np.stack(raw), rng.normal(0.0, 3.0, size=(16, len(raw[0])))])
+    ours = normalizer(raw)
+    np.testing.assert_array_equal(ours, trainer.obs_normalizer(raw))
+    with torch.no_grad():
+        loaded_actions = actor.deterministic(torch.from_numpy(ours))
+        trained_actions = trained.deterministic(torch.from_numpy(trainer.obs_normalizer(raw)))
+    assert loaded_actions.shape == (len(raw), trainer.action_size)
+    assert torch.equal(loaded_actions, trained_actions)
+    assert loaded_actions.std(dim=0).min() > 0  # the actions depend on the observation
+    # the best checkpoint is loadable too, and the same policy here (one evaluation won)
+    best_config, best_state = load_run(run_dir)
+    assert best_state["global_step"] in (768, 1536) and best_config == config
+
+
+def test_eval_cli_prints_one_json_object(tiny_run):
+    trainer, _, run_dir = tiny_run
+    result = subprocess.run(
+        _cli("eval", str(run_dir), "--episodes", "3", "--json", "--checkpoint", "last"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    summary = json.loads(lines[0])
+    for key in ("success_rate", "mean_return", "final_tcp_distance"):
+        assert isinstance(summary[key], float), key
+    assert summary["episodes"] == 3 and 0.0 <= summary["success_rate"] <= 1.0
+    assert summary["trained_steps"] == trainer.global_step
+    # the same numbers as the trained policy on the same seeds
+    config = trainer.config
+    expected = _policy_results(
+        trainer.algorithm.deterministic_actor(),
+        trainer.obs_normalizer,
+        config.env.id,
+        config.env.kwargs,
+        3,
+        config.eval.seed,
+    )
+    assert summary["mean_return"] == pytest.approx(expected["mean_return"], rel=1e-9)
+    assert summary["final_tcp_distance"] == pytest.approx(expected["final_tcp_distance"], rel=1e-9)
+
+
+# ---------------------------------------------------------- resume after kill -9
+
+
+def test_resume_after_sigkill(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    log = (tmp_path / "killed.log").open("w")
+    total, num_envs, rollout = 32_000, 4, 32
+    per_update = num_envs * rollout
+    train = subprocess.Popen(
+        _cli(
+            "train",
+            str(REACH),
+            "--run-dir",
+            str(run_dir),
+            "--quiet",
+            "--set",
+            f"env.num_envs={num_envs}",
+            "--set",
+            f"ppo.rollout_steps={rollout}",
+            "--set",
+            "ppo.minibatch_size=128",
+            "--set",
+            f"train.total_steps={total}",
+            "--set",
+            "train.checkpoint_every_steps=2560",
+            "--set",
+            "train.eval_every_steps=8000",
+            "--set",
+            "train.eval_episodes=2",
+            "--set",
+            "train.max_wall_seconds=null",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    last = run_dir / "checkpoints" / "last.pt"
+    first_step = None
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if train.poll() is not None:
+                pytest.fail(
+                    "training ended before the kill: " + (tmp_path / "killed.log").read_text()
+                )
+            assert time.monotonic() < deadline, "no advancing checkpoint within 120 s"
+            if last.exists():
+                step = torch.load(last, weights_only=False)["global_step"]
+                if first_step is None:
+                    first_step = step
+                elif step > first_step:
+                    break
+            time.sleep(0.2)
+    finally:
+        os.kill(train.pid, signal.SIGKILL)
+        train.wait()
+        log.close()
+    assert train.returncode == -signal.SIGKILL
+    checkpoint = torch.load(last, weights_only=False)
+    resumed_from = checkpoint["global_step"]
+    assert 0 < resumed_from < total
+    assert resumed_from % 2560 == 0
+    before = _read_csv(run_dir / "metrics.csv")
+    kept = [row for row in before if int(float(row["step"])) <= resumed_from]
+    assert kept, "the killed run logged nothing"
+
+    # The resume goes through the same command line, in this process (one start-up less)
+    # and without the final learning-curve plot (seconds of matplotlib, tested elsewhere).
+    monkeypatch.setattr(Trainer, "_plot", lambda self: None)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    final = torch.load(last, weights_only=False)
+    assert total <= final["global_step"] < total + num_envs
+    assert final["wall_time"] > checkpoint["wall_time"]
+    assert final["episodes_done"] > checkpoint["episodes_done"]
+
+    after = _read_csv(run_dir / "metrics.csv")
+    steps = [int(float(row["step"])) for row in after]
+    assert len(steps) == len(set(steps)) and all(b > a for a, b in zip(steps, steps[1:]))
+    assert steps[-1] > total - per_update
+    # The rows up to the checkpoint are the killed run's own, untouched ...
+    assert [{k: row[k] for k in kept[0]} for row in after[: len(kept)]] == kept
+    # ... and the resumed run's first update comes one rollout after the checkpoint:
+    # it started from the checkpoint's step, not from 0.
+    assert steps[len(kept)] == resumed_from + per_update
+    eval_steps = _steps(run_dir / "eval.csv")
+    assert eval_steps == sorted(set(eval_steps)) and eval_steps[-1] == final["global_step"]
+    assert [s for s in eval_steps if s < total] == list(range(8000, total, 8000))
+
+
+# ---------------------------------------------------------------- learning
+
+
+@pytest.mark.slow
+def test_ppo_learns_to_reach(tmp_path, monkeypatch):
+    """60k steps (about a minute) bring the TCP from ~28 cm to within ~10 cm of the goal."""
+    monkeypatch.setattr(Trainer, "_plot", lambda self: None)
+    config = load_config(
+        REACH,
+        [
+            "seed=0",
+            "train.total_steps=60000",
+            "ppo.lr_schedule=constant",  # a linear decay over so short a run stops it early
+            f"train.eval_every_steps={NEVER}",
+            f"train.checkpoint_every_steps={NEVER}",
+            "train.eval_episodes=1",
+            "train.progress=quiet",
+            "train.max_wall_seconds=null",
+        ],
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    episodes, seed = 20, 777
+    before = _policy_results(
+        trainer.algorithm.deterministic_actor(),
+        trainer.obs_normalizer,
+        config.env.id,
+        config.env.kwargs,
+        episodes,
+        seed,
+    )
+    trainer.train()
+    actor, normalizer = build_policy(*load_run(tmp_path / "run", "last"))
+    after = _policy_results(actor, normalizer, config.env.id, config.env.kwargs, episodes, seed)
+    print(f"before {before}\nafter {after}")
+    # Measured on this machine (seeds 0 and 1): final TCP distance 0.28 m -> 0.10 / 0.064 m,
+    # mean return -20 -> +12.1 / +12.6. The margins are about twice what can flake.
+    assert after["final_tcp_distance"] < 0.6 * before["final_tcp_distance"]
+    assert after["mean_return"] > before["mean_return"] + 15.0
+
+
+# ----------------------------------------------------- other gymnasium environments
+
+
+class DictPendulum(gym.ObservationWrapper):
+    """Pendulum with its observation split into a Dict: {'velocity': [w], 'angle': [cos, sin]}."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        low, high = env.observation_space.low, env.observation_space.high
+        self.observation_space = gym.spaces.Dict(
+            {
+                "velocity": gym.spaces.Box(low[2:], high[2:], dtype=np.float32),
+                "angle": gym.spaces.Box(low[:2], high[:2], dtype=np.float32),
+            }
+        )
+
+    def observation(self, observation):
+        return {"velocity": observation[2:], "angle": observation[:2]}
+
+
+DICT_ID = "TestDictPendulum-v0"
+if DICT_ID not in gym.registry:
+    gym.register(
+        DICT_ID,
+        entry_point=lambda **kwargs: DictPendulum(gym.make("Pendulum-v1", **kwargs)),
+    )
+
+
+def _pendulum_config(env_id: str):
+    return config_from_dict(
+        {
+            "env": {"id": env_id, "num_envs": 2, "kwargs": {}},
+            "policy": {"hidden_sizes": [32, 32]},
+            "critic": {"hidden_sizes": [32, 32]},
+            "ppo": {"rollout_steps": 64, "minibatch_size": 64, "epochs": 2},
+            "train": {
+                "total_steps": 2048,  # 1024 steps per env: five 200-step episodes each
+                "eval_every_steps": 1024,
+                "eval_episodes": 1,
+                "checkpoint_every_steps": 1024,
+                "progress": "quiet",
+            },
+        },
+        f"<{env_id} test config>",
+    )
+
+
+def test_observation_flattener_and_action_scaler():
+    env = gym.make(DICT_ID)
+    flatten = ObservationFlattener(env.observation_space)
+    assert flatten.is_dict
+    batch = {"velocity": np.array([[3.0], [4.0]]), "angle": np.array([[1.0, 2.0], [5.0, 6.0]])}
+    np.testing.assert_array_equal(flatten(batch), [[1.0, 2.0, 3.0], [5.0, 6.0, 4.0]])
+    box = ObservationFlattener(gym.make("Pendulum-v1").observation_space)
+    assert not box.is_dict and box(np.ones((2, 3))).shape == (2, 3)
+    scale = ActionScaler(env.action_space)  # Pendulum: torque in [-2, 2]
+    assert not scale.identity
+    np.testing.assert_allclose(scale(np.array([-1.0, 0.0, 1.0, 3.0])), [-2.0, 0.0, 2.0, 2.0])
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", DICT_ID])
+def test_trainer_runs_on_other_gymnasium_envs(tmp_path, monkeypatch, env_id):
+    monkeypatch.setattr(Trainer, "_plot", lambda self: None)
+    config = _pendulum_config(env_id)
+    trainer = Trainer(config, tmp_path / "run")
+    assert trainer.observation_size == 3 and trainer.action_size == 1
+    summary = trainer.train()
+    assert summary["step"] == 2048
+    assert summary["mean_length"] == 200.0  # the time limit ends every episode
+    assert np.isfinite(summary["mean_return"])
+    assert trainer.episodes_done == 10
+    assert (tmp_path / "run/checkpoints/last.pt").is_file()
+    assert (tmp_path / "run/checkpoints/best.pt").is_file()
+    rows = _read_csv(tmp_path / "run/metrics.csv")
+    assert [int(r["step"]) for r in rows] == list(range(128, 2049, 128))
+    assert all(np.isfinite(float(r["value_loss"])) for r in rows)
+    assert np.isfinite(float(rows[-1]["episode_return"]))
+    # the checkpoint restores a policy that acts on flattened observations
+    actor, normalizer = build_policy(*load_run(tmp_path / "run", "last"))
+    result = _policy_results(actor, normalizer, env_id, {}, 1, 5)
+    assert result["mean_length"] == 200.0 and np.isfinite(result["mean_return"])
