@@ -76,15 +76,8 @@ class IiwaGraspEnv(IiwaEnv):
         # which would keep a useless contact manifold alive every physics step.
         for link in (-1, self.robot.link_indices["iiwa_link_1"]):
             self.sim.client.setCollisionFilterPair(self.robot.body_id, self.table_id, link, -1, 0)
-        self.cube_id = self.sim.load_urdf(
-            "cube.urdf",
-            position=(0.55, 0.0, cfg.cube_size / 2),
-            global_scaling=cfg.cube_size / 0.045,  # the URDF's cube is 4.5 cm
-            maximal_coordinates=True,
-        )
+        self.cube_id = self._load_cube((0.55, 0.0, cfg.cube_size / 2), (0.0, 0.0, 0.0, 1.0))
         self.cube_rest_height = cfg.cube_size / 2
-        cube_dynamics = self.sim.client.getDynamicsInfo(self.cube_id, -1)
-        self._cube_mass, self._cube_local_inertia = cube_dynamics[0], list(cube_dynamics[2])
         # Home: the gripper open, pointing down above the middle of the cube area. Solved
         # once by IK from the configured joint home so every reset starts the same way.
         # Of the two headings that look the same to the parallel gripper (yaw and yaw + pi),
@@ -116,18 +109,14 @@ class IiwaGraspEnv(IiwaEnv):
         xy = rng.uniform(cfg.cube_low, cfg.cube_high)
         yaw = rng.uniform(-cfg.cube_yaw_range, cfg.cube_yaw_range)
         client = self.sim.client
-        client.resetBasePositionAndOrientation(
-            self.cube_id,
-            [xy[0], xy[1], self.cube_rest_height],
-            client.getQuaternionFromEuler([0.0, 0.0, yaw]),
-        )
-        client.resetBaseVelocity(self.cube_id, [0, 0, 0], [0, 0, 0])
-        # A teleport leaves the cube's world-frame inertia at its old orientation until the
-        # next step; setting the unchanged local inertia recomputes it, so the first steps
-        # after reset(seed=s) do not depend on how the last episode left the cube. The mass
-        # must go with it: given the inertia alone, PyBullet makes the body static.
-        client.changeDynamics(
-            self.cube_id, -1, mass=self._cube_mass, localInertiaDiagonal=self._cube_local_inertia
+        # A new cube each episode, not the old one teleported: a moved body keeps state that
+        # no reset call clears (its contacts with the table, and more: saveState/restoreState
+        # and refreshing its inertia did not make it exact), so the same seed replayed
+        # differently on a used env and gymnasium's check_env failed. Costs about 1 ms and
+        # 1.2 KB that PyBullet never frees per reset (100 MB per 100,000 episodes).
+        client.removeBody(self.cube_id)
+        self.cube_id = self._load_cube(
+            (xy[0], xy[1], self.cube_rest_height), client.getQuaternionFromEuler([0.0, 0.0, yaw])
         )
         self.robot.command_gripper_width(self.robot.max_gripper_width)
         self._held_steps = 0
@@ -135,6 +124,15 @@ class IiwaGraspEnv(IiwaEnv):
         self._ever_grasped = False
         self._fell_off = False
         self._read_cube()
+
+    def _load_cube(self, position, orientation) -> int:
+        return self.sim.load_urdf(
+            "cube.urdf",
+            position=position,
+            orientation=orientation,
+            global_scaling=self.config.cube_size / 0.045,  # the URDF's cube is 4.5 cm
+            maximal_coordinates=True,
+        )
 
     def _read_cube(self) -> None:
         position, orientation = self.sim.body_pose(self.cube_id)
