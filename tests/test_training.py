@@ -227,7 +227,8 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
                     break
             time.sleep(0.2)
     finally:
-        os.kill(train.pid, signal.SIGKILL)
+        if train.poll() is None:
+            os.kill(train.pid, signal.SIGKILL)
         train.wait()
         log.close()
     assert train.returncode == -signal.SIGKILL
