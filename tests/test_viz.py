@@ -418,3 +418,17 @@ def test_plot_refuses_runs_without_logs(tmp_path):
     (header_only / "eval.csv").write_text("step,wall_time,success_rate,mean_return\n")
     with pytest.raises(ValueError, match="no rows to plot"):
         plot_runs([header_only], tmp_path / "x.png")
+
+
+def test_record_cli_writes_gif(tmp_path):
+    from iiwa_rl.cli import main
+
+    output = tmp_path / "rollout.gif"
+    arguments = ["record", str(REACH_CONFIG), "-o", str(output), "--policy", "zero"]
+    assert main([*arguments, "--episodes", "2", "--episode-steps", "3", "--size", "160x120"]) == 0
+    with Image.open(output) as gif:
+        assert gif.size == (160, 120) and gif.n_frames == 2 * 3
+    assert (
+        main(["record", str(REACH_CONFIG), "-o", str(tmp_path / "x.gif"), "--policy", "scripted"])
+        == 2
+    )

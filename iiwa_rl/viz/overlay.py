@@ -26,6 +26,8 @@ GOAL_COLOR = (0.1, 0.8, 0.2)
 LIFT_TARGET_RGBA = (1.0, 0.85, 0.1, 0.35)
 SUCCESS_COLOR = (0.1, 0.75, 0.2)
 TEXT_COLOR = (0.05, 0.05, 0.05)
+FLOOR_GRID_RGB = (214, 218, 224)  # light grey on the recordings' white
+GUI_FLOOR_GRID_RGB = (150, 153, 172)  # darker on the GUI's lavender background
 GUI_LINE_PX = 22  # line spacing of the GUI text block, pixels
 MAX_TRAIL_SEGMENTS = 150  # GUI debug lines cost a round trip each; older ones are removed
 
@@ -156,6 +158,10 @@ class GuiOverlay:
         self._lift_marker: int | None = None
         if getattr(env.unwrapped, "cube_id", None) is not None:
             self._lift_marker = env.unwrapped.add_visual_sphere(0.015, LIFT_TARGET_RGBA)
+        # The GUI draws no floor: a grid shows where the ground is and how high things are.
+        color = [c / 255 for c in GUI_FLOOR_GRID_RGB]
+        for start, end in floor_grid_lines():
+            self.client.addUserDebugLine(start, end, color, lineWidth=1.0)
 
     def reset(self) -> None:
         """A new episode: the old trail goes."""
@@ -299,32 +305,35 @@ def render_frame(env, camera: Camera) -> np.ndarray:
     )
     frame = np.asarray(rgba, dtype=np.uint8).reshape(camera.height, camera.width, 4)[:, :, :3]
     background = np.asarray(segmentation).reshape(camera.height, camera.width) < 0
-    return _floor_grid(frame, background, camera)
+    return floor_grid(frame, background, camera)
 
 
-def _floor_grid(frame: np.ndarray, background: np.ndarray, camera: Camera) -> np.ndarray:
-    grid = Image.new("RGB", (camera.width, camera.height), (255, 255, 255))
+def floor_grid_lines() -> list[tuple[tuple[float, float, float], tuple[float, float, float]]]:
+    """World segments of a 25 cm grid on the floor (z = 0) around the robot."""
+    lines = []
+    for tick in np.arange(-1.0, 1.51, 0.25):
+        lines.append(((tick, -1.0, 0.0), (tick, 1.0, 0.0)))  # along y at x = tick
+        if abs(tick) <= 1.0:
+            lines.append(((-1.0, tick, 0.0), (1.5, tick, 0.0)))  # along x at y = tick
+    return lines
+
+
+def floor_grid(
+    frame: np.ndarray, background: np.ndarray, camera: Camera, color=FLOOR_GRID_RGB
+) -> np.ndarray:
+    """`frame` with the floor grid drawn where `background` is True (nothing rendered)."""
+    grid = Image.fromarray(frame.copy())
     draw = ImageDraw.Draw(grid)
-    ticks = np.arange(-1.0, 1.51, 0.25)
-    for tick in ticks:
-        for line in (
-            [(tick, -1.0, 0.0), (tick, 1.0, 0.0)],  # along y at x = tick
-            [(-1.0, tick, 0.0), (1.5, tick, 0.0)] if abs(tick) <= 1.0 else None,
-        ):
-            if line is None:
-                continue
-            # Segments in short pieces, so a line that passes behind the camera is
-            # dropped piece by piece instead of projected through it.
-            points = np.linspace(line[0], line[1], 24)
-            pixels, in_front = camera.project(points)
-            for i in range(len(points) - 1):
-                if in_front[i] and in_front[i + 1]:
-                    draw.line(
-                        [tuple(pixels[i]), tuple(pixels[i + 1])], fill=(214, 218, 224), width=1
-                    )
-    grid_array = np.asarray(grid)
+    for start, end in floor_grid_lines():
+        # Segments in short pieces, so a line that passes behind the camera is
+        # dropped piece by piece instead of projected through it.
+        points = np.linspace(start, end, 24)
+        pixels, in_front = camera.project(points)
+        for i in range(len(points) - 1):
+            if in_front[i] and in_front[i + 1]:
+                draw.line([tuple(pixels[i]), tuple(pixels[i + 1])], fill=color, width=1)
     out = frame.copy()
-    out[background] = grid_array[background]
+    out[background] = np.asarray(grid)[background]
     return out
 
 

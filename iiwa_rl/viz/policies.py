@@ -72,9 +72,8 @@ class LoadedPolicy:
 
 def make_env(env_id: str, env_kwargs: dict[str, Any], render_mode: str | None = None):
     """The environment a policy was made for. The kwargs go in as the env's `config`
-    mapping, not as keywords: gym.make takes a `max_episode_steps` keyword for itself (a
-    TimeLimit wrapper) and never passes it on, so the env would run to its default length
-    whenever that is shorter, and report the default in its config."""
+    mapping, not as keywords, so none of them can be taken by gym.make for itself (it
+    claims `max_episode_steps`, for one, and never passes it on)."""
     import gymnasium as gym
 
     import iiwa_rl.envs  # noqa: F401  (registers the environment ids)

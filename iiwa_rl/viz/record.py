@@ -236,6 +236,6 @@ def register_cli(subparsers) -> None:
         "--size", type=parse_size, help="WIDTHxHEIGHT (default 640x480, GIF 480x360)"
     )
     record.add_argument(
-        "--max-episode-steps", type=int, help="override the environment's episode length"
+        "--episode-steps", type=int, help="override the environment's episode length (steps)"
     )
     record.set_defaults(handler=cmd_record)

@@ -19,10 +19,12 @@ import numpy as np
 import pybullet
 
 from iiwa_rl.viz.overlay import (
+    GUI_FLOOR_GRID_RGB,
     Camera,
     EpisodeStatus,
     GuiOverlay,
     draw_overlay,
+    floor_grid,
     status_from_info,
 )
 
@@ -208,17 +210,19 @@ class Viewer:
     def screenshot(self, path: str | Path) -> Path:
         """Save the GUI's current view (OpenGL, as the window shows it) with the overlays.
 
-        getCameraImage does not draw debug lines and text, so the trail and the text block
-        are drawn onto the image the same way recordings get them."""
+        getCameraImage does not draw debug lines and text, so the floor grid, the trail and
+        the text block are drawn onto the image the same way recordings get them."""
         from PIL import Image
 
         camera_info = self.client.getDebugVisualizerCamera()
         width, height, view, projection = camera_info[:4]
-        _, _, rgba, _, _ = self.client.getCameraImage(
+        _, _, rgba, _, segmentation = self.client.getCameraImage(
             width, height, view, projection, renderer=pybullet.ER_BULLET_HARDWARE_OPENGL
         )
         frame = np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[:, :, :3]
         camera = Camera(width, height, list(view), list(projection))
+        background = np.asarray(segmentation).reshape(height, width) < 0
+        frame = floor_grid(frame, background, camera, GUI_FLOOR_GRID_RGB)
         frame = draw_overlay(frame, self.env, camera, self.status)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
