@@ -336,6 +336,7 @@ class Trainer:
         self.envs.close()
         if self._eval_env is not None:
             self._eval_env.close()
+            self._eval_env = None  # a later evaluate() builds a fresh one
         self._plot()
         return {**summary, "stop_reason": stop_reason, "step": self.global_step}
 

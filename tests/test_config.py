@@ -70,10 +70,7 @@ def test_overrides_merge_into_nested_sections():
     )
     assert config.ppo.epochs == 3
     assert config.env.kwargs["control_hz"] == 50
-    assert (
-        config.env.kwargs["episode_steps"]
-        == _reach_data()["env"]["kwargs"]["episode_steps"]
-    )
+    assert config.env.kwargs["episode_steps"] == _reach_data()["env"]["kwargs"]["episode_steps"]
     assert config.policy.log_std.mode == "state_dependent"
     assert config.policy.log_std.max == _reach_data()["policy"]["log_std"]["max"]
     assert config.train.max_wall_seconds is None

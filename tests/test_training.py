@@ -109,6 +109,8 @@ def test_tiny_run_writes_its_files(tiny_run):
     assert trainer.algorithm.updates == 24
     # nothing half-written is left behind
     assert not list((run_dir / "checkpoints").glob("*.partial*"))
+    # the trainer can still evaluate after training (its evaluation env was closed)
+    assert trainer.evaluate(1, seed=3)["episodes"] == 1
 
 
 def test_saved_model_acts_exactly_like_the_trained_one(tiny_run):
