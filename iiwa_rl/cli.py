@@ -82,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.video:
         from iiwa_rl.viz.record import VideoRecorder
 
-        recorder = VideoRecorder(args.video, fps=config.env.kwargs.get("control_hz", 20))
+        recorder = VideoRecorder(args.video, fps=env.unwrapped.config.control_hz)
     results = run_episodes(act, env, args.episodes, args.seed if args.seed is not None else config.eval.seed,
                            on_step=recorder.capture if recorder else None)
     if recorder:
@@ -136,30 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--x", choices=["step", "wall_time"], default="step")
     plot.set_defaults(handler=cmd_plot)
 
-    for register in _EXTRA_COMMANDS:
-        register(commands)
+    # Commands whose code lives with what they drive.
+    from iiwa_rl import deploy_sim, export
+    from iiwa_rl.viz import record, viewer
+
+    for module in (export, deploy_sim, viewer, record):
+        module.register_cli(commands)
     return parser
-
-
-def _register_optional_commands():
-    registrars = []
-    for module_name in ("iiwa_rl.export", "iiwa_rl.deploy_sim", "iiwa_rl.viz.viewer", "iiwa_rl.viz.record"):
-        try:
-            module = __import__(module_name, fromlist=["register_cli"])
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue
-        registrars.append(module.register_cli)
-    return registrars
-
-
-_EXTRA_COMMANDS: list = []
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _EXTRA_COMMANDS[:] = _register_optional_commands()
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -169,7 +169,7 @@ def test_line_search_restores_parameters_when_nothing_improves(monkeypatch):
     assert metrics["kl"] == 0.0 and metrics["surrogate_improvement"] == 0.0
 
 
-def test_trpo_learns_pendulum(tmp_path):
+def test_trpo_learns_reach(tmp_path):
     from iiwa_rl.train import Trainer
 
     config = config_from_dict(
@@ -177,7 +177,7 @@ def test_trpo_learns_pendulum(tmp_path):
             "algorithm": "trpo",
             "seed": 0,
             "device": "cpu",
-            "env": {"id": "IiwaReach-v0", "num_envs": 8, "kwargs": {"episode_steps": 60}},
+            "env": {"id": "IiwaReach-v0", "num_envs": 8, "kwargs": {"episode_steps": 50}},
             "policy": {"hidden_sizes": [64, 64], "log_std": {"init": -0.5, "max": 0.5}},
             "critic": {"hidden_sizes": [64, 64]},
             "trpo": {

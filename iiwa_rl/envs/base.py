@@ -79,6 +79,7 @@ class IiwaEnv(gym.Env, ABC):
         self._last_observation = np.zeros(self.observation_size, dtype=np.float32)
         self._blowup_speeds = cfg.blowup_speed_factor * self.robot.limits.velocity
         self._step_count = 0
+        self.last_info: dict = {}  # the info of the latest reset or step, for viewers
         self._markers: dict[str, int] = {}
         self._tcp_trail: list[np.ndarray] = []
         if render_mode is not None:
@@ -141,7 +142,8 @@ class IiwaEnv(gym.Env, ABC):
         observation = self._observation(snapshot)
         self._last_observation = observation
         self._update_markers(snapshot)
-        return observation, {"is_success": False, **self._task_info(snapshot)}
+        self.last_info = {"is_success": False, **self._task_info(snapshot)}
+        return observation, dict(self.last_info)
 
     def step(self, action):
         action = np.asarray(action, dtype=np.float32)
@@ -161,7 +163,8 @@ class IiwaEnv(gym.Env, ABC):
         if self._blew_up(snapshot):
             # Keep the last good observation: a learner must never see non-finite numbers.
             info = {"is_success": False, "physics_blowup": True}
-            return self._last_observation.copy(), 0.0, False, True, info
+            self.last_info = info
+            return self._last_observation.copy(), 0.0, False, True, dict(info)
 
         reward_inputs, failed = self._evaluate(snapshot, action)
         reward, terms = self.reward_function(reward_inputs)
@@ -171,9 +174,15 @@ class IiwaEnv(gym.Env, ABC):
         terminated = failed or (reward_inputs.is_success and self.terminate_on_success)
         info = {"is_success": reward_inputs.is_success, **terms, **self._task_info(snapshot)}
         self._update_markers(snapshot)
-        return observation, float(reward), bool(terminated), bool(truncated), info
+        self.last_info = info
+        return observation, float(reward), bool(terminated), bool(truncated), dict(info)
 
     terminate_on_success = False
+
+    @property
+    def elapsed_steps(self) -> int:
+        """Control steps taken in the current episode."""
+        return self._step_count
 
     # --------------------------------------------------------------- internals
     def _snapshot(self) -> RobotSnapshot:

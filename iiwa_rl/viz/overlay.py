@@ -86,17 +86,9 @@ def status_from_info(env, info: dict, status: EpisodeStatus) -> EpisodeStatus:
 
 
 def info_from_env(env) -> dict:
-    """The task part of a step's info, read back from the environment, for callers that
-    only hold the environment (eval's per-step hook). Reads the env's latest state
-    (`_current`), which has no public accessor yet."""
-    base = env.unwrapped
-    snapshot = base._current
-    info = dict(base._task_info(snapshot))
-    if "tcp_distance" in info:
-        info["is_success"] = info["tcp_distance"] <= base.config.success_threshold
-    elif "held_steps" in info:
-        info["is_success"] = info["held_steps"] >= base._hold_steps_needed
-    return info
+    """The latest step's info, read back from the environment, for callers that only
+    hold the environment (eval's per-step hook)."""
+    return dict(env.unwrapped.last_info)
 
 
 # --------------------------------------------------------------- scene points

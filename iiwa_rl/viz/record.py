@@ -84,7 +84,7 @@ class VideoRecorder:
     def _status_from_env(self, env) -> EpisodeStatus:
         # The env's step counter has no public accessor; a counter that did not grow
         # means run_episodes reset the env since the last frame.
-        step = int(env.unwrapped._step_count)
+        step = int(env.unwrapped.elapsed_steps)
         if self._last_step is None or step <= self._last_step:
             self._episode += 1
         self._last_step = step
