@@ -188,7 +188,7 @@ def test_trpo_learns_reach(tmp_path):
                 "value_minibatch_size": 256,
             },
             "train": {
-                "total_steps": 40960,
+                "total_steps": 61440,
                 "eval_every_steps": 1_000_000,
                 "eval_episodes": 10,
                 "progress": "quiet",
@@ -198,4 +198,6 @@ def test_trpo_learns_reach(tmp_path):
     trainer = Trainer(config, tmp_path / "run")
     before = trainer.evaluate(10, seed=123)
     after = trainer.train()
-    assert after["mean_return"] > before["mean_return"] + 5.0, (before, after)
+    # Measured at seed 0: return -15.8 -> -0.4, final TCP distance 32 cm -> 13 cm.
+    assert after["mean_return"] > before["mean_return"] + 8.0, (before, after)
+    assert after["final_tcp_distance"] < 0.7 * before["final_tcp_distance"], (before, after)
