@@ -91,17 +91,18 @@ def finger_contact(x: RewardInputs) -> float:
     return 0.5 * (float(x.finger_contacts[0]) + float(x.finger_contacts[1]))
 
 
-def cube_lift(x: RewardInputs) -> float:
-    """Fraction of the target height the cube is lifted, counted only while both fingers
-    hold it (a cube knocked into the air earns nothing)."""
+def cube_lift(x: RewardInputs, height: float | None = None) -> float:
+    """Fraction of `height` (m; default the task's lift height) the cube is lifted, counted
+    only while both fingers hold it (a cube knocked into the air earns nothing). Aiming
+    `height` above the success height keeps the policy from hovering at the threshold."""
     if not all(x.finger_contacts):
         return 0.0
-    return float(np.clip(x.cube_lift / x.lift_target, 0.0, 1.0))
+    return float(np.clip(x.cube_lift / (height or x.lift_target), 0.0, 1.0))
 
 
-def cube_held_high(x: RewardInputs) -> float:
-    """1 while the cube is held at or above the target height."""
-    return float(all(x.finger_contacts) and x.cube_lift >= x.lift_target)
+def cube_held_high(x: RewardInputs, height: float | None = None) -> float:
+    """1 while the cube is held at or above `height` (m; default the task's lift height)."""
+    return float(all(x.finger_contacts) and x.cube_lift >= (height or x.lift_target))
 
 
 REWARD_TERMS: dict[str, Callable[..., float]] = {
