@@ -213,28 +213,33 @@ def run_ours(algorithm: str, steps: int, seed: int, eval_points: int, out: Path)
     inner_update = algo.update
     next_point = [every]
 
-    def update_then_maybe_evaluate(progress: float) -> dict:
+    def evaluate_now() -> None:
         nonlocal evaluation_seconds
+        evaluated = time.perf_counter()
+        actor = algo.deterministic_actor()
+
+        @torch.no_grad()
+        def act(raw):
+            return actor.deterministic(torch.from_numpy(trainer.obs_normalizer(raw))).numpy()
+
+        summary = summarize_episodes(run_episodes(act, env, 20, eval_seed(len(curve["steps"]))))
+        curve["steps"].append(trainer.global_step)
+        curve["wall"].append(evaluated - started - evaluation_seconds)
+        curve["success"].append(summary["success_rate"])
+        curve["return"].append(summary["mean_return"])
+        evaluation_seconds += time.perf_counter() - evaluated
+
+    def update_then_maybe_evaluate(progress: float) -> dict:
         result = inner_update(progress)
         if trainer.global_step >= next_point[0]:
             next_point[0] += every
-            evaluated = time.perf_counter()
-            actor = algo.deterministic_actor()
-
-            @torch.no_grad()
-            def act(raw):
-                return actor.deterministic(torch.from_numpy(trainer.obs_normalizer(raw))).numpy()
-
-            summary = summarize_episodes(run_episodes(act, env, 20, eval_seed(len(curve["steps"]))))
-            curve["steps"].append(trainer.global_step)
-            curve["wall"].append(evaluated - started - evaluation_seconds)
-            curve["success"].append(summary["success_rate"])
-            curve["return"].append(summary["mean_return"])
-            evaluation_seconds += time.perf_counter() - evaluated
+            evaluate_now()
         return result
 
     algo.update = update_then_maybe_evaluate
     trainer.train()
+    if not curve["steps"] or curve["steps"][-1] < trainer.global_step:
+        evaluate_now()  # the budget ended between evaluation points: the final policy too
     total = time.perf_counter() - started
     env.close()
     return _result(algorithm, seed, trainer.global_step, total - evaluation_seconds, curve)
@@ -305,30 +310,38 @@ def run_sb3_ppo(steps: int, seed: int, eval_points: int) -> dict:
     state = {"evaluation_seconds": 0.0, "next": every}
     started = time.perf_counter()
 
+    def evaluate_now(point: int) -> None:
+        evaluated = time.perf_counter()
+        summary = summarize_episodes(
+            run_episodes(
+                lambda obs: model.predict(venv.normalize_obs(obs), deterministic=True)[0],
+                env,
+                20,
+                eval_seed(point),
+            )
+        )
+        for key in curve:
+            del curve[key][point:]
+        curve["steps"].append(model.num_timesteps)
+        curve["wall"].append(evaluated - started - state["evaluation_seconds"])
+        curve["success"].append(summary["success_rate"])
+        curve["return"].append(summary["mean_return"])
+        state["evaluation_seconds"] += time.perf_counter() - evaluated
+
     class Evaluate(BaseCallback):
         def _on_rollout_end(self) -> None:
-            if self.num_timesteps < state["next"]:
-                return
-            state["next"] += every
-            evaluated = time.perf_counter()
-            summary = summarize_episodes(
-                run_episodes(
-                    lambda obs: model.predict(venv.normalize_obs(obs), deterministic=True)[0],
-                    env,
-                    20,
-                    eval_seed(len(curve["steps"])),
-                )
-            )
-            curve["steps"].append(self.num_timesteps)
-            curve["wall"].append(evaluated - started - state["evaluation_seconds"])
-            curve["success"].append(summary["success_rate"])
-            curve["return"].append(summary["mean_return"])
-            state["evaluation_seconds"] += time.perf_counter() - evaluated
+            # Called before the update on the rollout just collected.
+            if self.num_timesteps >= state["next"]:
+                state["next"] += every
+                evaluate_now(len(curve["steps"]))
 
         def _on_step(self) -> bool:
             return True
 
     model.learn(total_timesteps=steps, callback=Evaluate())
+    # The final policy, after the last update (replacing a point taken just before it).
+    last = len(curve["steps"])
+    evaluate_now(last - 1 if last and curve["steps"][-1] == model.num_timesteps else last)
     total = time.perf_counter() - started
     env.close()
     venv.close()
