@@ -407,12 +407,11 @@ def test_episode_steps_keyword_reaches_the_env_config():
     try:
         assert env.unwrapped.config.episode_steps == 200
         env.reset(seed=0)
-        truncated = False
-        for step in range(1, 201):
+        steps, truncated = 0, False
+        while not truncated and steps < 500:
             *_, truncated, _ = env.step(np.zeros(7, dtype=np.float32))
-            if truncated:
-                break
-        assert truncated and step == 200
+            steps += 1
+        assert truncated and steps == 200
     finally:
         env.close()
 

@@ -71,6 +71,35 @@ def _batched_worker(connection, factories: list[Callable[[], gym.Env]]) -> None:
         connection.close()
 
 
+def stack_infos(infos: list[dict]) -> dict:
+    """Per-env info dicts as one vector info dict, in Gymnasium's layout (an array per key
+    and a ``_key`` mask of the envs that reported it), built in one pass per key:
+    Gymnasium's incremental `_add_info` copies arrays for every env and key, which cost
+    more than the physics with 16 envs."""
+    count = len(infos)
+    keys: dict[str, None] = {}
+    for info in infos:
+        keys.update(dict.fromkeys(info))
+    stacked: dict = {}
+    for key in keys:
+        present = np.fromiter((key in info for info in infos), dtype=bool, count=count)
+        values = [info.get(key) for info in infos]
+        sample = values[int(np.argmax(present))]
+        if isinstance(sample, dict):
+            stacked[key] = stack_infos([v if isinstance(v, dict) else {} for v in values])
+        elif isinstance(sample, (bool, np.bool_)):
+            stacked[key] = np.array([bool(v) if p else False for v, p in zip(values, present)])
+        elif isinstance(sample, (int, float, np.integer, np.floating)):
+            dtype = np.int64 if isinstance(sample, (int, np.integer)) else np.float64
+            stacked[key] = np.array([v if p else 0 for v, p in zip(values, present)], dtype=dtype)
+        else:
+            column = np.empty(count, dtype=object)
+            column[:] = [v if p else None for v, p in zip(values, present)]
+            stacked[key] = column
+        stacked["_" + key] = present
+    return stacked
+
+
 class BatchedSubprocVectorEnv(VectorEnv):
     """`num_workers` processes, each stepping a contiguous slice of the environments."""
 
@@ -106,14 +135,12 @@ class BatchedSubprocVectorEnv(VectorEnv):
             seeds = list(seed)
         for connection, part in zip(self._connections, self._slices):
             connection.send(("reset", (seeds[part], options)))
-        observations, infos = [], {}
-        index = 0
+        observations, infos = [], []
         for connection in self._connections:
             for observation, info in connection.recv():
                 observations.append(observation)
-                infos = self._add_info(infos, info, index)
-                index += 1
-        return np.stack(observations), infos
+                infos.append(info)
+        return np.stack(observations), stack_infos(infos)
 
     def step(self, actions):
         actions = np.asarray(actions)
@@ -123,17 +150,17 @@ class BatchedSubprocVectorEnv(VectorEnv):
         rewards = np.zeros(self.num_envs)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
-        infos: dict = {}
+        infos: list[dict] = []
         index = 0
         for connection in self._connections:
             for observation, reward, term, trunc, info, final in connection.recv():
                 observations.append(observation)
                 rewards[index], terminated[index], truncated[index] = reward, term, trunc
                 if final is not None:
-                    infos = self._add_info(infos, {"final_obs": final[0], "final_info": final[1]}, index)
-                infos = self._add_info(infos, info, index)
+                    info = {**info, "final_obs": final[0], "final_info": final[1]}
+                infos.append(info)
                 index += 1
-        return np.stack(observations), rewards, terminated, truncated, infos
+        return np.stack(observations), rewards, terminated, truncated, stack_infos(infos)
 
     def close_extras(self, **kwargs) -> None:
         for connection in self._connections:
