@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--sb3-vec", nargs="+", choices=["dummy", "subproc"], default=["dummy", "subproc"])
+    parser.add_argument("--sb3-seeds", type=int, nargs="+", help="seeds for SB3 (default: --seeds)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/ppo_vs_sb3"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -216,7 +217,7 @@ def main() -> None:
     for seed in args.seeds:
         results.append(run_ours(args.config, args.steps, seed, out))
         print(json.dumps({k: v for k, v in results[-1].items() if not k.startswith("curve")}), flush=True)
-        for vec in args.sb3_vec:
+        for vec in args.sb3_vec if seed in (args.sb3_seeds or args.seeds) else []:
             results.append(run_sb3(args.config, args.steps, seed, vec))
             print(json.dumps({k: v for k, v in results[-1].items() if not k.startswith("curve")}), flush=True)
 
