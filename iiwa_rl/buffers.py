@@ -169,13 +169,15 @@ class ReplayBuffer:
         }
 
     def state_dict(self) -> dict:
+        """The stored rows only, as copies: a slice is a view, and saving a view saves the
+        whole preallocated storage (276 MB for a 1M-row reach buffer)."""
         n = self.size
         return {
-            "observations": self.observations[:n].cpu(),
-            "actions": self.actions[:n].cpu(),
-            "rewards": self.rewards[:n].cpu(),
-            "next_observations": self.next_observations[:n].cpu(),
-            "terminated": self.terminated[:n].cpu(),
+            "observations": self.observations[:n].cpu().clone(),
+            "actions": self.actions[:n].cpu().clone(),
+            "rewards": self.rewards[:n].cpu().clone(),
+            "next_observations": self.next_observations[:n].cpu().clone(),
+            "terminated": self.terminated[:n].cpu().clone(),
             "position": self.position,
         }
 

@@ -273,12 +273,7 @@ class DDPG(Algorithm):
             "target_critic": self.target_critic.state_dict(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
-            # Clones: the buffer's slices are views of its whole preallocated storage, which
-            # torch.save would otherwise write out in full (276 MB for 1M reach transitions).
-            "replay": {
-                key: value.clone() if isinstance(value, torch.Tensor) else value
-                for key, value in self.replay.state_dict().items()
-            },
+            "replay": self.replay.state_dict(),  # copies of the stored rows only
             "noise_state": self.noise.state.copy(),
             "counters": {
                 "env_steps": self.env_steps,
