@@ -104,7 +104,8 @@ def run_sb3(config_path: str, steps: int, seed: int, vec: str) -> dict:
     ppo, env_cfg = config.ppo, config.env
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "elu": torch.nn.ELU, "silu": torch.nn.SiLU}
     venv = make_vec_env(
-        env_cfg.id,
+        # "module:id": SubprocVecEnv's fresh workers import the module that registers the id.
+        f"iiwa_rl.envs:{env_cfg.id}" if env_cfg.id.startswith("Iiwa") else env_cfg.id,
         n_envs=env_cfg.num_envs,
         seed=seed,
         env_kwargs=env_cfg.kwargs,
