@@ -111,6 +111,31 @@ class OnPolicyAlgorithm(Algorithm):
             self.acting_critic = copy.deepcopy(self.critic).cpu()
         self.buffer = RolloutBuffer(section.rollout_steps, num_envs, observation_size, action_size)
         self.updates = 0
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)  # minibatch order
+
+    @abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The algorithm's optimisers by checkpoint key."""
+
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            **{name: optimizer.state_dict() for name, optimizer in self.optimizers().items()},
+            "updates": self.updates,
+            "generator": self.generator.get_state(),
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        for name, optimizer in self.optimizers().items():
+            optimizer.load_state_dict(state[name])
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["generator"])
+        self.rng.bit_generator.state = state["rng"]
+        self.sync_acting_networks()
 
     @torch.no_grad()
     def act(self, observations, deterministic=False):

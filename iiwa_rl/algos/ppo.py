@@ -29,7 +29,6 @@ class PPO(OnPolicyAlgorithm):
         self.section: PPOSection = config.ppo
         params = list(self.actor.parameters()) + list(self.critic.parameters())
         self.optimizer = torch.optim.Adam(params, lr=self.section.learning_rate, eps=1e-5)
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def update(self, progress: float) -> dict[str, float]:
         cfg = self.section
@@ -112,21 +111,5 @@ class PPO(OnPolicyAlgorithm):
             "epochs_stopped_early": float(stopped_early),
         }
 
-    def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "updates": self.updates,
-            "generator": self.generator.get_state(),
-            "rng": self.rng.bit_generator.state,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])
-        self.rng.bit_generator.state = state["rng"]
-        self.sync_acting_networks()
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer": self.optimizer}

@@ -110,7 +110,6 @@ class TRPO(OnPolicyAlgorithm):
         self.value_optimizer = torch.optim.Adam(
             self.critic.parameters(), lr=self.section.value_learning_rate, eps=1e-5
         )
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def update(self, progress: float) -> dict[str, float]:
         cfg = self.section
@@ -193,21 +192,5 @@ class TRPO(OnPolicyAlgorithm):
             "explained_variance": 1.0 - float((returns - values).var() / (returns.var() + 1e-8)),
         }
 
-    def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "value_optimizer": self.value_optimizer.state_dict(),
-            "updates": self.updates,
-            "generator": self.generator.get_state(),
-            "rng": self.rng.bit_generator.state,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.value_optimizer.load_state_dict(state["value_optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])
-        self.rng.bit_generator.state = state["rng"]
-        self.sync_acting_networks()
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"value_optimizer": self.value_optimizer}

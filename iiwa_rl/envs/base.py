@@ -122,6 +122,24 @@ class IiwaEnv(gym.Env, ABC):
     def _evaluate(self, robot: RobotSnapshot, action: np.ndarray) -> tuple[RewardInputs, bool]:
         """Reward inputs and whether the task failed (terminal) at this step."""
 
+    def reward_inputs(
+        self, robot: RobotSnapshot, action: np.ndarray, is_success: bool, **task_fields
+    ) -> RewardInputs:
+        """The robot's part of the reward inputs, plus the task's own fields."""
+        limits = self.robot.limits
+        return RewardInputs(
+            tcp_position=robot.tcp_position,
+            joint_positions=robot.joint_positions,
+            joint_velocities=robot.joint_velocities,
+            joint_lower=limits.lower,
+            joint_upper=limits.upper,
+            joint_velocity_limits=limits.velocity,
+            action=action,
+            previous_action=self._previous_action,
+            is_success=is_success,
+            **task_fields,
+        )
+
     def _task_info(self, robot: RobotSnapshot) -> dict:
         """Task figures for `info` (distances, heights)."""
         return {}

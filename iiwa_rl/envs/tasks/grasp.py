@@ -190,16 +190,9 @@ class IiwaGraspEnv(IiwaEnv):
         self._held_steps = self._held_steps + 1 if held_high else 0
         self._max_lift = max(self._max_lift, lift)
         self._ever_grasped = self._ever_grasped or all(self._contacts)
-        limits = self.robot.limits
-        inputs = RewardInputs(
-            tcp_position=robot.tcp_position,
-            joint_positions=robot.joint_positions,
-            joint_velocities=robot.joint_velocities,
-            joint_lower=limits.lower,
-            joint_upper=limits.upper,
-            joint_velocity_limits=limits.velocity,
-            action=action,
-            previous_action=self._previous_action,
+        inputs = self.reward_inputs(
+            robot,
+            action,
             is_success=self._held_steps >= self._hold_steps_needed,
             cube_position=self._cube_position,
             cube_lift=lift,

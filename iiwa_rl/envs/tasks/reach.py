@@ -58,16 +58,9 @@ class IiwaReachEnv(IiwaEnv):
     def _evaluate(self, robot: RobotSnapshot, action: np.ndarray) -> tuple[RewardInputs, bool]:
         offset = self.goal_position - robot.tcp_position
         distance = float(np.sqrt(offset @ offset))
-        limits = self.robot.limits
-        inputs = RewardInputs(
-            tcp_position=robot.tcp_position,
-            joint_positions=robot.joint_positions,
-            joint_velocities=robot.joint_velocities,
-            joint_lower=limits.lower,
-            joint_upper=limits.upper,
-            joint_velocity_limits=limits.velocity,
-            action=action,
-            previous_action=self._previous_action,
+        inputs = self.reward_inputs(
+            robot,
+            action,
             is_success=distance <= self.config.success_threshold,
             goal_position=self.goal_position,
         )
