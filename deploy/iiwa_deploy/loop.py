@@ -9,7 +9,7 @@ Cycle order (the robot clocks it: `receive_state` blocks until the next state):
 4. if a policy step is due: observation -> action -> target -> interpolator.
 
 The policy runs after the setpoint is sent so its latency never delays the robot's answer;
-its target takes effect one robot period later (5 ms against a 50 ms policy period). If a
+its target takes effect one robot period later (5 ms against a 40 ms policy period). If a
 policy step overruns the period, the next state simply waits in the socket and the backend
 answers only the newest one: the loop never catches up missed cycles in a burst.
 

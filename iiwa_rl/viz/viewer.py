@@ -74,7 +74,7 @@ class Viewer:
 
     def _slow_gui(self) -> bool:
         """Whether the GUI renders in software (Xvfb, no GPU): a debug-item call waits for
-        a frame, and a shadowed frame then takes ~0.1 s, too slow for 20 Hz control."""
+        a frame, and a shadowed frame then takes ~0.1 s, too slow for 25 Hz control."""
         delays = []
         for _ in range(3):
             started = time.monotonic()
