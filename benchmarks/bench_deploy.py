@@ -30,7 +30,11 @@ sys.path.insert(0, str(ROOT / "deploy"))
 
 def percentiles(samples_s: np.ndarray) -> dict[str, float]:
     us = np.asarray(samples_s) * 1e6
-    return {"p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)), "max_us": float(us.max())}
+    return {
+        "p50_us": float(np.percentile(us, 50)),
+        "p99_us": float(np.percentile(us, 99)),
+        "max_us": float(us.max()),
+    }
 
 
 def inference_latency(model_path: str, run_dir: str, calls: int) -> dict:
@@ -96,7 +100,9 @@ def control_loop(model_path: str, period_s: float, seconds: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model")
     parser.add_argument("run_dir", help="the run the model was exported from (for torch eager)")
     parser.add_argument("--calls", type=int, default=20_000)
@@ -106,18 +112,24 @@ def main() -> None:
     latency = inference_latency(args.model, args.run_dir, args.calls)
     print(f"inference at batch 1 over {args.calls} calls:")
     for name, stats in latency.items():
-        print(f"  {name:<12} p50 {stats['p50_us']:7.1f} us   p99 {stats['p99_us']:7.1f} us   max {stats['max_us']:8.1f} us")
+        print(
+            f"  {name:<12} p50 {stats['p50_us']:7.1f} us   p99 {stats['p99_us']:7.1f} us   max {stats['max_us']:8.1f} us"
+        )
     ratio = latency["torch_eager"]["p50_us"] / latency["onnxruntime"]["p50_us"]
-    print(f"  torch eager / onnxruntime at p50: {ratio:.1f}x; ONNX p99 target <= 100 us: "
-          f"{'met' if latency['onnxruntime']['p99_us'] <= 100 else 'NOT met'}")
+    print(
+        f"  torch eager / onnxruntime at p50: {ratio:.1f}x; ONNX p99 target <= 100 us: "
+        f"{'met' if latency['onnxruntime']['p99_us'] <= 100 else 'NOT met'}"
+    )
     for period in (0.004, 0.001):
         loop = control_loop(args.model, period, args.seconds)
-        print(f"loop at {loop['period_ms']:.0f} ms for {args.seconds:g} s: {loop['cycles']} cycles, compute p50 "
-              f"{loop['compute_p50_ms']:.3f} ms, p99 {loop['compute_p99_ms']:.3f} ms "
-              f"({loop['compute_p99_share_of_period']:.1%} of the period), max {loop['compute_max_ms']:.3f} ms; "
-              f"missed deadlines {loop['missed_deadlines']} ({loop['missed_per_10k_cycles']:.1f} per 10,000 cycles); "
-              f"lateness p99 {loop['lateness_p99_ms']:.3f} ms; final distance {loop['final_distance_mm']:.1f} mm; "
-              f"faults {loop['faults']}")
+        print(
+            f"loop at {loop['period_ms']:.0f} ms for {args.seconds:g} s: {loop['cycles']} cycles, compute p50 "
+            f"{loop['compute_p50_ms']:.3f} ms, p99 {loop['compute_p99_ms']:.3f} ms "
+            f"({loop['compute_p99_share_of_period']:.1%} of the period), max {loop['compute_max_ms']:.3f} ms; "
+            f"missed deadlines {loop['missed_deadlines']} ({loop['missed_per_10k_cycles']:.1f} per 10,000 cycles); "
+            f"lateness p99 {loop['lateness_p99_ms']:.3f} ms; final distance {loop['final_distance_mm']:.1f} mm; "
+            f"faults {loop['faults']}"
+        )
 
 
 if __name__ == "__main__":

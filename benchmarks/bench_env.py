@@ -117,7 +117,12 @@ def measure_single(name: str, env_id: str, steps: int, **kwargs) -> Row:
 
 
 def measure_async(
-    name: str, env_id: str, num_envs: int, steps: int, mode: str = "async", workers: int | None = None
+    name: str,
+    env_id: str,
+    num_envs: int,
+    steps: int,
+    mode: str = "async",
+    workers: int | None = None,
 ) -> Row:
     """`steps` env steps in all, spread over `num_envs` envs: one subprocess each (async) or
     `workers` subprocesses stepping a slice each (batched)."""

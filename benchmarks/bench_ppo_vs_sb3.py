@@ -102,7 +102,12 @@ def run_sb3(config_path: str, steps: int, seed: int, vec: str) -> dict:
 
     config = load_config(config_path)
     ppo, env_cfg = config.ppo, config.env
-    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "elu": torch.nn.ELU, "silu": torch.nn.SiLU}
+    activation = {
+        "tanh": torch.nn.Tanh,
+        "relu": torch.nn.ReLU,
+        "elu": torch.nn.ELU,
+        "silu": torch.nn.SiLU,
+    }
     venv = make_vec_env(
         # "module:id": SubprocVecEnv's fresh workers import the module that registers the id.
         f"iiwa_rl.envs:{env_cfg.id}" if env_cfg.id.startswith("Iiwa") else env_cfg.id,
@@ -112,15 +117,23 @@ def run_sb3(config_path: str, steps: int, seed: int, vec: str) -> dict:
         vec_env_cls=SubprocVecEnv if vec == "subproc" else DummyVecEnv,
         monitor_kwargs={"info_keywords": ("is_success",)},
     )
-    venv = VecNormalize(venv, norm_obs=config.normalize.observations, norm_reward=config.normalize.rewards,
-                        clip_obs=config.normalize.clip, clip_reward=config.normalize.clip, gamma=ppo.gamma)
+    venv = VecNormalize(
+        venv,
+        norm_obs=config.normalize.observations,
+        norm_reward=config.normalize.rewards,
+        clip_obs=config.normalize.clip,
+        clip_reward=config.normalize.clip,
+        gamma=ppo.gamma,
+    )
     model = SB3PPO(
         "MlpPolicy",
         venv,
         n_steps=ppo.rollout_steps,
         batch_size=ppo.minibatch_size,
         n_epochs=ppo.epochs,
-        learning_rate=(lambda remaining: ppo.learning_rate * remaining) if ppo.lr_schedule == "linear" else ppo.learning_rate,
+        learning_rate=(lambda remaining: ppo.learning_rate * remaining)
+        if ppo.lr_schedule == "linear"
+        else ppo.learning_rate,
         gamma=ppo.gamma,
         gae_lambda=ppo.gae_lambda,
         clip_range=ppo.clip_range,
@@ -129,7 +142,10 @@ def run_sb3(config_path: str, steps: int, seed: int, vec: str) -> dict:
         max_grad_norm=ppo.max_grad_norm,
         target_kl=ppo.target_kl,
         policy_kwargs={
-            "net_arch": {"pi": list(config.policy.hidden_sizes), "vf": list(config.critic.hidden_sizes)},
+            "net_arch": {
+                "pi": list(config.policy.hidden_sizes),
+                "vf": list(config.critic.hidden_sizes),
+            },
             "activation_fn": activation[config.policy.activation],
             "log_std_init": config.policy.log_std.init,
             "ortho_init": config.policy.init == "orthogonal",
@@ -157,7 +173,12 @@ def run_sb3(config_path: str, steps: int, seed: int, vec: str) -> dict:
     venv.training = False
     env = gym.make(env_cfg.id, **env_cfg.kwargs)
     summary = summarize_episodes(
-        run_episodes(lambda obs: model.predict(venv.normalize_obs(obs), deterministic=True)[0], env, 100, config.eval.seed)
+        run_episodes(
+            lambda obs: model.predict(venv.normalize_obs(obs), deterministic=True)[0],
+            env,
+            100,
+            config.eval.seed,
+        )
     )
     env.close()
     venv.close()
@@ -185,9 +206,25 @@ def plot(results: list[dict], path: Path) -> None:
     names = sorted({r["name"] for r in results})
     for index, name in enumerate(names):
         for result in [r for r in results if r["name"] == name]:
-            label = name if result["seed"] == min(r["seed"] for r in results if r["name"] == name) else None
-            axes[0].plot(result["curve_steps"], result["curve_success"], color=f"C{index}", alpha=0.8, label=label)
-            axes[1].plot(result["curve_wall"], result["curve_success"], color=f"C{index}", alpha=0.8, label=label)
+            label = (
+                name
+                if result["seed"] == min(r["seed"] for r in results if r["name"] == name)
+                else None
+            )
+            axes[0].plot(
+                result["curve_steps"],
+                result["curve_success"],
+                color=f"C{index}",
+                alpha=0.8,
+                label=label,
+            )
+            axes[1].plot(
+                result["curve_wall"],
+                result["curve_success"],
+                color=f"C{index}",
+                alpha=0.8,
+                label=label,
+            )
     axes[0].set_xlabel("environment steps")
     axes[1].set_xlabel("wall-clock seconds (training)")
     for axis in axes:
@@ -195,18 +232,24 @@ def plot(results: list[dict], path: Path) -> None:
         axis.set_ylim(-0.02, 1.02)
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.suptitle("PPO on IiwaReach-v0: iiwa-rl vs Stable-Baselines3 (same nets, hyperparameters, budget)")
+    figure.suptitle(
+        "PPO on IiwaReach-v0: iiwa-rl vs Stable-Baselines3 (same nets, hyperparameters, budget)"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=str(ROOT / "configs/reach_ppo.yaml"))
     parser.add_argument("--steps", type=int, default=300_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--sb3-vec", nargs="+", choices=["dummy", "subproc"], default=["dummy", "subproc"])
+    parser.add_argument(
+        "--sb3-vec", nargs="+", choices=["dummy", "subproc"], default=["dummy", "subproc"]
+    )
     parser.add_argument("--sb3-seeds", type=int, nargs="+", help="seeds for SB3 (default: --seeds)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/ppo_vs_sb3"))
     args = parser.parse_args()
@@ -217,17 +260,27 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         results.append(run_ours(args.config, args.steps, seed, out))
-        print(json.dumps({k: v for k, v in results[-1].items() if not k.startswith("curve")}), flush=True)
+        print(
+            json.dumps({k: v for k, v in results[-1].items() if not k.startswith("curve")}),
+            flush=True,
+        )
         for vec in args.sb3_vec if seed in (args.sb3_seeds or args.seeds) else []:
             results.append(run_sb3(args.config, args.steps, seed, vec))
-            print(json.dumps({k: v for k, v in results[-1].items() if not k.startswith("curve")}), flush=True)
+            print(
+                json.dumps({k: v for k, v in results[-1].items() if not k.startswith("curve")}),
+                flush=True,
+            )
 
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "ppo_vs_sb3.png")
-    print(f"\n{'run':<14} {'seed':>4} {'steps':>8} {'train s':>8} {'steps/s':>8} {'success@100':>12}")
+    print(
+        f"\n{'run':<14} {'seed':>4} {'steps':>8} {'train s':>8} {'steps/s':>8} {'success@100':>12}"
+    )
     for r in results:
-        print(f"{r['name']:<14} {r['seed']:>4} {r['steps']:>8} {r['train_seconds']:>8.1f} "
-              f"{r['steps_per_second']:>8.0f} {r['final_success_rate']:>12.2f}")
+        print(
+            f"{r['name']:<14} {r['seed']:>4} {r['steps']:>8} {r['train_seconds']:>8.1f} "
+            f"{r['steps_per_second']:>8.0f} {r['final_success_rate']:>12.2f}"
+        )
     ours = np.mean([r["steps_per_second"] for r in results if r["name"] == "ours"])
     for name in sorted({r["name"] for r in results} - {"ours"}):
         theirs = np.mean([r["steps_per_second"] for r in results if r["name"] == name])

@@ -1,13 +1,13 @@
 """`iiwa-rl`: the command line.
 
-    iiwa-rl train CONFIG [--set key=value ...] [--run-dir DIR] [--seed N] [--quiet]
-    iiwa-rl train --resume RUN_DIR
-    iiwa-rl eval RUN_DIR [--episodes N] [--checkpoint best|last] [--json] [--video PATH]
-    iiwa-rl export RUN_DIR [-o policy.onnx]
-    iiwa-rl deploy policy.onnx --robot sim|udp [...]
-    iiwa-rl view [CONFIG | RUN_DIR | policy.onnx]
-    iiwa-rl record [CONFIG | RUN_DIR | policy.onnx] -o rollout.mp4
-    iiwa-rl plot RUN_DIR [RUN_DIR ...] -o curves.png
+iiwa-rl train CONFIG [--set key=value ...] [--run-dir DIR] [--seed N] [--quiet]
+iiwa-rl train --resume RUN_DIR
+iiwa-rl eval RUN_DIR [--episodes N] [--checkpoint best|last] [--json] [--video PATH]
+iiwa-rl export RUN_DIR [-o policy.onnx]
+iiwa-rl deploy policy.onnx --robot sim|udp [...]
+iiwa-rl view [CONFIG | RUN_DIR | policy.onnx]
+iiwa-rl record [CONFIG | RUN_DIR | policy.onnx] -o rollout.mp4
+iiwa-rl plot RUN_DIR [RUN_DIR ...] -o curves.png
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     config, state = load_run(args.run_dir, args.checkpoint)
     actor, normalizer = build_policy(config, state)
-    env = gym.make(config.env.id, render_mode="rgb_array" if args.video else None, **config.env.kwargs)
+    env = gym.make(
+        config.env.id, render_mode="rgb_array" if args.video else None, **config.env.kwargs
+    )
 
     @torch.no_grad()
     def act(observation: np.ndarray) -> np.ndarray:
@@ -83,8 +85,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from iiwa_rl.viz.record import VideoRecorder
 
         recorder = VideoRecorder(args.video, fps=env.unwrapped.config.control_hz)
-    results = run_episodes(act, env, args.episodes, args.seed if args.seed is not None else config.eval.seed,
-                           on_step=recorder.capture if recorder else None)
+    results = run_episodes(
+        act,
+        env,
+        args.episodes,
+        args.seed if args.seed is not None else config.eval.seed,
+        on_step=recorder.capture if recorder else None,
+    )
     if recorder:
         recorder.close()
     summary = summarize_episodes(results)
@@ -114,8 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a policy from a YAML config")
     train.add_argument("config", nargs="?", help="configs/*.yaml")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. ppo.epochs=5")
-    train.add_argument("--run-dir", help="where to write the run (default runs/<config>-seed<N>-<time>)")
+    train.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. ppo.epochs=5"
+    )
+    train.add_argument(
+        "--run-dir", help="where to write the run (default runs/<config>-seed<N>-<time>)"
+    )
     train.add_argument("--seed", type=int)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     train.add_argument("--quiet", action="store_true", help="no live progress bar")
@@ -125,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--episodes", type=int, default=100)
     evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    evaluate.add_argument("--seed", type=int, help="first episode's seed (default: config eval.seed)")
+    evaluate.add_argument(
+        "--seed", type=int, help="first episode's seed (default: config eval.seed)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--video", metavar="PATH", help="record the episodes (.mp4 or .gif)")
     evaluate.set_defaults(handler=cmd_eval)

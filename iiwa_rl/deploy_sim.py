@@ -62,7 +62,9 @@ class SimRobot:
     caller gets the state at once (no catching up: one state per call), and the missed
     boundary shows in the loop's lateness figures."""
 
-    def __init__(self, period_s: float, initial_positions, gui: bool = False, real_time: bool = True):
+    def __init__(
+        self, period_s: float, initial_positions, gui: bool = False, real_time: bool = True
+    ):
         from iiwa_deploy import RobotState
 
         self._state_type = RobotState
@@ -86,12 +88,16 @@ class SimRobot:
                 return None
             if wait > 0:
                 time.sleep(wait)
-            self._next_tick = max(self._next_tick + self.period_s, time.perf_counter() - self.period_s)
+            self._next_tick = max(
+                self._next_tick + self.period_s, time.perf_counter() - self.period_s
+            )
         q, qd = self.plant.step(self.period_s)
         self.sequence += 1
         return self._state_type(self.sequence, time.perf_counter(), q.copy(), qd.copy())
 
-    def send_setpoint(self, answer_to_sequence: int, joint_positions: np.ndarray, fault: bool) -> None:
+    def send_setpoint(
+        self, answer_to_sequence: int, joint_positions: np.ndarray, fault: bool
+    ) -> None:
         self.plant.apply(joint_positions)
         self.setpoints_received += 1
         self.fault_reported = self.fault_reported or fault
@@ -105,11 +111,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from iiwa_deploy.config import ConfigError as RobotConfigError
     from iiwa_deploy.robot import parse_host_port
 
-    robot_config = load_robot_config(args.robot_config) if args.robot_config else load_robot_config()
+    robot_config = (
+        load_robot_config(args.robot_config) if args.robot_config else load_robot_config()
+    )
     if args.period is not None:
         robot_config = robot_config.replace(robot_period_s=args.period)
     try:
-        prepared = prepare_policy(args.model, robot_config, args.goal, args.allow_goal_outside_training)
+        prepared = prepare_policy(
+            args.model, robot_config, args.goal, args.allow_goal_outside_training
+        )
     except (ContractError, RobotConfigError) as error:
         print(f"iiwa-rl deploy: refused: {error}")
         return 2
@@ -140,9 +150,14 @@ def cmd_fake_robot(args: argparse.Namespace) -> int:
     from iiwa_deploy.robot import parse_host_port
 
     plant = PyBulletPlant(args.period, gui=args.gui)
-    with FakeRobot(parse_host_port(args.controller), plant, args.period, DEFAULT_INITIAL_POSITIONS) as robot:
-        print(f"fake robot (PyBullet) at {robot.local_address}, period {args.period * 1000:g} ms, "
-              f"sending to {args.controller}", flush=True)
+    with FakeRobot(
+        parse_host_port(args.controller), plant, args.period, DEFAULT_INITIAL_POSITIONS
+    ) as robot:
+        print(
+            f"fake robot (PyBullet) at {robot.local_address}, period {args.period * 1000:g} ms, "
+            f"sending to {args.controller}",
+            flush=True,
+        )
         robot.run(duration_s=args.duration)
     plant.close()
     return 0
@@ -151,11 +166,20 @@ def cmd_fake_robot(args: argparse.Namespace) -> int:
 def register_cli(commands) -> None:
     deploy = commands.add_parser("deploy", help="run an ONNX policy in the real-time control loop")
     deploy.add_argument("model", help="policy.onnx exported by `iiwa-rl export`")
-    deploy.add_argument("--robot", choices=["sim", "udp"], default="sim",
-                        help="sim: the PyBullet arm in real time, in-process; udp: a robot bridge")
+    deploy.add_argument(
+        "--robot",
+        choices=["sim", "udp"],
+        default="sim",
+        help="sim: the PyBullet arm in real time, in-process; udp: a robot bridge",
+    )
     deploy.add_argument("--bind", default="127.0.0.1:30200", help="udp: local HOST:PORT for STATE")
-    deploy.add_argument("--goal", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                        help="TCP goal in the base frame, m (default: centre of the training box)")
+    deploy.add_argument(
+        "--goal",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="TCP goal in the base frame, m (default: centre of the training box)",
+    )
     deploy.add_argument("--allow-goal-outside-training", action="store_true")
     deploy.add_argument("--duration", type=float, default=5.0, help="seconds to run (default 5)")
     deploy.add_argument("--max-cycles", type=int)
@@ -166,9 +190,15 @@ def register_cli(commands) -> None:
     deploy.add_argument("--gui", action="store_true", help="sim: show the PyBullet GUI")
     deploy.set_defaults(handler=cmd_deploy)
 
-    fake = commands.add_parser("fake-robot", help="play the robot's side of the UDP bridge (PyBullet)")
-    fake.add_argument("--controller", default="127.0.0.1:30200", help="where the controller listens")
+    fake = commands.add_parser(
+        "fake-robot", help="play the robot's side of the UDP bridge (PyBullet)"
+    )
+    fake.add_argument(
+        "--controller", default="127.0.0.1:30200", help="where the controller listens"
+    )
     fake.add_argument("--period", type=float, default=0.005)
-    fake.add_argument("--duration", type=float, help="stop after s seconds (default: run until killed)")
+    fake.add_argument(
+        "--duration", type=float, help="stop after s seconds (default: run until killed)"
+    )
     fake.add_argument("--gui", action="store_true")
     fake.set_defaults(handler=cmd_fake_robot)

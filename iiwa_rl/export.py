@@ -34,7 +34,9 @@ class ExportError(RuntimeError):
 class DeployablePolicy(nn.Module):
     """raw observation -> normalise -> clip -> actor mean -> clip to [-1, 1]."""
 
-    def __init__(self, actor: nn.Module, scale: np.ndarray, offset: np.ndarray, clip: float, enabled: bool):
+    def __init__(
+        self, actor: nn.Module, scale: np.ndarray, offset: np.ndarray, clip: float, enabled: bool
+    ):
         super().__init__()
         self.actor = actor
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
@@ -141,7 +143,9 @@ def export_policy(
     entry.key = CONTRACT_METADATA_KEY
     entry.value = json.dumps(contract, sort_keys=True)
     model.producer_name = "iiwa-rl"
-    model.doc_string = f"{config.algorithm} policy for {config.env.id}, trained {int(state['global_step'])} steps"
+    model.doc_string = (
+        f"{config.algorithm} policy for {config.env.id}, trained {int(state['global_step'])} steps"
+    )
     onnx.checker.check_model(model)
     onnx.save(model, str(partial))
 
@@ -158,7 +162,10 @@ def export_policy(
         "batch1_max_abs_difference": float(np.max(np.abs(single - expected[:1]))),
         "tolerance": PARITY_TOLERANCE,
     }
-    if not difference <= PARITY_TOLERANCE or not report["batch1_max_abs_difference"] <= PARITY_TOLERANCE:
+    if (
+        not difference <= PARITY_TOLERANCE
+        or not report["batch1_max_abs_difference"] <= PARITY_TOLERANCE
+    ):
         partial.unlink(missing_ok=True)
         raise ExportError(
             f"ONNX output differs from torch by {difference:.3g} (> {PARITY_TOLERANCE:g}) "

@@ -46,8 +46,9 @@ def test_model_without_metadata_is_refused_even_with_a_sidecar(tmp_path: Path) -
 
 
 def test_metadata_that_is_not_json_is_refused(tmp_path: Path) -> None:
-    message = refusal(tmp_path, contract=support.make_contract(), metadata_text="{broken",
-                      sidecar=False)
+    message = refusal(
+        tmp_path, contract=support.make_contract(), metadata_text="{broken", sidecar=False
+    )
     assert "not valid JSON" in message
 
 
@@ -64,8 +65,9 @@ def test_observation_size_must_match_the_layout(tmp_path: Path) -> None:
 
 
 def test_action_size_must_match_the_onnx_output_width(tmp_path: Path) -> None:
-    message = refusal(tmp_path, contract=support.make_contract(), weights=np.zeros((30, 6)),
-                      bias=np.zeros(6))
+    message = refusal(
+        tmp_path, contract=support.make_contract(), weights=np.zeros((30, 6)), bias=np.zeros(6)
+    )
     assert "action size is 7" in message and "width 6" in message
 
 
@@ -80,7 +82,8 @@ def test_joint_order_mismatch_is_refused(tmp_path: Path) -> None:
 
 
 def test_policy_period_that_is_not_a_multiple_of_the_robot_period_is_refused(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     robot = ROBOT.replace(expected_control_period_s=None)
     model = support.write_policy(tmp_path, support.make_contract(control_period_s=0.052))
     with pytest.raises(ContractError, match="not a whole multiple of the robot period"):
@@ -139,8 +142,7 @@ def test_model_without_a_sidecar_is_accepted(tmp_path: Path) -> None:
 def test_missing_contract_key_is_named(tmp_path: Path) -> None:
     contract = support.make_contract()
     del contract["goal_sampling"]
-    assert "contract.goal_sampling: required key is missing" in refusal(tmp_path,
-                                                                        contract=contract)
+    assert "contract.goal_sampling: required key is missing" in refusal(tmp_path, contract=contract)
 
 
 def test_missing_model_file_is_refused(tmp_path: Path) -> None:
@@ -168,8 +170,9 @@ def test_bound_buffers_give_the_same_actions_as_a_plain_run(tmp_path: Path) -> N
         observation = rng.normal(size=30).astype(np.float32)
         expected = reference.run(["action"], {"observation": observation[None]})[0][0]
         np.testing.assert_allclose(policy.act(observation), expected, rtol=1e-6)
-        np.testing.assert_allclose(expected, np.clip(observation @ weights + bias, -1, 1),
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            expected, np.clip(observation @ weights + bias, -1, 1), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_shipped_robot_config_carries_the_datasheet_limits() -> None:

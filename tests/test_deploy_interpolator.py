@@ -28,8 +28,13 @@ def run_until_settled(interpolator: JointInterpolator, max_steps: int) -> np.nda
     return np.array(setpoints)
 
 
-def assert_within_limits(setpoints: np.ndarray, period: float, max_velocity: np.ndarray,
-                         max_acceleration: np.ndarray, initial_velocity: np.ndarray) -> None:
+def assert_within_limits(
+    setpoints: np.ndarray,
+    period: float,
+    max_velocity: np.ndarray,
+    max_acceleration: np.ndarray,
+    initial_velocity: np.ndarray,
+) -> None:
     velocities = np.diff(setpoints, axis=0) / period
     assert np.all(np.abs(velocities) <= max_velocity * (1 + RELATIVE_SLACK) + ABSOLUTE_SLACK)
     with_start = np.vstack([initial_velocity, velocities])
@@ -108,15 +113,15 @@ def scenarios(draw: st.DrawFn) -> tuple:
     period = draw(st.sampled_from([0.004, 0.005, 0.01]))
     position = st.lists(st.floats(-1.5, 1.5), min_size=joints, max_size=joints)
     start = np.array(draw(position))
-    targets = [(np.array(draw(position)), draw(st.integers(1, 40)))
-               for _ in range(draw(st.integers(1, 6)))]
+    targets = [
+        (np.array(draw(position)), draw(st.integers(1, 40))) for _ in range(draw(st.integers(1, 6)))
+    ]
     return vmax, amax, period, start, targets
 
 
 @settings(max_examples=60, deadline=None)
 @given(scenarios())
-def test_any_target_sequence_respects_limits_stays_in_bounds_and_arrives(
-        scenario: tuple) -> None:
+def test_any_target_sequence_respects_limits_stays_in_bounds_and_arrives(scenario: tuple) -> None:
     vmax, amax, period, start, targets = scenario
     interpolator = JointInterpolator(vmax, amax, period, start)
     setpoints = [start.copy()]

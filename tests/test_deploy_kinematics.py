@@ -84,13 +84,16 @@ def test_rpy_convention_is_yaw_pitch_roll_fixed_axes() -> None:
     def rz(a: float) -> np.ndarray:
         return np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
 
-    np.testing.assert_allclose(rotation_from_rpy(roll, pitch, yaw),
-                               rz(yaw) @ ry(pitch) @ rx(roll), atol=1e-15)
+    np.testing.assert_allclose(
+        rotation_from_rpy(roll, pitch, yaw), rz(yaw) @ ry(pitch) @ rx(roll), atol=1e-15
+    )
 
 
 def test_chain_refuses_a_zero_axis() -> None:
-    broken = {**IIWA14_R820_KINEMATICS,
-              "joints": [dict(j) for j in IIWA14_R820_KINEMATICS["joints"]]}
+    broken = {
+        **IIWA14_R820_KINEMATICS,
+        "joints": [dict(j) for j in IIWA14_R820_KINEMATICS["joints"]],
+    }
     broken["joints"][2]["axis"] = [0, 0, 0]
     with pytest.raises(ValueError, match="zero axis"):
         KinematicChain.from_contract(broken)
@@ -106,25 +109,30 @@ def test_observation_pieces_follow_the_contract_formulas() -> None:
     observation = builder.build(q, qd, goal, previous)
     lower, upper = support.ROBOT.lower, support.ROBOT.upper
     tcp = CHAIN.tcp_position(q)
-    expected = np.concatenate([
-        2.0 * (q - lower) / (upper - lower) - 1.0,
-        qd / support.ROBOT.velocity,
-        tcp,
-        goal,
-        goal - tcp,
-        previous,
-    ])
+    expected = np.concatenate(
+        [
+            2.0 * (q - lower) / (upper - lower) - 1.0,
+            qd / support.ROBOT.velocity,
+            tcp,
+            goal,
+            goal - tcp,
+            previous,
+        ]
+    )
     assert observation.dtype == np.float32
     np.testing.assert_allclose(observation, expected.astype(np.float32), rtol=1e-6, atol=1e-7)
 
 
 def test_observation_follows_a_reordered_layout() -> None:
-    layout = [{"name": "goal_minus_tcp", "size": 3},
-              {"name": "joint_position_normalized", "size": 7}]
+    layout = [
+        {"name": "goal_minus_tcp", "size": 3},
+        {"name": "joint_position_normalized", "size": 7},
+    ]
     contract = parse_contract(support.make_contract(observation={"size": 10, "layout": layout}))
     q = np.zeros(7)
-    observation = ObservationBuilder(contract).build(q, np.zeros(7), np.array([0.0, 0.0, 1.0]),
-                                                     np.zeros(7))
+    observation = ObservationBuilder(contract).build(
+        q, np.zeros(7), np.array([0.0, 0.0, 1.0]), np.zeros(7)
+    )
     np.testing.assert_allclose(observation[:3], [0.0, 0.0, 1.0 - 1.306], atol=1e-6)
     np.testing.assert_allclose(observation[3:], 0.0, atol=1e-6)
 

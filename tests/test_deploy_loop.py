@@ -49,8 +49,9 @@ def controller() -> Iterator[UdpRobot]:
         backend.close()
 
 
-def run_against_fake_robot(model: Path, backend: UdpRobot, faults: FaultInjection | None = None,
-                           **run_arguments: object) -> tuple[LoopSummary, FakeRobot]:
+def run_against_fake_robot(
+    model: Path, backend: UdpRobot, faults: FaultInjection | None = None, **run_arguments: object
+) -> tuple[LoopSummary, FakeRobot]:
     fake = FakeRobot(backend.local_address, NumpyPlant(ROBOT.velocity), PERIOD, START, faults)
     fake.start(duration_s=20.0)  # a bound in case the loop under test misbehaves
     try:
@@ -68,10 +69,12 @@ def assert_setpoints_safe(fake: FakeRobot) -> np.ndarray:
     return setpoints
 
 
-def test_proportional_policy_reaches_the_goal_over_loopback_udp(reach_model: Path,
-                                                                controller: UdpRobot) -> None:
-    summary, fake = run_against_fake_robot(reach_model, controller, duration_s=8.0,
-                                           stop_on_success=True)
+def test_proportional_policy_reaches_the_goal_over_loopback_udp(
+    reach_model: Path, controller: UdpRobot
+) -> None:
+    summary, fake = run_against_fake_robot(
+        reach_model, controller, duration_s=8.0, stop_on_success=True
+    )
     assert summary.stop_reason == "success", summary.format()
     assert summary.success and summary.final_distance_m <= 0.02
     assert not summary.faults
@@ -89,10 +92,16 @@ def test_proportional_policy_reaches_the_goal_over_loopback_udp(reach_model: Pat
     assert "SUCCESS" in summary.format()
 
 
-def test_link_faults_are_dropped_without_a_fault_or_a_bad_setpoint(reach_model: Path,
-                                                                   controller: UdpRobot) -> None:
-    faults = FaultInjection(drop_every=7, duplicate_every=5, reorder_every=11,
-                            malformed_every=13, nan_at_cycles=(30, 31, 95))
+def test_link_faults_are_dropped_without_a_fault_or_a_bad_setpoint(
+    reach_model: Path, controller: UdpRobot
+) -> None:
+    faults = FaultInjection(
+        drop_every=7,
+        duplicate_every=5,
+        reorder_every=11,
+        malformed_every=13,
+        nan_at_cycles=(30, 31, 95),
+    )
     summary, fake = run_against_fake_robot(reach_model, controller, faults, duration_s=1.5)
     assert not summary.faults, summary.format()
     link = summary.link
@@ -103,17 +112,19 @@ def test_link_faults_are_dropped_without_a_fault_or_a_bad_setpoint(reach_model: 
 
 
 def test_robot_going_silent_latches_a_stale_fault_and_it_gets_a_hold_when_back(
-        reach_model: Path, controller: UdpRobot, tmp_path: Path) -> None:
+    reach_model: Path, controller: UdpRobot, tmp_path: Path
+) -> None:
     faults = FaultInjection(silent_from_cycle=80, silent_cycles=60)  # 300 ms > 100 ms timeout
     log = tmp_path / "cycles.csv"
-    summary, fake = run_against_fake_robot(reach_model, controller, faults, duration_s=1.2,
-                                           csv_path=log)
+    summary, fake = run_against_fake_robot(
+        reach_model, controller, faults, duration_s=1.2, csv_path=log
+    )
     assert summary.fault_latched
     assert summary.faults[0].reason.startswith("stale state")
     assert summary.missed_deadlines >= 1
     assert fake.record.fault_flags_seen > 20
     setpoints = assert_setpoints_safe(fake)
-    held = setpoints[-fake.record.fault_flags_seen:]
+    held = setpoints[-fake.record.fault_flags_seen :]
     assert np.all(held == held[0])
 
     with log.open() as handle:
@@ -124,8 +135,9 @@ def test_robot_going_silent_latches_a_stale_fault_and_it_gets_a_hold_when_back(
     assert sum(int(row["missed_deadline"]) for row in rows) == summary.missed_deadlines
 
 
-def test_run_policy_refuses_before_commanding_anything(tmp_path: Path,
-                                                       controller: UdpRobot) -> None:
+def test_run_policy_refuses_before_commanding_anything(
+    tmp_path: Path, controller: UdpRobot
+) -> None:
     bad = support.make_contract()
     bad["observation"]["layout"][3] = {"name": "cube_position", "size": 3}
     model = support.write_policy(tmp_path, bad)
@@ -137,18 +149,35 @@ def test_run_policy_refuses_before_commanding_anything(tmp_path: Path,
 
 
 def test_cli_runs_a_rehearsal_against_the_in_process_fake_robot(
-        reach_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reach_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     goal = [f"{v:.6f}" for v in GOAL]
-    code = main(["--log-level", "WARNING", "run", "--model", str(reach_model), "--robot", "fake",
-                 "--bind", "127.0.0.1:0", "--duration", "6", "--stop-on-success",
-                 "--goal", *goal])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "run",
+            "--model",
+            str(reach_model),
+            "--robot",
+            "fake",
+            "--bind",
+            "127.0.0.1:0",
+            "--duration",
+            "6",
+            "--stop-on-success",
+            "--goal",
+            *goal,
+        ]
+    )
     output = capsys.readouterr().out
     assert code == 0, output
     assert "SUCCESS" in output and "inference:" in output and "faults: none" in output
 
 
-def test_cli_check_and_refusal_exit_codes(reach_model: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_check_and_refusal_exit_codes(
+    reach_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["check", "--model", str(reach_model)]) == 0
     assert "contract OK" in capsys.readouterr().out
     stale = support.make_contract(success_threshold_m=0.5)
@@ -166,10 +195,12 @@ def _subprocess_environment() -> dict[str, str]:
 def test_fake_robot_module_runs_as_a_process(controller: UdpRobot) -> None:
     port = controller.local_address[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "iiwa_deploy.fake_robot", "--port", str(port), "--duration",
-         "0.5"],
-        env=_subprocess_environment(), cwd=support.DEPLOY_DIR, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "iiwa_deploy.fake_robot", "--port", str(port), "--duration", "0.5"],
+        env=_subprocess_environment(),
+        cwd=support.DEPLOY_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         first = controller.receive_state(5.0)
@@ -228,11 +259,17 @@ IMPORT_GUARD_SCRIPT = textwrap.dedent("""
 
 
 def test_runtime_imports_and_runs_with_training_packages_unavailable(reach_model: Path) -> None:
-    script = IMPORT_GUARD_SCRIPT.format(blocked=BLOCKED, start=START.tolist(),
-                                        model=str(reach_model), goal=GOAL.tolist())
-    completed = subprocess.run([sys.executable, "-c", script], env=_subprocess_environment(),
-                               cwd=reach_model.parent, capture_output=True, text=True,
-                               timeout=60)
+    script = IMPORT_GUARD_SCRIPT.format(
+        blocked=BLOCKED, start=START.tolist(), model=str(reach_model), goal=GOAL.tolist()
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_subprocess_environment(),
+        cwd=reach_model.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["loaded"] == []

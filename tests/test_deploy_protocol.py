@@ -63,9 +63,17 @@ def test_setpoint_round_trip_and_sizes() -> None:
 def test_byte_layout_matches_the_documented_struct() -> None:
     datagram = encode_setpoint(7, 2.0, 6, Q, protocol.SETPOINT_HOLD)
     magic, version, kind, flags, sequence, timestamp, answer = struct.unpack_from(
-        "<4sBBHQdQ", datagram)
+        "<4sBBHQdQ", datagram
+    )
     assert (magic, version, kind, flags, sequence, timestamp, answer) == (
-        b"IWDP", 1, 2, protocol.SETPOINT_HOLD, 7, 2.0, 6)
+        b"IWDP",
+        1,
+        2,
+        protocol.SETPOINT_HOLD,
+        7,
+        2.0,
+        6,
+    )
     np.testing.assert_array_equal(struct.unpack_from("<7d", datagram, 32), Q)
     state = state_bytes()
     assert struct.unpack_from("<4sBBHQd", state)[:3] == (b"IWDP", 1, 1)
@@ -120,12 +128,14 @@ def test_decoder_only_ever_raises_protocol_error_on_random_bytes(data: bytes) ->
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from([state_bytes(), encode_setpoint(3, 1.0, 2, Q)]),
-       st.lists(st.tuples(st.integers(0, 191), st.integers(0, 255)), min_size=1, max_size=6),
-       st.integers(-4, 4))
-def test_decoder_survives_corrupted_valid_datagrams(template: bytes,
-                                                    corruptions: list[tuple[int, int]],
-                                                    length_change: int) -> None:
+@given(
+    st.sampled_from([state_bytes(), encode_setpoint(3, 1.0, 2, Q)]),
+    st.lists(st.tuples(st.integers(0, 191), st.integers(0, 255)), min_size=1, max_size=6),
+    st.integers(-4, 4),
+)
+def test_decoder_survives_corrupted_valid_datagrams(
+    template: bytes, corruptions: list[tuple[int, int]], length_change: int
+) -> None:
     data = bytearray(template)
     for position, value in corruptions:
         data[position % len(data)] = value
@@ -150,7 +160,8 @@ def link() -> Iterator[tuple[UdpRobot, socket.socket]]:
 
 
 def test_udp_robot_drops_duplicate_reordered_malformed_and_foreign_datagrams(
-        link: tuple[UdpRobot, socket.socket]) -> None:
+    link: tuple[UdpRobot, socket.socket],
+) -> None:
     robot, sender = link
     address = robot.local_address
     sender.sendto(state_bytes(1), address)
@@ -171,7 +182,8 @@ def test_udp_robot_drops_duplicate_reordered_malformed_and_foreign_datagrams(
 
 
 def test_udp_robot_answers_only_the_newest_of_queued_states(
-        link: tuple[UdpRobot, socket.socket]) -> None:
+    link: tuple[UdpRobot, socket.socket],
+) -> None:
     robot, sender = link
     for sequence in (10, 11, 12):
         sender.sendto(state_bytes(sequence), robot.local_address)

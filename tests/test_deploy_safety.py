@@ -65,8 +65,9 @@ class ScriptedRobot:
             return None
         return event  # type: ignore[return-value]
 
-    def send_setpoint(self, answer_to_sequence: int, joint_positions: np.ndarray,
-                      fault: bool) -> None:
+    def send_setpoint(
+        self, answer_to_sequence: int, joint_positions: np.ndarray, fault: bool
+    ) -> None:
         self.sent.append(Sent(answer_to_sequence, np.array(joint_positions), fault))
 
     def close(self) -> None:
@@ -84,14 +85,20 @@ class ScriptedPolicy:
         return np.asarray(action, dtype=np.float32)
 
 
-def state(sequence: int, positions: np.ndarray = START,
-          velocities: np.ndarray | None = None) -> RobotState:
-    return RobotState(sequence, sequence * ROBOT.robot_period_s, np.asarray(positions, float),
-                      np.zeros(7) if velocities is None else np.asarray(velocities, float))
+def state(
+    sequence: int, positions: np.ndarray = START, velocities: np.ndarray | None = None
+) -> RobotState:
+    return RobotState(
+        sequence,
+        sequence * ROBOT.robot_period_s,
+        np.asarray(positions, float),
+        np.zeros(7) if velocities is None else np.asarray(velocities, float),
+    )
 
 
-def run_script(script: list[RobotState | str], actions: Sequence[np.ndarray],
-               **hooks: object) -> tuple[LoopSummary, ScriptedRobot, ControlLoop]:
+def run_script(
+    script: list[RobotState | str], actions: Sequence[np.ndarray], **hooks: object
+) -> tuple[LoopSummary, ScriptedRobot, ControlLoop]:
     backend = ScriptedRobot(list(script))
     assert isinstance(backend, RobotBackend)
     loop = ControlLoop(ScriptedPolicy(actions), CONTRACT, ROBOT, backend, GOAL, 10)
@@ -162,8 +169,7 @@ def test_nan_action_latches_and_every_later_answer_is_the_same_hold() -> None:
 def test_reset_resumes_streaming_from_the_hold_without_a_jump() -> None:
     bad = START.copy()
     bad[2] = np.nan
-    script = [state(s) for s in range(1, 25)] + [state(25, bad)] + [
-        state(s) for s in range(26, 80)]
+    script = [state(s) for s in range(1, 25)] + [state(25, bad)] + [state(s) for s in range(26, 80)]
     holder: dict[str, ControlLoop] = {}
 
     def reset_later() -> None:
@@ -185,8 +191,7 @@ def test_reset_resumes_streaming_from_the_hold_without_a_jump() -> None:
 
 
 def test_stale_state_latches_and_the_returning_robot_gets_the_hold() -> None:
-    script = [state(s) for s in range(1, 15)] + [STALE, STALE] + [
-        state(s) for s in range(100, 110)]
+    script = [state(s) for s in range(1, 15)] + [STALE, STALE] + [state(s) for s in range(100, 110)]
     summary, backend, _ = run_script(script, [np.full(7, 1.0)])
     assert summary.fault_latched and summary.faults[0].reason.startswith("stale state")
     assert all(sent.fault for sent in backend.sent[14:])
@@ -214,22 +219,32 @@ def test_no_state_at_all_ends_with_a_fault() -> None:
 
 position_noise = st.floats(-0.3, 0.3)
 event_kinds = st.sampled_from(
-    ["good", "good", "good", "good", "nan", "beyond", "fast", "duplicate", "reorder", "stale"])
+    ["good", "good", "good", "good", "nan", "beyond", "fast", "duplicate", "reorder", "stale"]
+)
 
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.lists(st.tuples(event_kinds, st.lists(position_noise, min_size=7, max_size=7)),
-             min_size=1, max_size=120),
-    st.lists(st.one_of(
-        st.lists(st.floats(-5.0, 5.0), min_size=7, max_size=7),
-        st.lists(st.sampled_from([0.0, 1.0, np.nan, np.inf, -np.inf, 1e30]), min_size=7,
-                 max_size=7)),
-        min_size=1, max_size=12),
+    st.lists(
+        st.tuples(event_kinds, st.lists(position_noise, min_size=7, max_size=7)),
+        min_size=1,
+        max_size=120,
+    ),
+    st.lists(
+        st.one_of(
+            st.lists(st.floats(-5.0, 5.0), min_size=7, max_size=7),
+            st.lists(
+                st.sampled_from([0.0, 1.0, np.nan, np.inf, -np.inf, 1e30]), min_size=7, max_size=7
+            ),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
     st.sampled_from(["joint_delta", "joint_offset"]),
 )
 def test_hostile_streams_never_crash_and_never_leave_the_setpoint_limits(
-        events: list[tuple[str, list[float]]], actions: list[list[float]], mode: str) -> None:
+    events: list[tuple[str, list[float]]], actions: list[list[float]], mode: str
+) -> None:
     script: list[RobotState | str] = []
     sequence = 0
     stale_budget = 3
@@ -277,8 +292,9 @@ def test_hostile_streams_never_crash_and_never_leave_the_setpoint_limits(
             latched_from = index
         if latched_from is not None:
             assert sent.fault, "a latched fault never clears by itself"
-            np.testing.assert_array_equal(sent.joint_positions,
-                                          backend.sent[latched_from].joint_positions)
+            np.testing.assert_array_equal(
+                sent.joint_positions, backend.sent[latched_from].joint_positions
+            )
     assert summary.fault_latched == bool(summary.faults)
     assert summary.cycles == len(backend.sent) + summary.unanswered_states
 
@@ -304,8 +320,7 @@ def test_targets_are_clipped_inside_the_target_margin(mode: str) -> None:
     assert np.any(final > ROBOT.target_upper - 0.5)
 
 
-def test_state_with_the_wrong_joint_count_latches_and_the_csv_log_survives(
-        tmp_path: Path) -> None:
+def test_state_with_the_wrong_joint_count_latches_and_the_csv_log_survives(tmp_path: Path) -> None:
     script = [state(1), state(2), RobotState(3, 0.0, np.zeros(6), np.zeros(6)), state(4)]
     backend = ScriptedRobot(script)
     loop = ControlLoop(ScriptedPolicy([np.zeros(7)]), CONTRACT, ROBOT, backend, GOAL, 10)

@@ -62,15 +62,20 @@ def make_contract(**overrides: Any) -> dict[str, Any]:
         "goal_sampling": {"low": [0.3, -0.4, 0.2], "high": [0.7, 0.4, 0.8]},
         "success_threshold_m": 0.02,
         "config_sha256": "0" * 64,
-        "versions": {"iiwa_rl": "0.1.0", "torch": "test", "onnx": onnx.__version__,
-                     "gymnasium": "test"},
+        "versions": {
+            "iiwa_rl": "0.1.0",
+            "torch": "test",
+            "onnx": onnx.__version__,
+            "gymnasium": "test",
+        },
     }
     contract.update(overrides)
     return contract
 
 
-def linear_policy_model(weights: np.ndarray, bias: np.ndarray,
-                        metadata: dict[str, str] | None) -> onnx.ModelProto:
+def linear_policy_model(
+    weights: np.ndarray, bias: np.ndarray, metadata: dict[str, str] | None
+) -> onnx.ModelProto:
     """action = clip(observation @ weights + bias, -1, 1), batch dimension symbolic."""
     observation_size, action_size = weights.shape
     graph = helper.make_graph(
@@ -80,15 +85,24 @@ def linear_policy_model(weights: np.ndarray, bias: np.ndarray,
             helper.make_node("Clip", ["affine", "low", "high"], ["action"]),
         ],
         name="linear_policy",
-        inputs=[helper.make_tensor_value_info(
-            "observation", TensorProto.FLOAT, ["batch", observation_size])],
-        outputs=[helper.make_tensor_value_info("action", TensorProto.FLOAT,
-                                               ["batch", action_size])],
+        inputs=[
+            helper.make_tensor_value_info(
+                "observation", TensorProto.FLOAT, ["batch", observation_size]
+            )
+        ],
+        outputs=[
+            helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", action_size])
+        ],
         initializer=[
-            helper.make_tensor("weights", TensorProto.FLOAT, weights.shape,
-                               weights.astype(np.float32).ravel().tolist()),
-            helper.make_tensor("bias", TensorProto.FLOAT, bias.shape,
-                               bias.astype(np.float32).ravel().tolist()),
+            helper.make_tensor(
+                "weights",
+                TensorProto.FLOAT,
+                weights.shape,
+                weights.astype(np.float32).ravel().tolist(),
+            ),
+            helper.make_tensor(
+                "bias", TensorProto.FLOAT, bias.shape, bias.astype(np.float32).ravel().tolist()
+            ),
             helper.make_tensor("low", TensorProto.FLOAT, [], [-1.0]),
             helper.make_tensor("high", TensorProto.FLOAT, [], [1.0]),
         ],
@@ -101,8 +115,9 @@ def linear_policy_model(weights: np.ndarray, bias: np.ndarray,
     return model
 
 
-def proportional_weights(contract: dict[str, Any], target_positions: np.ndarray,
-                         gain: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def proportional_weights(
+    contract: dict[str, Any], target_positions: np.ndarray, gain: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """Weights of a joint-space P controller: each policy step moves `gain` of the way to the
     target (in joint_delta mode), reading only joint_position_normalized (observation[0:7])."""
     lower = np.array(contract["joint_limits"]["lower"])
@@ -140,8 +155,9 @@ def write_policy(
     onnx.save(linear_policy_model(weights, bias, metadata), str(model_path))
     sidecar_path = model_path.with_suffix(".json")
     if sidecar is not False and (contract is not None or isinstance(sidecar, dict)):
-        sidecar_path.write_text(json.dumps(sidecar if isinstance(sidecar, dict) else contract,
-                                           indent=2))
+        sidecar_path.write_text(
+            json.dumps(sidecar if isinstance(sidecar, dict) else contract, indent=2)
+        )
     return model_path
 
 

@@ -1,9 +1,9 @@
 """Command line and the importable entry points (`run_policy`, `main`).
 
-    python -m iiwa_deploy run --model policy.onnx --robot udp --bind 127.0.0.1:30200
-    python -m iiwa_deploy run --model policy.onnx --robot fake      # self-contained rehearsal
-    python -m iiwa_deploy check --model policy.onnx                 # contract check only
-    python -m iiwa_deploy fake-robot --port 30200
+python -m iiwa_deploy run --model policy.onnx --robot udp --bind 127.0.0.1:30200
+python -m iiwa_deploy run --model policy.onnx --robot fake      # self-contained rehearsal
+python -m iiwa_deploy check --model policy.onnx                 # contract check only
+python -m iiwa_deploy fake-robot --port 30200
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def _resolve_robot_config(robot_config: RobotConfig | str | Path | None) -> Robo
     return load_robot_config(robot_config)
 
 
-def choose_goal(contract: PolicyContract, goal: Sequence[float] | None,
-                allow_goal_outside_training: bool) -> np.ndarray:
+def choose_goal(
+    contract: PolicyContract, goal: Sequence[float] | None, allow_goal_outside_training: bool
+) -> np.ndarray:
     """The commanded goal: given, or the centre of the training goal box; refuses one outside
     the box unless allowed, since the policy never saw such goals."""
     if goal is None:
@@ -94,11 +95,21 @@ def run_prepared(
             f"robot backend period {robot_backend.period_s} s differs from robot_period_s "
             f"{robot.robot_period_s} s of the robot configuration"
         )
-    loop = ControlLoop(prepared.policy, prepared.policy.contract, robot, robot_backend,
-                       prepared.goal, prepared.steps_per_action)
-    return loop.run(duration_s=duration_s, max_cycles=max_cycles,
-                    stop_on_success=stop_on_success,
-                    first_state_timeout_s=first_state_timeout_s, csv_path=csv_path)
+    loop = ControlLoop(
+        prepared.policy,
+        prepared.policy.contract,
+        robot,
+        robot_backend,
+        prepared.goal,
+        prepared.steps_per_action,
+    )
+    return loop.run(
+        duration_s=duration_s,
+        max_cycles=max_cycles,
+        stop_on_success=stop_on_success,
+        first_state_timeout_s=first_state_timeout_s,
+        csv_path=csv_path,
+    )
 
 
 def run_policy(
@@ -120,51 +131,85 @@ def run_policy(
     The caller owns `robot_backend` and closes it.
     """
     prepared = prepare_policy(model_path, robot_config, goal, allow_goal_outside_training)
-    return run_prepared(prepared, robot_backend, duration_s=duration_s, max_cycles=max_cycles,
-                        stop_on_success=stop_on_success, csv_path=csv_path,
-                        first_state_timeout_s=first_state_timeout_s)
+    return run_prepared(
+        prepared,
+        robot_backend,
+        duration_s=duration_s,
+        max_cycles=max_cycles,
+        stop_on_success=stop_on_success,
+        csv_path=csv_path,
+        first_state_timeout_s=first_state_timeout_s,
+    )
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="policy.onnx with an iiwa_rl contract")
-    parser.add_argument("--robot", choices=("udp", "fake"), default="udp",
-                        help="udp: wait for a robot bridge at --bind; fake: also start a "
-                             "loopback fake robot in-process (rehearsal without hardware)")
-    parser.add_argument("--bind", default="127.0.0.1:30200",
-                        help="local HOST:PORT the robot bridge sends STATE to")
-    parser.add_argument("--goal", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
-                        help="goal in the robot base frame, m (default: centre of the "
-                             "training goal box)")
+    parser.add_argument(
+        "--robot",
+        choices=("udp", "fake"),
+        default="udp",
+        help="udp: wait for a robot bridge at --bind; fake: also start a "
+        "loopback fake robot in-process (rehearsal without hardware)",
+    )
+    parser.add_argument(
+        "--bind", default="127.0.0.1:30200", help="local HOST:PORT the robot bridge sends STATE to"
+    )
+    parser.add_argument(
+        "--goal",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        default=None,
+        help="goal in the robot base frame, m (default: centre of the training goal box)",
+    )
     parser.add_argument("--duration", type=float, default=None, help="stop after s seconds")
     parser.add_argument("--max-cycles", type=int, default=None, help="stop after N states")
-    parser.add_argument("--robot-config", default=None,
-                        help="robot YAML (default: the shipped iiwa 14 R820 configuration)")
-    parser.add_argument("--stop-on-success", action="store_true",
-                        help="stop once the TCP is within the contract's success threshold")
+    parser.add_argument(
+        "--robot-config",
+        default=None,
+        help="robot YAML (default: the shipped iiwa 14 R820 configuration)",
+    )
+    parser.add_argument(
+        "--stop-on-success",
+        action="store_true",
+        help="stop once the TCP is within the contract's success threshold",
+    )
     parser.add_argument("--csv", default=None, help="write a per-cycle CSV log here")
-    parser.add_argument("--first-state-timeout", type=float,
-                        default=DEFAULT_FIRST_STATE_TIMEOUT_S,
-                        help="give up if no robot state arrives within this many s")
+    parser.add_argument(
+        "--first-state-timeout",
+        type=float,
+        default=DEFAULT_FIRST_STATE_TIMEOUT_S,
+        help="give up if no robot state arrives within this many s",
+    )
     parser.add_argument("--allow-goal-outside-training", action="store_true")
 
 
 def _command_run(args: argparse.Namespace) -> int:
-    prepared = prepare_policy(args.model, args.robot_config, args.goal,
-                              args.allow_goal_outside_training)
+    prepared = prepare_policy(
+        args.model, args.robot_config, args.goal, args.allow_goal_outside_training
+    )
     robot = prepared.robot
     backend = UdpRobot(parse_host_port(args.bind), robot.robot_period_s)
     fake: FakeRobot | None = None
     try:
         if args.robot == "fake":
-            fake = FakeRobot(backend.local_address, NumpyPlant(robot.velocity),
-                             robot.robot_period_s)
+            fake = FakeRobot(
+                backend.local_address, NumpyPlant(robot.velocity), robot.robot_period_s
+            )
             fake.start()
         host, port = backend.local_address
-        print(f"{args.model}: contract OK; goal {prepared.goal.tolist()} m; listening for "
-              f"robot STATE on {host}:{port}", flush=True)
+        print(
+            f"{args.model}: contract OK; goal {prepared.goal.tolist()} m; listening for "
+            f"robot STATE on {host}:{port}",
+            flush=True,
+        )
         summary = run_prepared(
-            prepared, backend, duration_s=args.duration, max_cycles=args.max_cycles,
-            stop_on_success=args.stop_on_success, csv_path=args.csv,
+            prepared,
+            backend,
+            duration_s=args.duration,
+            max_cycles=args.max_cycles,
+            stop_on_success=args.stop_on_success,
+            csv_path=args.csv,
             first_state_timeout_s=args.first_state_timeout,
         )
     finally:
@@ -181,11 +226,15 @@ def _command_check(args: argparse.Namespace) -> int:
     contract = policy.contract
     worst = policy.warm_up(1000)
     print(f"{args.model}: contract OK for {robot.name}")
-    print(f"  env {contract.env_id}, observation {contract.observation_size} "
-          f"({', '.join(p.name for p in contract.observation_layout)})")
-    print(f"  action {contract.action_size} {contract.action_mode} x {contract.action_scale}, "
-          f"policy every {contract.control_period_s * 1000:.1f} ms = {steps_per_action} robot "
-          f"periods of {robot.robot_period_s * 1000:.1f} ms")
+    print(
+        f"  env {contract.env_id}, observation {contract.observation_size} "
+        f"({', '.join(p.name for p in contract.observation_layout)})"
+    )
+    print(
+        f"  action {contract.action_size} {contract.action_mode} x {contract.action_scale}, "
+        f"policy every {contract.control_period_s * 1000:.1f} ms = {steps_per_action} robot "
+        f"periods of {robot.robot_period_s * 1000:.1f} ms"
+    )
     print(f"  config sha256 {contract.config_sha256 or '-'}, versions {dict(contract.versions)}")
     print(f"  worst inference over 1000 warm runs: {worst * 1e6:.0f} us")
     return 0
@@ -212,15 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--robot-config", default=None)
     show = commands.add_parser("contract", help="print a model's contract")
     show.add_argument("--model", required=True)
-    fake_robot.build_parser(commands.add_parser(
-        "fake-robot", help="loopback fake robot (the robot side of the bridge)"))
+    fake_robot.build_parser(
+        commands.add_parser("fake-robot", help="loopback fake robot (the robot side of the bridge)")
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     handlers = {
         "run": _command_run,
         "check": _command_check,

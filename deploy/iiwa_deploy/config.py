@@ -90,8 +90,9 @@ class RobotConfig:
                 f"policy targets would trip the setpoint gate ({self.setpoint_margin_rad} > "
                 f"{self.target_margin_rad})"
             )
-        if not (math.isfinite(self.velocity_tolerance_factor)
-                and self.velocity_tolerance_factor >= 1.0):
+        if not (
+            math.isfinite(self.velocity_tolerance_factor) and self.velocity_tolerance_factor >= 1.0
+        ):
             raise ConfigError(
                 "safety.velocity_tolerance_factor: must be >= 1, "
                 f"got {self.velocity_tolerance_factor}"
@@ -160,8 +161,15 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
         raise ConfigError(f"robot config: expected a mapping, got {type(data).__name__}")
     _reject_unknown(
         data,
-        {"name", "joint_names", "joint_limits", "robot_period_s", "expected_control_period_s",
-         "interpolator", "safety"},
+        {
+            "name",
+            "joint_names",
+            "joint_limits",
+            "robot_period_s",
+            "expected_control_period_s",
+            "interpolator",
+            "safety",
+        },
         "",
     )
     joint_names = _take(data, "joint_names", "")
@@ -178,8 +186,13 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
     safety = data.get("safety") or {}
     _reject_unknown(
         safety,
-        {"target_margin_rad", "setpoint_margin_rad", "position_tolerance_rad",
-         "velocity_tolerance_factor", "stale_timeout_s"},
+        {
+            "target_margin_rad",
+            "setpoint_margin_rad",
+            "position_tolerance_rad",
+            "velocity_tolerance_factor",
+            "stale_timeout_s",
+        },
         "safety",
     )
     expected_period = data.get("expected_control_period_s")
@@ -196,14 +209,16 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
         effort=limit_vectors["effort"],
         robot_period_s=_as_number(_take(data, "robot_period_s", ""), "robot_period_s"),
         expected_control_period_s=(
-            None if expected_period is None
+            None
+            if expected_period is None
             else _as_number(expected_period, "expected_control_period_s")
         ),
         velocity_fraction=_as_number(
             interpolator.get("velocity_fraction", 0.5), "interpolator.velocity_fraction"
         ),
         acceleration=_as_vector(
-            interpolator.get("acceleration_limits", 5.0), "interpolator.acceleration_limits",
+            interpolator.get("acceleration_limits", 5.0),
+            "interpolator.acceleration_limits",
             joint_count,
         ),
         target_margin_rad=_as_number(

@@ -144,17 +144,22 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
     if scale <= 0.0:
         raise ContractError(f"contract.action.scale: must be positive, got {scale}")
     joint_names = _get(action, "joint_names", ".action")
-    if (not isinstance(joint_names, Sequence) or isinstance(joint_names, str)
-            or not all(isinstance(n, str) for n in joint_names)):
-        raise ContractError(f"contract.action.joint_names: expected a list of names, got "
-                            f"{joint_names!r}")
+    if (
+        not isinstance(joint_names, Sequence)
+        or isinstance(joint_names, str)
+        or not all(isinstance(n, str) for n in joint_names)
+    ):
+        raise ContractError(
+            f"contract.action.joint_names: expected a list of names, got {joint_names!r}"
+        )
     if len(joint_names) != action_size:
         raise ContractError(
             f"contract.action.joint_names: {len(joint_names)} names for action size {action_size}"
         )
     joint_count = action_size
-    home = _vector(_get(action, "home_joint_positions", ".action"), joint_count,
-                   ".action.home_joint_positions")
+    home = _vector(
+        _get(action, "home_joint_positions", ".action"), joint_count, ".action.home_joint_positions"
+    )
 
     observation = _get(data, "observation", "")
     observation_size = _integer(_get(observation, "size", ".observation"), ".observation.size")
@@ -201,8 +206,9 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
     limits = _get(data, "joint_limits", "")
     lower = _vector(_get(limits, "lower", ".joint_limits"), joint_count, ".joint_limits.lower")
     upper = _vector(_get(limits, "upper", ".joint_limits"), joint_count, ".joint_limits.upper")
-    velocity = _vector(_get(limits, "velocity", ".joint_limits"), joint_count,
-                       ".joint_limits.velocity")
+    velocity = _vector(
+        _get(limits, "velocity", ".joint_limits"), joint_count, ".joint_limits.velocity"
+    )
     effort = _vector(_get(limits, "effort", ".joint_limits"), joint_count, ".joint_limits.effort")
     if np.any(lower >= upper):
         raise ContractError("contract.joint_limits: every lower limit must be below its upper")
@@ -253,7 +259,8 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
         goal_high=goal_high,
         success_threshold_m=threshold,
         config_sha256=str(data.get("config_sha256", "")),
-        versions={str(k): str(v) for k, v in versions.items()} if isinstance(versions, Mapping)
+        versions={str(k): str(v) for k, v in versions.items()}
+        if isinstance(versions, Mapping)
         else {},
     )
 
@@ -347,8 +354,13 @@ def check_model_io(contract: PolicyContract, session: _SessionLike) -> None:
             )
 
 
-def _compare_vectors(name: str, contract_values: np.ndarray, robot_values: np.ndarray,
-                     joint_names: Sequence[str], tolerance: float) -> None:
+def _compare_vectors(
+    name: str,
+    contract_values: np.ndarray,
+    robot_values: np.ndarray,
+    joint_names: Sequence[str],
+    tolerance: float,
+) -> None:
     mismatched = np.flatnonzero(np.abs(contract_values - robot_values) > tolerance)
     if mismatched.size:
         details = ", ".join(
@@ -386,13 +398,17 @@ def check_compatibility(contract: PolicyContract, robot: RobotConfig) -> int:
             f"{list(robot.joint_names)}"
         )
     for name in ("lower", "upper", "velocity"):
-        _compare_vectors(name, getattr(contract, name), getattr(robot, name), robot.joint_names,
-                         LIMIT_TOLERANCE)
-    _compare_vectors("effort", contract.effort, robot.effort, robot.joint_names,
-                     EFFORT_TOLERANCE_NM)
-    if (robot.expected_control_period_s is not None
-            and abs(contract.control_period_s - robot.expected_control_period_s)
-            > PERIOD_RATIO_TOLERANCE * robot.expected_control_period_s):
+        _compare_vectors(
+            name, getattr(contract, name), getattr(robot, name), robot.joint_names, LIMIT_TOLERANCE
+        )
+    _compare_vectors(
+        "effort", contract.effort, robot.effort, robot.joint_names, EFFORT_TOLERANCE_NM
+    )
+    if (
+        robot.expected_control_period_s is not None
+        and abs(contract.control_period_s - robot.expected_control_period_s)
+        > PERIOD_RATIO_TOLERANCE * robot.expected_control_period_s
+    ):
         raise ContractError(
             f"control_period_s of the policy is {contract.control_period_s} s; the robot "
             f"configuration expects {robot.expected_control_period_s} s"

@@ -55,8 +55,12 @@ class NumpyPlant:
     1 ms so it stays stable for stiff natural frequencies at a 10 ms robot period.
     """
 
-    def __init__(self, velocity_limits: np.ndarray, natural_frequency_rad_s: float = 40.0,
-                 max_substep_s: float = 0.001) -> None:
+    def __init__(
+        self,
+        velocity_limits: np.ndarray,
+        natural_frequency_rad_s: float = 40.0,
+        max_substep_s: float = 0.001,
+    ) -> None:
         self.velocity_limits = np.asarray(velocity_limits, dtype=float)
         self.natural_frequency = float(natural_frequency_rad_s)
         self.max_substep_s = float(max_substep_s)
@@ -78,10 +82,12 @@ class NumpyPlant:
         h = dt / substeps
         omega = self.natural_frequency
         for _ in range(substeps):
-            acceleration = (omega**2 * (self.setpoint - self.positions)
-                            - 2.0 * omega * self.velocities)
-            self.velocities = np.clip(self.velocities + acceleration * h,
-                                      -self.velocity_limits, self.velocity_limits)
+            acceleration = (
+                omega**2 * (self.setpoint - self.positions) - 2.0 * omega * self.velocities
+            )
+            self.velocities = np.clip(
+                self.velocities + acceleration * h, -self.velocity_limits, self.velocity_limits
+            )
             self.positions = self.positions + self.velocities * h
         return self.positions.copy(), self.velocities.copy()
 
@@ -99,8 +105,10 @@ class FaultInjection:
     silent_cycles: int = 0
 
     def silent(self, cycle: int) -> bool:
-        return (self.silent_from_cycle > 0
-                and self.silent_from_cycle <= cycle < self.silent_from_cycle + self.silent_cycles)
+        return (
+            self.silent_from_cycle > 0
+            and self.silent_from_cycle <= cycle < self.silent_from_cycle + self.silent_cycles
+        )
 
 
 def _every(period: int, cycle: int) -> bool:
@@ -195,8 +203,12 @@ class FakeRobot:
         if nan_state:
             positions[0] = float("nan")
         datagram = encode_state(
-            cycle, time.monotonic(), positions, self.joint_velocities,
-            flags=STATE_COMMANDING_ACTIVE, check_finite=not nan_state,
+            cycle,
+            time.monotonic(),
+            positions,
+            self.joint_velocities,
+            flags=STATE_COMMANDING_ACTIVE,
+            check_finite=not nan_state,
         )
         if _every(faults.malformed_every, cycle):
             self._send(datagram[: len(datagram) // 2])
@@ -262,13 +274,25 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     parser.add_argument("--host", default="127.0.0.1", help="controller host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=30200, help="controller UDP port")
-    parser.add_argument("--robot-config", default=None,
-                        help="robot YAML (default: the shipped iiwa 14 configuration)")
-    parser.add_argument("--period", type=float, default=None,
-                        help="robot period in s (default: robot_period_s of the config)")
+    parser.add_argument(
+        "--robot-config",
+        default=None,
+        help="robot YAML (default: the shipped iiwa 14 configuration)",
+    )
+    parser.add_argument(
+        "--period",
+        type=float,
+        default=None,
+        help="robot period in s (default: robot_period_s of the config)",
+    )
     parser.add_argument("--duration", type=float, default=None, help="stop after this many s")
-    parser.add_argument("--q0", type=float, nargs="+", default=list(DEFAULT_INITIAL_POSITIONS),
-                        help="initial joint positions, rad")
+    parser.add_argument(
+        "--q0",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_INITIAL_POSITIONS),
+        help="initial joint positions, rad",
+    )
     return parser
 
 
@@ -278,8 +302,11 @@ def run_fake_robot(args: argparse.Namespace) -> int:
         raise SystemExit(f"--q0 needs {robot.joint_count} values, got {len(args.q0)}")
     period = args.period if args.period is not None else robot.robot_period_s
     fake = FakeRobot((args.host, args.port), NumpyPlant(robot.velocity), period, args.q0)
-    print(f"fake robot: {fake.local_address[0]}:{fake.local_address[1]} -> "
-          f"{args.host}:{args.port} every {period * 1000:.1f} ms", flush=True)
+    print(
+        f"fake robot: {fake.local_address[0]}:{fake.local_address[1]} -> "
+        f"{args.host}:{args.port} every {period * 1000:.1f} ms",
+        flush=True,
+    )
     try:
         fake.run(duration_s=args.duration)
     except KeyboardInterrupt:
@@ -287,8 +314,10 @@ def run_fake_robot(args: argparse.Namespace) -> int:
     finally:
         fake.close()
     record = fake.record
-    print(f"fake robot: {record.states_sent} states sent, {record.setpoints_received} setpoints "
-          f"received ({record.fault_flags_seen} with fault flag), {record.late_ticks} late ticks")
+    print(
+        f"fake robot: {record.states_sent} states sent, {record.setpoints_received} setpoints "
+        f"received ({record.fault_flags_seen} with fault flag), {record.late_ticks} late ticks"
+    )
     return 0
 
 

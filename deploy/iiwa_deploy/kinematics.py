@@ -18,20 +18,48 @@ import numpy as np
 # base-to-flange 1.306 m straight up at q = 0. Useful as a reference for contract producers.
 IIWA14_R820_KINEMATICS: dict[str, Any] = {
     "joints": [
-        {"name": "iiwa_joint_1", "origin_xyz": [0.0, 0.0, 0.1575], "origin_rpy": [0.0, 0.0, 0.0],
-         "axis": [0.0, 0.0, 1.0]},
-        {"name": "iiwa_joint_2", "origin_xyz": [0.0, 0.0, 0.2025],
-         "origin_rpy": [math.pi / 2, 0.0, math.pi], "axis": [0.0, 0.0, 1.0]},
-        {"name": "iiwa_joint_3", "origin_xyz": [0.0, 0.2045, 0.0],
-         "origin_rpy": [math.pi / 2, 0.0, math.pi], "axis": [0.0, 0.0, 1.0]},
-        {"name": "iiwa_joint_4", "origin_xyz": [0.0, 0.0, 0.2155],
-         "origin_rpy": [math.pi / 2, 0.0, 0.0], "axis": [0.0, 0.0, 1.0]},
-        {"name": "iiwa_joint_5", "origin_xyz": [0.0, 0.1845, 0.0],
-         "origin_rpy": [-math.pi / 2, math.pi, 0.0], "axis": [0.0, 0.0, 1.0]},
-        {"name": "iiwa_joint_6", "origin_xyz": [0.0, 0.0, 0.2155],
-         "origin_rpy": [math.pi / 2, 0.0, 0.0], "axis": [0.0, 0.0, 1.0]},
-        {"name": "iiwa_joint_7", "origin_xyz": [0.0, 0.081, 0.0],
-         "origin_rpy": [-math.pi / 2, math.pi, 0.0], "axis": [0.0, 0.0, 1.0]},
+        {
+            "name": "iiwa_joint_1",
+            "origin_xyz": [0.0, 0.0, 0.1575],
+            "origin_rpy": [0.0, 0.0, 0.0],
+            "axis": [0.0, 0.0, 1.0],
+        },
+        {
+            "name": "iiwa_joint_2",
+            "origin_xyz": [0.0, 0.0, 0.2025],
+            "origin_rpy": [math.pi / 2, 0.0, math.pi],
+            "axis": [0.0, 0.0, 1.0],
+        },
+        {
+            "name": "iiwa_joint_3",
+            "origin_xyz": [0.0, 0.2045, 0.0],
+            "origin_rpy": [math.pi / 2, 0.0, math.pi],
+            "axis": [0.0, 0.0, 1.0],
+        },
+        {
+            "name": "iiwa_joint_4",
+            "origin_xyz": [0.0, 0.0, 0.2155],
+            "origin_rpy": [math.pi / 2, 0.0, 0.0],
+            "axis": [0.0, 0.0, 1.0],
+        },
+        {
+            "name": "iiwa_joint_5",
+            "origin_xyz": [0.0, 0.1845, 0.0],
+            "origin_rpy": [-math.pi / 2, math.pi, 0.0],
+            "axis": [0.0, 0.0, 1.0],
+        },
+        {
+            "name": "iiwa_joint_6",
+            "origin_xyz": [0.0, 0.0, 0.2155],
+            "origin_rpy": [math.pi / 2, 0.0, 0.0],
+            "axis": [0.0, 0.0, 1.0],
+        },
+        {
+            "name": "iiwa_joint_7",
+            "origin_xyz": [0.0, 0.081, 0.0],
+            "origin_rpy": [-math.pi / 2, math.pi, 0.0],
+            "axis": [0.0, 0.0, 1.0],
+        },
     ],
     "tcp_offset_xyz": [0.0, 0.0, 0.045],
     "tcp_offset_rpy": [0.0, 0.0, 0.0],
@@ -43,11 +71,13 @@ def rotation_from_rpy(roll: float, pitch: float, yaw: float) -> np.ndarray:
     cr, sr = math.cos(roll), math.sin(roll)
     cp, sp = math.cos(pitch), math.sin(pitch)
     cy, sy = math.cos(yaw), math.sin(yaw)
-    return np.array([
-        [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-        [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-        [-sp, cp * sr, cp * cr],
-    ])
+    return np.array(
+        [
+            [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+            [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+            [-sp, cp * sr, cp * cr],
+        ]
+    )
 
 
 def rotation_about_axis(unit_axis: np.ndarray, angle: float) -> np.ndarray:
@@ -55,11 +85,13 @@ def rotation_about_axis(unit_axis: np.ndarray, angle: float) -> np.ndarray:
     x, y, z = unit_axis
     c, s = math.cos(angle), math.sin(angle)
     t = 1.0 - c
-    return np.array([
-        [t * x * x + c, t * x * y - s * z, t * x * z + s * y],
-        [t * x * y + s * z, t * y * y + c, t * y * z - s * x],
-        [t * x * z - s * y, t * y * z + s * x, t * z * z + c],
-    ])
+    return np.array(
+        [
+            [t * x * x + c, t * x * y - s * z, t * x * z + s * y],
+            [t * x * y + s * z, t * y * y + c, t * y * z - s * x],
+            [t * x * z - s * y, t * y * z + s * x, t * z * z + c],
+        ]
+    )
 
 
 Matrix3 = tuple[float, float, float, float, float, float, float, float, float]
@@ -74,11 +106,14 @@ def _multiply(a: Matrix3, b: Matrix3) -> Matrix3:
     a00, a01, a02, a10, a11, a12, a20, a21, a22 = a
     b00, b01, b02, b10, b11, b12, b20, b21, b22 = b
     return (
-        a00 * b00 + a01 * b10 + a02 * b20, a00 * b01 + a01 * b11 + a02 * b21,
+        a00 * b00 + a01 * b10 + a02 * b20,
+        a00 * b01 + a01 * b11 + a02 * b21,
         a00 * b02 + a01 * b12 + a02 * b22,
-        a10 * b00 + a11 * b10 + a12 * b20, a10 * b01 + a11 * b11 + a12 * b21,
+        a10 * b00 + a11 * b10 + a12 * b20,
+        a10 * b01 + a11 * b11 + a12 * b21,
         a10 * b02 + a11 * b12 + a12 * b22,
-        a20 * b00 + a21 * b10 + a22 * b20, a20 * b01 + a21 * b11 + a22 * b21,
+        a20 * b00 + a21 * b10 + a22 * b20,
+        a20 * b01 + a21 * b11 + a22 * b21,
         a20 * b02 + a21 * b12 + a22 * b22,
     )
 
@@ -96,8 +131,12 @@ class JointOrigin:
 
 
 def _triple(value: Any, where: str) -> tuple[float, float, float]:
-    if (not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 3
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, str)
+        or len(value) != 3
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         raise ValueError(f"{where}: expected 3 numbers, got {value!r}")
     triple = (float(value[0]), float(value[1]), float(value[2]))
     if not all(math.isfinite(v) for v in triple):
@@ -150,12 +189,14 @@ class KinematicChain:
             where = f"kinematics.joints[{index}]"
             if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
                 raise ValueError(f"{where}: expected a mapping with a string 'name'")
-            joints.append(JointOrigin(
-                name=raw["name"],
-                origin_xyz=_triple(raw.get("origin_xyz", (0, 0, 0)), f"{where}.origin_xyz"),
-                origin_rpy=_triple(raw.get("origin_rpy", (0, 0, 0)), f"{where}.origin_rpy"),
-                axis=_triple(raw.get("axis", (0, 0, 1)), f"{where}.axis"),
-            ))
+            joints.append(
+                JointOrigin(
+                    name=raw["name"],
+                    origin_xyz=_triple(raw.get("origin_xyz", (0, 0, 0)), f"{where}.origin_xyz"),
+                    origin_rpy=_triple(raw.get("origin_rpy", (0, 0, 0)), f"{where}.origin_rpy"),
+                    axis=_triple(raw.get("axis", (0, 0, 1)), f"{where}.axis"),
+                )
+            )
         return cls(
             joints,
             _triple(kinematics.get("tcp_offset_xyz", (0, 0, 0)), "kinematics.tcp_offset_xyz"),
@@ -172,8 +213,8 @@ class KinematicChain:
         rotation: Matrix3 = _IDENTITY
         px = py = pz = 0.0
         for (ox, oy, oz), fixed, axis, about_z, angle in zip(
-                self._origins, self._fixed_rotations, self._axes, self._about_z, q.tolist(),
-                strict=True):
+            self._origins, self._fixed_rotations, self._axes, self._about_z, q.tolist(), strict=True
+        ):
             r00, r01, r02, r10, r11, r12, r20, r21, r22 = rotation
             px += r00 * ox + r01 * oy + r02 * oz
             py += r10 * ox + r11 * oy + r12 * oz
@@ -186,11 +227,13 @@ class KinematicChain:
             rotation = _multiply(rotation, _multiply(fixed, joint_rotation))
         r00, r01, r02, r10, r11, r12, r20, r21, r22 = rotation
         ox, oy, oz = self._tcp_origin
-        position = np.array([
-            px + r00 * ox + r01 * oy + r02 * oz,
-            py + r10 * ox + r11 * oy + r12 * oz,
-            pz + r20 * ox + r21 * oy + r22 * oz,
-        ])
+        position = np.array(
+            [
+                px + r00 * ox + r01 * oy + r02 * oz,
+                py + r10 * ox + r11 * oy + r12 * oz,
+                pz + r20 * ox + r21 * oy + r22 * oz,
+            ]
+        )
         return position, np.array(_multiply(rotation, self._tcp_rotation)).reshape(3, 3)
 
     def tcp_position(self, joint_positions: np.ndarray) -> np.ndarray:

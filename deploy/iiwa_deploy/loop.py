@@ -68,8 +68,10 @@ class TimingStats:
     def format(self) -> str:
         if self.count == 0:
             return "no samples"
-        return (f"p50 {self.p50_s * 1e3:.3f} ms, p99 {self.p99_s * 1e3:.3f} ms, "
-                f"max {self.max_s * 1e3:.3f} ms (n={self.count})")
+        return (
+            f"p50 {self.p50_s * 1e3:.3f} ms, p99 {self.p99_s * 1e3:.3f} ms, "
+            f"max {self.max_s * 1e3:.3f} ms (n={self.count})"
+        )
 
 
 @dataclass(frozen=True)
@@ -153,27 +155,70 @@ class _CycleRecorder:
     def write_csv(self, path: Path, joint_names: Sequence[str]) -> None:
         if not self.with_joint_log:
             return
-        header = ["cycle", "sequence", "received_s", "state_interval_s", "compute_s", "busy_s",
-                  "inference_s", "policy_step_s", "missed_deadline", "fault_latched"]
+        header = [
+            "cycle",
+            "sequence",
+            "received_s",
+            "state_interval_s",
+            "compute_s",
+            "busy_s",
+            "inference_s",
+            "policy_step_s",
+            "missed_deadline",
+            "fault_latched",
+        ]
         header += [f"q_{name}" for name in joint_names]
         header += [f"setpoint_{name}" for name in joint_names]
         first_cycle = max(0, self.count - self.capacity)
-        columns = [self.ordered(a) for a in (
-            self.sequence, self.received, self.interval, self.compute, self.busy,
-            self.inference, self.policy_step, self.missed, self.fault, self.positions,
-            self.setpoints)]
+        columns = [
+            self.ordered(a)
+            for a in (
+                self.sequence,
+                self.received,
+                self.interval,
+                self.compute,
+                self.busy,
+                self.inference,
+                self.policy_step,
+                self.missed,
+                self.fault,
+                self.positions,
+                self.setpoints,
+            )
+        ]
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
             for row in range(len(columns[0])):
-                (sequence, received, interval, compute, busy, inference, policy_step, missed,
-                 fault, positions, setpoints) = (c[row] for c in columns)
-                writer.writerow([
-                    first_cycle + row, int(sequence), f"{received:.6f}", f"{interval:.6f}",
-                    f"{compute:.6f}", f"{busy:.6f}", f"{inference:.6f}", f"{policy_step:.6f}",
-                    int(missed), int(fault),
-                    *(f"{v:.6f}" for v in positions), *(f"{v:.6f}" for v in setpoints),
-                ])
+                (
+                    sequence,
+                    received,
+                    interval,
+                    compute,
+                    busy,
+                    inference,
+                    policy_step,
+                    missed,
+                    fault,
+                    positions,
+                    setpoints,
+                ) = (c[row] for c in columns)
+                writer.writerow(
+                    [
+                        first_cycle + row,
+                        int(sequence),
+                        f"{received:.6f}",
+                        f"{interval:.6f}",
+                        f"{compute:.6f}",
+                        f"{busy:.6f}",
+                        f"{inference:.6f}",
+                        f"{policy_step:.6f}",
+                        int(missed),
+                        int(fault),
+                        *(f"{v:.6f}" for v in positions),
+                        *(f"{v:.6f}" for v in setpoints),
+                    ]
+                )
 
 
 class ControlLoop:
@@ -219,8 +264,9 @@ class ControlLoop:
             self._interpolator.reset(hold)
         self._previous_action[:] = 0.0
 
-    def _policy_target(self, joint_positions: np.ndarray,
-                       joint_velocities: np.ndarray) -> np.ndarray | None:
+    def _policy_target(
+        self, joint_positions: np.ndarray, joint_velocities: np.ndarray
+    ) -> np.ndarray | None:
         observation = self._observation.build(
             joint_positions, joint_velocities, self.goal_position, self._previous_action
         )
@@ -233,12 +279,19 @@ class ControlLoop:
             return None
         np.clip(action, -1.0, 1.0, out=self._previous_action)
         contract = self.contract
-        base = (joint_positions if contract.action_mode == "joint_delta"
-                else contract.home_joint_positions)
+        base = (
+            joint_positions
+            if contract.action_mode == "joint_delta"
+            else contract.home_joint_positions
+        )
         np.multiply(self._previous_action, contract.action_scale, out=self._target)
         self._target += base
-        np.clip(self._target, self.robot_config.target_lower, self.robot_config.target_upper,
-                out=self._target)
+        np.clip(
+            self._target,
+            self.robot_config.target_lower,
+            self.robot_config.target_upper,
+            out=self._target,
+        )
         return self._target
 
     def _tcp_distance(self, joint_positions: np.ndarray) -> tuple[np.ndarray, float]:
@@ -256,12 +309,18 @@ class ControlLoop:
         """Run until `duration_s`, `max_cycles` answered states, success (if asked) or Ctrl-C."""
         robot = self.robot_config
         period = robot.robot_period_s
-        wanted_capacity = max_cycles if max_cycles is not None else (
-            math.ceil(duration_s / period * LATE_INTERVAL_FACTOR) + 16
-            if duration_s is not None else MAX_RECORDED_CYCLES
+        wanted_capacity = (
+            max_cycles
+            if max_cycles is not None
+            else (
+                math.ceil(duration_s / period * LATE_INTERVAL_FACTOR) + 16
+                if duration_s is not None
+                else MAX_RECORDED_CYCLES
+            )
         )
         recorder = _CycleRecorder(
-            max(1, min(wanted_capacity, MAX_RECORDED_CYCLES)), robot.joint_count,
+            max(1, min(wanted_capacity, MAX_RECORDED_CYCLES)),
+            robot.joint_count,
             with_joint_log=csv_path is not None,
         )
         safety = self.safety
@@ -339,9 +398,11 @@ class ControlLoop:
                 sent = time.perf_counter()
 
                 inference = policy_step = math.nan
-                if (not safety.latched and self._interpolator is not None
-                        and (next_policy_sequence is None
-                             or state.sequence >= next_policy_sequence)):
+                if (
+                    not safety.latched
+                    and self._interpolator is not None
+                    and (next_policy_sequence is None or state.sequence >= next_policy_sequence)
+                ):
                     next_policy_sequence = state.sequence + self.steps_per_action
                     policy_start = time.perf_counter()
                     self._last_inference_s = math.nan
@@ -351,18 +412,42 @@ class ControlLoop:
                     if target is not None:
                         self._interpolator.set_target(target)
                         policy_steps += 1
-                        distance = float(np.linalg.norm(
-                            self.goal_position - self._observation.last_tcp_position))
+                        distance = float(
+                            np.linalg.norm(self.goal_position - self._observation.last_tcp_position)
+                        )
                         if stop_on_success and distance <= self.contract.success_threshold_m:
                             stop_reason = "success"
                             cycles += 1
-                            self._record(recorder, slot, received, sent, interval, inference,
-                                         policy_step, period, state.sequence, positions,
-                                         setpoint, start)
+                            self._record(
+                                recorder,
+                                slot,
+                                received,
+                                sent,
+                                interval,
+                                inference,
+                                policy_step,
+                                period,
+                                state.sequence,
+                                positions,
+                                setpoint,
+                                start,
+                            )
                             break
                 cycles += 1
-                self._record(recorder, slot, received, sent, interval, inference, policy_step,
-                             period, state.sequence, positions, setpoint, start)
+                self._record(
+                    recorder,
+                    slot,
+                    received,
+                    sent,
+                    interval,
+                    inference,
+                    policy_step,
+                    period,
+                    state.sequence,
+                    positions,
+                    setpoint,
+                    start,
+                )
         except KeyboardInterrupt:
             stop_reason = "interrupted"
         duration = time.perf_counter() - start
@@ -399,10 +484,21 @@ class ControlLoop:
             link=asdict(link) if link is not None and is_dataclass(link) else {},
         )
 
-    def _record(self, recorder: _CycleRecorder, slot: int, received: float, sent: float,
-                interval: float, inference: float, policy_step: float, period: float,
-                sequence: int,
-                positions: np.ndarray, setpoint: np.ndarray | None, start: float) -> None:
+    def _record(
+        self,
+        recorder: _CycleRecorder,
+        slot: int,
+        received: float,
+        sent: float,
+        interval: float,
+        inference: float,
+        policy_step: float,
+        period: float,
+        sequence: int,
+        positions: np.ndarray,
+        setpoint: np.ndarray | None,
+        start: float,
+    ) -> None:
         busy = time.perf_counter() - received
         recorder.compute[slot] = sent - received
         recorder.busy[slot] = busy

@@ -37,7 +37,7 @@ class ObservationBuilder:
         tcp = self._kinematics.tcp_position(joint_positions)
         self.last_tcp_position = tcp
         for piece in self._layout:
-            target = self.buffer[piece.offset:piece.offset + piece.size]
+            target = self.buffer[piece.offset : piece.offset + piece.size]
             if piece.name == "joint_position_normalized":
                 target[:] = 2.0 * (joint_positions - self._lower) / self._range - 1.0
             elif piece.name == "joint_velocity_normalized":

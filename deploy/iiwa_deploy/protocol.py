@@ -98,11 +98,13 @@ def encode_state(
         flags |= STATE_TORQUE_VALID
     if check_finite and not math.isfinite(timestamp_s):
         raise ProtocolError("timestamp: non-finite value")
-    payload = np.concatenate([
-        _joint_vector(joint_positions, "joint_positions", check_finite),
-        _joint_vector(joint_velocities, "joint_velocities", check_finite),
-        _joint_vector(joint_torques, "joint_torques", check_finite),
-    ])
+    payload = np.concatenate(
+        [
+            _joint_vector(joint_positions, "joint_positions", check_finite),
+            _joint_vector(joint_velocities, "joint_velocities", check_finite),
+            _joint_vector(joint_torques, "joint_torques", check_finite),
+        ]
+    )
     return _header(MESSAGE_STATE, flags, sequence, timestamp_s) + payload.tobytes()
 
 
@@ -159,8 +161,8 @@ def decode_state(data: bytes) -> StateMessage:
         sequence=sequence,
         timestamp_s=timestamp,
         joint_positions=values[:JOINT_COUNT],
-        joint_velocities=values[JOINT_COUNT:2 * JOINT_COUNT],
-        joint_torques=values[2 * JOINT_COUNT:] if flags & STATE_TORQUE_VALID else None,
+        joint_velocities=values[JOINT_COUNT : 2 * JOINT_COUNT],
+        joint_torques=values[2 * JOINT_COUNT :] if flags & STATE_TORQUE_VALID else None,
         flags=flags,
     )
 

@@ -147,8 +147,9 @@ class UdpRobot:
                 return None
             select.select([self._socket], [], [], remaining)
 
-    def send_setpoint(self, answer_to_sequence: int, joint_positions: np.ndarray,
-                      fault: bool) -> None:
+    def send_setpoint(
+        self, answer_to_sequence: int, joint_positions: np.ndarray, fault: bool
+    ) -> None:
         if self.robot_address is None:
             return
         self._own_sequence += 1

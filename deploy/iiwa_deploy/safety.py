@@ -106,8 +106,9 @@ class SafetyMonitor:
             # Before any setpoint was sent, holding means staying where the arm is measured,
             # but only if that position is itself a setpoint we would send: the hold must
             # never be the one setpoint that escapes the setpoint gate.
-            near_limit = np.flatnonzero((joint_positions < self._setpoint_low)
-                                        | (joint_positions > self._setpoint_high))
+            near_limit = np.flatnonzero(
+                (joint_positions < self._setpoint_low) | (joint_positions > self._setpoint_high)
+            )
             if near_limit.size:
                 index = int(near_limit[0])
                 self.latch(

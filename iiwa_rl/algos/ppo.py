@@ -15,7 +15,9 @@ from iiwa_rl.algos.base import OnPolicyAlgorithm
 from iiwa_rl.config import PPOSection
 
 
-def clipped_surrogate_loss(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
+def clipped_surrogate_loss(
+    ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> torch.Tensor:
     """-E[min(r A, clip(r, 1 - eps, 1 + eps) A)]: the pessimistic bound, so moving the
     ratio beyond the clip range never improves the objective."""
     unclipped = ratio * advantages

@@ -151,7 +151,9 @@ class TRPO(OnPolicyAlgorithm):
         accepted_step, kl, improvement = 0, torch.zeros(()), torch.zeros(())
         with torch.no_grad():
             for attempt in range(cfg.line_search_steps):
-                set_flat_parameters(params, old_params + cfg.line_search_shrink**attempt * full_step)
+                set_flat_parameters(
+                    params, old_params + cfg.line_search_shrink**attempt * full_step
+                )
                 trial_kl = mean_kl()
                 trial_improvement = surrogate() - surrogate_old
                 if float(trial_kl) <= cfg.max_kl and float(trial_improvement) > 0:
@@ -167,9 +169,9 @@ class TRPO(OnPolicyAlgorithm):
             order = torch.randperm(batch.size, generator=self.generator).to(self.device)
             for start in range(0, batch.size - minibatch + 1, minibatch):
                 index = order[start : start + minibatch]
-                value_loss = 0.5 * (self.critic(observations[index]) - batch.returns[index]).pow(
-                    2
-                ).mean()
+                value_loss = (
+                    0.5 * (self.critic(observations[index]) - batch.returns[index]).pow(2).mean()
+                )
                 self.value_optimizer.zero_grad(set_to_none=True)
                 value_loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)

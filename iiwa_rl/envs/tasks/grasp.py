@@ -243,5 +243,3 @@ def failure_reason(final_info: dict) -> str | None:
     if final_info.get("cube_lift", 0.0) < _LIFTED:
         return "dropped"
     return "timed out"
-
-
