@@ -39,6 +39,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from sb3_reference import ACTIVATIONS  # noqa: E402  (benchmarks/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,12 +47,6 @@ sys.path.insert(0, str(ROOT))
 DDPG_CONFIGS = {
     "Pendulum-v1": "configs/pendulum_ddpg.yaml",
     "IiwaReach-v0": "configs/reach_ddpg.yaml",
-}
-ACTIVATIONS = {
-    "tanh": torch.nn.Tanh,
-    "relu": torch.nn.ReLU,
-    "elu": torch.nn.ELU,
-    "silu": torch.nn.SiLU,
 }
 
 
@@ -247,10 +242,8 @@ def run_ours(algorithm: str, steps: int, seed: int, eval_points: int, out: Path)
 
 def run_sb3_ppo(steps: int, seed: int, eval_points: int) -> dict:
     import gymnasium as gym
-    from stable_baselines3 import PPO as SB3PPO
+    from sb3_reference import sb3_ppo_from_config
     from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     import iiwa_rl.envs  # noqa: F401
     from iiwa_rl.config import load_config
@@ -258,52 +251,8 @@ def run_sb3_ppo(steps: int, seed: int, eval_points: int) -> dict:
 
     torch.set_num_threads(1)
     config = load_config(ROOT / "configs/reach_ppo.yaml")
-    ppo, env_cfg = config.ppo, config.env
-    venv = make_vec_env(
-        env_cfg.id,
-        n_envs=env_cfg.num_envs,
-        seed=seed,
-        env_kwargs=env_cfg.kwargs,
-        vec_env_cls=DummyVecEnv,
-    )
-    venv = VecNormalize(
-        venv,
-        norm_obs=config.normalize.observations,
-        norm_reward=config.normalize.rewards,
-        clip_obs=config.normalize.clip,
-        clip_reward=config.normalize.clip,
-        gamma=ppo.gamma,
-    )
-    linear = ppo.lr_schedule == "linear"
-    model = SB3PPO(
-        "MlpPolicy",
-        venv,
-        n_steps=ppo.rollout_steps,
-        batch_size=ppo.minibatch_size,
-        n_epochs=ppo.epochs,
-        learning_rate=(lambda remaining: ppo.learning_rate * remaining)
-        if linear
-        else ppo.learning_rate,
-        gamma=ppo.gamma,
-        gae_lambda=ppo.gae_lambda,
-        clip_range=ppo.clip_range,
-        ent_coef=ppo.entropy_coef,
-        vf_coef=ppo.value_coef,
-        max_grad_norm=ppo.max_grad_norm,
-        target_kl=ppo.target_kl,
-        policy_kwargs={
-            "net_arch": {
-                "pi": list(config.policy.hidden_sizes),
-                "vf": list(config.critic.hidden_sizes),
-            },
-            "activation_fn": ACTIVATIONS[config.policy.activation],
-            "log_std_init": config.policy.log_std.init,
-            "ortho_init": config.policy.init == "orthogonal",
-        },
-        seed=seed,
-        device="cpu",
-        verbose=0,
-    )
+    env_cfg = config.env
+    model, venv = sb3_ppo_from_config(config, seed)
     env = gym.make(env_cfg.id, **env_cfg.kwargs)
     every = max(1, steps // eval_points)
     curve: dict[str, list[float]] = {"steps": [], "wall": [], "success": [], "return": []}

@@ -91,69 +91,16 @@ def evaluate_run_dir(run_dir: Path) -> dict:
 
 def run_sb3(config_path: str, steps: int, seed: int, vec: str) -> dict:
     import gymnasium as gym
-    from stable_baselines3 import PPO as SB3PPO
+    from sb3_reference import sb3_ppo_from_config
     from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
     import iiwa_rl.envs  # noqa: F401
     from iiwa_rl.config import load_config
     from iiwa_rl.train import run_episodes, summarize_episodes
 
     config = load_config(config_path)
-    ppo, env_cfg = config.ppo, config.env
-    activation = {
-        "tanh": torch.nn.Tanh,
-        "relu": torch.nn.ReLU,
-        "elu": torch.nn.ELU,
-        "silu": torch.nn.SiLU,
-    }
-    venv = make_vec_env(
-        # "module:id": SubprocVecEnv's fresh workers import the module that registers the id.
-        f"iiwa_rl.envs:{env_cfg.id}" if env_cfg.id.startswith("Iiwa") else env_cfg.id,
-        n_envs=env_cfg.num_envs,
-        seed=seed,
-        env_kwargs=env_cfg.kwargs,
-        vec_env_cls=SubprocVecEnv if vec == "subproc" else DummyVecEnv,
-        monitor_kwargs={"info_keywords": ("is_success",)},
-    )
-    venv = VecNormalize(
-        venv,
-        norm_obs=config.normalize.observations,
-        norm_reward=config.normalize.rewards,
-        clip_obs=config.normalize.clip,
-        clip_reward=config.normalize.clip,
-        gamma=ppo.gamma,
-    )
-    model = SB3PPO(
-        "MlpPolicy",
-        venv,
-        n_steps=ppo.rollout_steps,
-        batch_size=ppo.minibatch_size,
-        n_epochs=ppo.epochs,
-        learning_rate=(lambda remaining: ppo.learning_rate * remaining)
-        if ppo.lr_schedule == "linear"
-        else ppo.learning_rate,
-        gamma=ppo.gamma,
-        gae_lambda=ppo.gae_lambda,
-        clip_range=ppo.clip_range,
-        ent_coef=ppo.entropy_coef,
-        vf_coef=ppo.value_coef,
-        max_grad_norm=ppo.max_grad_norm,
-        target_kl=ppo.target_kl,
-        policy_kwargs={
-            "net_arch": {
-                "pi": list(config.policy.hidden_sizes),
-                "vf": list(config.critic.hidden_sizes),
-            },
-            "activation_fn": activation[config.policy.activation],
-            "log_std_init": config.policy.log_std.init,
-            "ortho_init": config.policy.init == "orthogonal",
-        },
-        seed=seed,
-        device="cpu",
-        verbose=0,
-    )
+    env_cfg = config.env
+    model, venv = sb3_ppo_from_config(config, seed, vec)
 
     curve = {"steps": [], "wall": [], "success": []}
     started = time.perf_counter()

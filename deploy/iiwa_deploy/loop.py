@@ -417,22 +417,6 @@ class ControlLoop:
                         )
                         if stop_on_success and distance <= self.contract.success_threshold_m:
                             stop_reason = "success"
-                            cycles += 1
-                            self._record(
-                                recorder,
-                                slot,
-                                received,
-                                sent,
-                                interval,
-                                inference,
-                                policy_step,
-                                period,
-                                state.sequence,
-                                positions,
-                                setpoint,
-                                start,
-                            )
-                            break
                 cycles += 1
                 self._record(
                     recorder,
@@ -448,6 +432,8 @@ class ControlLoop:
                     setpoint,
                     start,
                 )
+                if stop_reason == "success":
+                    break
         except KeyboardInterrupt:
             stop_reason = "interrupted"
         duration = time.perf_counter() - start
