@@ -179,7 +179,7 @@ def run_ours(algorithm: str, steps: int, seed: int, eval_points: int, out: Path)
     import gymnasium as gym
 
     from iiwa_rl.config import load_config
-    from iiwa_rl.train import Trainer, run_episodes, summarize_episodes
+    from iiwa_rl.train import Trainer, deterministic_policy, run_episodes, summarize_episodes
 
     every = max(1, steps // eval_points)
     config = load_config(
@@ -211,11 +211,7 @@ def run_ours(algorithm: str, steps: int, seed: int, eval_points: int, out: Path)
     def evaluate_now() -> None:
         nonlocal evaluation_seconds
         evaluated = time.perf_counter()
-        actor = algo.deterministic_actor()
-
-        @torch.no_grad()
-        def act(raw):
-            return actor.deterministic(torch.from_numpy(trainer.obs_normalizer(raw))).numpy()
+        act = deterministic_policy(algo.deterministic_actor(), trainer.obs_normalizer)
 
         summary = summarize_episodes(run_episodes(act, env, 20, eval_seed(len(curve["steps"]))))
         curve["steps"].append(trainer.global_step)

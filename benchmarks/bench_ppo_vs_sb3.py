@@ -74,15 +74,19 @@ def run_ours(config_path: str, steps: int, seed: int, out: Path) -> dict:
 def evaluate_run_dir(run_dir: Path) -> dict:
     import gymnasium as gym
 
-    from iiwa_rl.train import build_policy, load_run, run_episodes, summarize_episodes
+    from iiwa_rl.train import (
+        build_policy,
+        deterministic_policy,
+        load_run,
+        run_episodes,
+        summarize_episodes,
+    )
 
     config, state = load_run(run_dir, "last")
     actor, normalizer = build_policy(config, state)
     env = gym.make(config.env.id, **config.env.kwargs)
 
-    @torch.no_grad()
-    def act(observation):
-        return actor.deterministic(torch.from_numpy(normalizer(observation))).numpy()
+    act = deterministic_policy(actor, normalizer)
 
     summary = summarize_episodes(run_episodes(act, env, 100, config.eval.seed))
     env.close()

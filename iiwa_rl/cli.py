@@ -64,11 +64,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import gymnasium as gym
-    import numpy as np
-    import torch
 
     import iiwa_rl.envs  # noqa: F401
-    from iiwa_rl.train import build_policy, load_run, run_episodes, summarize_episodes
+    from iiwa_rl.train import (
+        build_policy,
+        deterministic_policy,
+        load_run,
+        run_episodes,
+        summarize_episodes,
+    )
 
     config, state = load_run(args.run_dir, args.checkpoint)
     actor, normalizer = build_policy(config, state)
@@ -76,9 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config.env.id, render_mode="rgb_array" if args.video else None, **config.env.kwargs
     )
 
-    @torch.no_grad()
-    def act(observation: np.ndarray) -> np.ndarray:
-        return actor.deterministic(torch.from_numpy(normalizer(observation))).numpy()
+    act = deterministic_policy(actor, normalizer)
 
     recorder = None
     if args.video:

@@ -81,6 +81,24 @@ class ObservationFlattener:
             axis=-1,
         )
 
+    def batch(self, observations: list) -> np.ndarray:
+        """Flat [len, obs] rows from a list of single (unbatched) observations."""
+        if not self.is_dict:
+            return np.stack([np.asarray(o, dtype=np.float64) for o in observations])
+        return self({k: np.stack([o[k] for o in observations]) for k in sorted(self.space.spaces)})
+
+
+def deterministic_policy(actor, normalizer, device: torch.device | str = "cpu"):
+    """raw observation batch -> deterministic action batch, with frozen normalisation:
+    how a trained actor is run for evaluation, viewing and benchmarks."""
+
+    @torch.no_grad()
+    def act(raw_observation: np.ndarray) -> np.ndarray:
+        normalized = torch.from_numpy(normalizer(raw_observation)).to(device)
+        return actor.deterministic(normalized).cpu().numpy()
+
+    return act
+
 
 def _check_action_space(space, env_id: str) -> None:
     import gymnasium as gym
@@ -115,12 +133,7 @@ def run_episodes(
         observation, _ = env.reset(seed=seed + episode)
         total, length = 0.0, 0
         while True:
-            batch = flatten(
-                observation[None]
-                if not flatten.is_dict
-                else {k: v[None] for k, v in observation.items()}
-            )
-            action = scale(act(batch)[0])
+            action = scale(act(flatten.batch([observation]))[0])
             observation, reward, terminated, truncated, info = env.step(action)
             if on_step is not None:
                 on_step(env)
@@ -251,15 +264,9 @@ class Trainer:
             step_info = infos
             if done.any():
                 final_observations = next_observations.copy()
-                finals = infos["final_obs"]
-                for i in np.flatnonzero(done):
-                    final_observations[i] = self.obs_normalizer(
-                        self.flatten(
-                            finals[i][None]
-                            if not self.flatten.is_dict
-                            else {k: v[None] for k, v in finals[i].items()}
-                        )
-                    )[0]
+                ended = np.flatnonzero(done)
+                finals = self.flatten.batch([infos["final_obs"][i] for i in ended])
+                final_observations[ended] = self.obs_normalizer(finals)
                 step_info = _merge_final_info(infos, done)
             self.algorithm.observe(
                 Transition(
@@ -347,13 +354,9 @@ class Trainer:
 
         if self._eval_env is None:
             self._eval_env = gym.make(self.config.env.id, **self.config.env.kwargs)
-        actor = self.algorithm.deterministic_actor()
-
-        @torch.no_grad()
-        def act(raw_observation: np.ndarray) -> np.ndarray:
-            normalized = torch.from_numpy(self.obs_normalizer(raw_observation)).to(self.device)
-            return actor.deterministic(normalized).cpu().numpy()
-
+        act = deterministic_policy(
+            self.algorithm.deterministic_actor(), self.obs_normalizer, self.device
+        )
         return summarize_episodes(run_episodes(act, self._eval_env, episodes, seed))
 
     def evaluate_and_log(self, progress: Progress, started: float) -> dict:

@@ -144,19 +144,15 @@ def _no_actor(env) -> Actor:
 
 
 def _from_run(run_dir: Path, checkpoint: str) -> LoadedPolicy:
-    import torch
 
-    from iiwa_rl.train import build_policy, load_run
+    from iiwa_rl.train import build_policy, deterministic_policy, load_run
 
     config, state = load_run(run_dir, checkpoint)
     actor, normalizer = build_policy(config, state)
     observation_size = int(state["observation_size"])
     steps = int(state.get("global_step", 0))
 
-    @torch.no_grad()
-    def act(observations: np.ndarray) -> np.ndarray:
-        normalized = torch.from_numpy(normalizer(np.asarray(observations, dtype=np.float64)))
-        return actor.deterministic(normalized).numpy()
+    act = deterministic_policy(actor, normalizer)
 
     def bind(env) -> Actor:
         if env is not None:
