@@ -4,6 +4,7 @@ rendering, vector envs, and that the grasp task can be solved."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import gymnasium as gym
@@ -236,12 +237,26 @@ def test_scripted_expert_solves_grasp_on_90_percent_of_random_resets():
         env.close()
     successes = sum(bool(r["is_success"]) for r in results)
     assert successes >= 27, f"only {successes}/30 scripted grasps succeeded"
-    hold_steps = round(env.config.hold_time * env.config.control_hz)
     for result in results:
         if result["is_success"]:
-            # Success ends the episode only after the hold time, not at first lift.
-            assert result["held_steps"] >= hold_steps
-            assert result["cube_lift"] >= env.config.lift_height
+            # Success latches; by default the episode runs on to its time limit.
+            assert result["length"] == env.config.episode_steps
+            assert result["max_cube_lift"] >= env.config.lift_height
+
+
+def test_grasp_success_ends_the_episode_after_the_hold_time_when_asked():
+    env = make("IiwaGrasp-v0", end_on_success=True)
+    try:
+        results = [run_scripted_episode(env, seed) for seed in range(3)]
+    finally:
+        env.close()
+    hold_steps = math.ceil(env.config.hold_time * env.config.control_hz)
+    for result in results:
+        assert result["is_success"]
+        # Ends only after the full hold time, not at the first lift.
+        assert result["held_steps"] == hold_steps
+        assert result["cube_lift"] >= env.config.lift_height
+        assert result["length"] < env.config.episode_steps
 
 
 # ------------------------------------------------------------------- actions

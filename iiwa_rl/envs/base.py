@@ -3,14 +3,16 @@ safety of inputs, time limits and rendering. A task (tasks/*.py) adds its scene,
 reset, its observation pieces, its reward inputs and its success test.
 
 Episode semantics:
-- `terminated` is True when the task itself ended: grasp success (cube held high for the
-  hold time) or failure (cube off the table). A reach episode never terminates: the arm
-  must stay on the goal, and success is read at the last step.
+- `terminated` is True when the task itself ended: a grasp cube off the table, or grasp
+  success when the config asks for it (`end_on_success`; off by default, see
+  tasks/grasp.py). A reach episode never terminates: the arm must stay on the goal, and
+  success is read at the last step.
 - `truncated` is True at the time limit (`episode_steps`) and when the physics blew
   up (`info["physics_blowup"]`). A truncated state is not terminal: learners bootstrap
   from the value of its observation.
-- `info["is_success"]` is the task's success test at this step; `info["reward/<term>"]`
-  holds each weighted reward term.
+- `info["is_success"]` says whether the episode would count as a success if it ended at
+  this step (reach: the TCP is on the goal now; grasp: the cube has been held high for
+  the hold time at some point); `info["reward/<term>"]` holds each weighted reward term.
 """
 
 from __future__ import annotations
@@ -189,13 +191,18 @@ class IiwaEnv(gym.Env, ABC):
         self._previous_action = action
         observation = self._observation(snapshot)
         self._last_observation = observation
-        terminated = failed or (reward_inputs.is_success and self.terminate_on_success)
-        info = {"is_success": reward_inputs.is_success, **terms, **self._task_info(snapshot)}
+        succeeded = self._episode_succeeded(reward_inputs)
+        terminated = failed or (succeeded and self.terminate_on_success)
+        info = {"is_success": succeeded, **terms, **self._task_info(snapshot)}
         self._update_markers(snapshot)
         self.last_info = info
         return observation, float(reward), bool(terminated), bool(truncated), dict(info)
 
     terminate_on_success = False
+
+    def _episode_succeeded(self, reward_inputs: RewardInputs) -> bool:
+        """Whether the episode counts as a success so far; by default the step's own test."""
+        return reward_inputs.is_success
 
     @property
     def elapsed_steps(self) -> int:

@@ -113,6 +113,10 @@ class GraspConfig(IiwaEnvConfig):
     cube_yaw_range: float = 0.785398  # rad, uniform in [-range, range]
     lift_height: float = 0.10  # m above the cube's resting height
     hold_time: float = 0.5  # s the cube must stay lifted and held
+    # End the episode at success. Off by default: with shaped per-step lift rewards, ending
+    # early forfeits the rest of the episode's reward, and PPO learned to dodge success
+    # (bobbing under the success height to reset the hold timer). Success latches instead.
+    end_on_success: bool = False
     home_tcp_position: tuple[float, float, float] = (0.55, 0.0, 0.25)
     workspace_low: tuple[float, float, float] = (0.3, -0.35, 0.005)  # TCP targets, m
     workspace_high: tuple[float, float, float] = (0.8, 0.35, 0.5)

@@ -31,7 +31,7 @@ class RewardInputs:
     joint_velocity_limits: np.ndarray
     action: np.ndarray
     previous_action: np.ndarray
-    is_success: bool
+    is_success: bool  # the task's success condition holds at this step
     goal_position: np.ndarray | None = None  # reach
     cube_position: np.ndarray | None = None  # grasp
     cube_lift: float = 0.0  # cube height above its resting height, m

@@ -2,8 +2,9 @@
 
 The cube (4.5 cm by default) lies at a random position and yaw in front of the robot on
 the table that carries it. Success: the cube at least `lift_height` above its resting
-height, touched by both fingers, for `hold_time` seconds without a break; the episode then
-terminates. A cube that leaves the table terminates the episode as a failure.
+height, touched by both fingers, for `hold_time` seconds without a break. Success latches:
+the episode runs on to its time limit (so holding on keeps paying) unless the config sets
+`end_on_success`. A cube that leaves the table terminates the episode.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ class IiwaGraspEnv(IiwaEnv):
     config_class = GraspConfig
     config: GraspConfig
     with_gripper = True
-    terminate_on_success = True
     observation_layout = [
         ("joint_position_normalized", 7),
         ("joint_velocity_normalized", 7),
@@ -67,6 +67,16 @@ class IiwaGraspEnv(IiwaEnv):
     def action_size(self) -> int:
         return self._action_size
 
+    @property
+    def terminate_on_success(self) -> bool:
+        return self.config.end_on_success
+
+    def _episode_succeeded(self, reward_inputs: RewardInputs) -> bool:
+        # The reward's `success` term pays for each step the hold condition is met; the
+        # episode's success is whether it was ever met.
+        self._succeeded = self._succeeded or reward_inputs.is_success
+        return self._succeeded
+
     def _setup_scene(self) -> None:
         cfg = self.config
         self.table_id = self.sim.load_urdf(
@@ -99,6 +109,7 @@ class IiwaGraspEnv(IiwaEnv):
         # At least hold_time: 0.5 s at 25 Hz is 12.5 steps, so 13.
         self._hold_steps_needed = max(1, math.ceil(cfg.hold_time * cfg.control_hz - 1e-9))
         self._held_steps = 0
+        self._succeeded = False
         self._cube_position = np.zeros(3)
         self._cube_yaw = 0.0
         self._contacts = (False, False)
@@ -120,6 +131,7 @@ class IiwaGraspEnv(IiwaEnv):
         )
         self.robot.command_gripper_width(self.robot.max_gripper_width)
         self._held_steps = 0
+        self._succeeded = False
         self._max_lift = 0.0
         self._ever_grasped = False
         self._fell_off = False
