@@ -154,7 +154,7 @@ def summarize_episodes(results: list[EpisodeResult]) -> dict[str, float]:
         "mean_return": float(np.mean([r.episode_return for r in results])),
         "mean_length": float(np.mean([r.length for r in results])),
     }
-    for key in ("tcp_distance", "max_cube_lift", "cube_lift"):
+    for key in ("tcp_distance", "tcp_to_cube_distance", "max_cube_lift", "cube_lift"):
         values = [r.final_info[key] for r in results if key in r.final_info]
         if values:
             summary[f"final_{key}" if not key.startswith("max") else key] = float(np.mean(values))

@@ -33,6 +33,7 @@ from iiwa_rl.train import (
 
 REPO = Path(__file__).resolve().parents[1]
 REACH = REPO / "configs" / "reach_ppo.yaml"
+GRASP = REPO / "configs" / "grasp_ppo.yaml"
 NEVER = "1000000000"  # an interval no test run reaches
 
 
@@ -304,6 +305,45 @@ def test_ppo_learns_to_reach(tmp_path, monkeypatch):
     # mean return -20 -> +12.1 / +12.6. The margins are about twice what can flake.
     assert after["final_tcp_distance"] < 0.6 * before["final_tcp_distance"]
     assert after["mean_return"] > before["mean_return"] + 15.0
+
+
+@pytest.mark.slow
+def test_ppo_grasp_training_improves_its_reward(tmp_path, monkeypatch):
+    """A short run of the shipped grasp config learns the first part of the task: the
+    gripper goes to the cube (not the full grasp; that takes configs/grasp_ppo.yaml's
+    budget)."""
+    monkeypatch.setattr(Trainer, "_plot", lambda self: None)
+    config = load_config(
+        GRASP,
+        [
+            "seed=0",
+            "env.num_envs=16",
+            "train.total_steps=40960",
+            "ppo.lr_schedule=constant",
+            f"train.eval_every_steps={NEVER}",
+            f"train.checkpoint_every_steps={NEVER}",
+            "train.eval_episodes=1",
+            "train.progress=quiet",
+            "train.max_wall_seconds=null",
+        ],
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    episodes, seed = 10, 777
+    before = _policy_results(
+        trainer.algorithm.deterministic_actor(),
+        trainer.obs_normalizer,
+        config.env.id,
+        config.env.kwargs,
+        episodes,
+        seed,
+    )
+    trainer.train()
+    actor, normalizer = build_policy(*load_run(tmp_path / "run", "last"))
+    after = _policy_results(actor, normalizer, config.env.id, config.env.kwargs, episodes, seed)
+    print(f"before {before}\nafter {after}")
+    # MEASURED_GRASP
+    assert after["final_tcp_to_cube_distance"] < 0.6 * before["final_tcp_to_cube_distance"]
+    assert after["mean_return"] > before["mean_return"] + 20.0
 
 
 # ----------------------------------------------------- other gymnasium environments

@@ -90,12 +90,15 @@ def default_source() -> Path:
 def source_kind(source: Path) -> str:
     """'run', 'onnx' or 'config' for a path on disk."""
     if source.is_dir():
-        if (source / "config.yaml").is_file():
+        # A run directory has checkpoints; a shipped policy folder (assets/policies/*) has
+        # the config that made it too, but only the exported model.
+        if (source / "checkpoints").is_dir() and (source / "config.yaml").is_file():
             return "run"
         if (source / "policy.onnx").is_file():
             return "onnx"
         raise PolicyLoadError(
-            f"{source}: neither a run directory (config.yaml) nor a policy folder (policy.onnx)"
+            f"{source}: neither a run directory (config.yaml, checkpoints/) nor a policy "
+            "folder (policy.onnx)"
         )
     if not source.exists():
         raise PolicyLoadError(f"{source}: no such file or directory")

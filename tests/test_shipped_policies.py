@@ -1,0 +1,56 @@
+"""The trained policies under assets/policies/: each loads, carries a contract that agrees
+with its sidecar and with the config that made it, and still does its task in the current
+simulator (a change to the environment that breaks a shipped policy fails here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from iiwa_rl.config import load_config
+from iiwa_rl.schema import to_mapping
+from iiwa_rl.train import run_episodes, summarize_episodes
+from iiwa_rl.viz.policies import load_policy, make_env, read_contract
+
+POLICIES = Path(__file__).resolve().parents[1] / "assets" / "policies"
+# Each shipped policy and the success rate it must keep on a few deterministic episodes
+# (its README row quotes the 100-episode figure).
+EXPECTED = {"reach": {"env_id": "IiwaReach-v0", "min_success": 1.0}}
+EPISODES, SEED = 10, 20000  # seeds apart from the ones the README's evaluations used
+
+
+def test_every_shipped_policy_is_covered():
+    shipped = sorted(p.parent.name for p in POLICIES.glob("*/policy.onnx"))
+    assert shipped == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_contract_matches_sidecar_and_config(name):
+    folder = POLICIES / name
+    contract = read_contract(folder / "policy.onnx")
+    assert contract == json.loads((folder / "policy.json").read_text())
+    assert contract["env_id"] == EXPECTED[name]["env_id"]
+
+    config = load_config(folder / "config.yaml")
+    assert config.env.id == contract["env_id"]
+    env = make_env(config.env.id, config.env.kwargs)
+    try:
+        built = to_mapping(env.unwrapped.config)
+    finally:
+        env.close()
+    # Every setting the policy was trained with is what its config builds today.
+    assert {key: built.get(key) for key in contract["env_kwargs"]} == contract["env_kwargs"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_policy_still_does_its_task(name):
+    loaded = load_policy(POLICIES / name)
+    env = make_env(loaded.env_id, loaded.env_kwargs)
+    try:
+        summary = summarize_episodes(run_episodes(loaded.bind(env), env, EPISODES, SEED))
+    finally:
+        env.close()
+    print(name, summary)
+    assert summary["success_rate"] >= EXPECTED[name]["min_success"]
