@@ -63,9 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import gymnasium as gym
-
-    import iiwa_rl.envs  # noqa: F401
+    from iiwa_rl.config import EvalSection
     from iiwa_rl.train import (
         build_policy,
         deterministic_policy,
@@ -73,14 +71,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
         run_episodes,
         summarize_episodes,
     )
+    from iiwa_rl.viz.policies import PolicyLoadError, load_policy, make_env, source_kind
 
-    config, state = load_run(args.run_dir, args.checkpoint)
-    actor, normalizer = build_policy(config, state)
-    env = gym.make(
-        config.env.id, render_mode="rgb_array" if args.video else None, **config.env.kwargs
-    )
-
-    act = deterministic_policy(actor, normalizer)
+    render_mode = "rgb_array" if args.video else None
+    source = Path(args.run_dir)
+    kind = source_kind(source)
+    if kind == "config":
+        raise PolicyLoadError(f"{source}: a config has no trained policy; train it first")
+    if kind == "onnx":  # an exported policy (e.g. assets/policies/grasp): raw observations in
+        loaded = load_policy(source)
+        env = make_env(loaded.env_id, loaded.env_kwargs, render_mode=render_mode)
+        act = loaded.bind(env)
+        first_seed = EvalSection().seed
+        about = {"policy": str(source)}
+    else:
+        config, state = load_run(source, args.checkpoint)
+        actor, normalizer = build_policy(config, state)
+        env = make_env(config.env.id, config.env.kwargs, render_mode=render_mode)
+        act = deterministic_policy(actor, normalizer)
+        first_seed = config.eval.seed
+        about = {
+            "run_dir": str(source),
+            "checkpoint": args.checkpoint,
+            "trained_steps": int(state["global_step"]),
+        }
 
     recorder = None
     if args.video:
@@ -91,15 +105,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         act,
         env,
         args.episodes,
-        args.seed if args.seed is not None else config.eval.seed,
+        args.seed if args.seed is not None else first_seed,
         on_step=recorder.capture if recorder else None,
     )
     if recorder:
         recorder.close()
-    summary = summarize_episodes(results)
-    summary["run_dir"] = str(args.run_dir)
-    summary["checkpoint"] = args.checkpoint
-    summary["trained_steps"] = int(state["global_step"])
+    summary = {**summarize_episodes(results), **about}
     env.close()
     if args.json:
         print(json.dumps(summary))
@@ -134,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no live progress bar")
     train.set_defaults(handler=cmd_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a run's policy deterministically")
-    evaluate.add_argument("run_dir")
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a run's or an exported policy deterministically"
+    )
+    evaluate.add_argument("run_dir", help="a run directory, a policy.onnx or a folder holding one")
     evaluate.add_argument("--episodes", type=int, default=100)
     evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best")
     evaluate.add_argument(

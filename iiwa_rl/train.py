@@ -161,6 +161,10 @@ def summarize_episodes(results: list[EpisodeResult]) -> dict[str, float]:
     if any("max_cube_lift" in r.final_info for r in results):
         from iiwa_rl.envs.tasks.grasp import failure_reason
 
+        # Success latches; this says how many still hold the cube high when the episode ends.
+        summary["held_at_end"] = float(
+            np.mean([r.final_info.get("held_steps", 0) > 0 for r in results])
+        )
         for reason in ("missed", "not lifted", "dropped", "timed out"):
             count = sum(failure_reason(r.final_info) == reason for r in results)
             summary[f"failed_{reason.replace(' ', '_')}"] = count

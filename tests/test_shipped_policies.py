@@ -17,7 +17,10 @@ from iiwa_rl.viz.policies import load_policy, make_env, read_contract
 POLICIES = Path(__file__).resolve().parents[1] / "assets" / "policies"
 # Each shipped policy and the success rate it must keep on a few deterministic episodes
 # (its README row quotes the 100-episode figure).
-EXPECTED = {"reach": {"env_id": "IiwaReach-v0", "min_success": 1.0}}
+EXPECTED = {
+    "reach": {"env_id": "IiwaReach-v0", "min_success": 1.0},
+    "grasp": {"env_id": "IiwaGrasp-v0", "min_success": 0.8},
+}
 EPISODES, SEED = 10, 20000  # seeds apart from the ones the README's evaluations used
 
 
@@ -54,3 +57,16 @@ def test_shipped_policy_still_does_its_task(name):
         env.close()
     print(name, summary)
     assert summary["success_rate"] >= EXPECTED[name]["min_success"]
+
+
+def test_controller_runtime_takes_the_reach_policy_and_refuses_the_grasp_policy():
+    from iiwa_deploy.config import load_robot_config
+    from iiwa_deploy.contract import ContractError
+    from iiwa_deploy.policy import load_policy as load_on_controller
+
+    robot = load_robot_config()
+    _, steps = load_on_controller(POLICIES / "reach" / "policy.onnx", robot, warmup_runs=1)
+    assert steps >= 1
+    # The grasp policy needs the cube's pose and a gripper: refused with the reason.
+    with pytest.raises(ContractError, match="cube's pose and the gripper"):
+        load_on_controller(POLICIES / "grasp" / "policy.onnx", robot, warmup_runs=1)

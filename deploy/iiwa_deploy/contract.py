@@ -136,9 +136,16 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
         raise ContractError(f"contract.action.size: must be positive, got {action_size}")
     mode = _get(action, "mode", ".action")
     if mode not in ACTION_MODES:
+        hint = (
+            " (a Cartesian grasp policy also needs the cube's pose and the gripper, which "
+            "this joint-position runtime has no input or output for; run it in the simulator "
+            "with `iiwa-rl view` or `iiwa-rl eval`)"
+            if mode == "cartesian"
+            else ""
+        )
         raise ContractError(
             f"contract.action.mode: unknown action mode {mode!r}; this runtime supports "
-            f"{', '.join(ACTION_MODES)}"
+            f"{', '.join(ACTION_MODES)}{hint}"
         )
     scale = _number(_get(action, "scale", ".action"), ".action.scale")
     if scale <= 0.0:
