@@ -161,7 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="learning curves of one or several runs")
     plot.add_argument("run_dirs", nargs="+")
     plot.add_argument("-o", "--output", default="curves.png")
-    plot.add_argument("--x", choices=["step", "wall_time"], default="step")
+    plot.add_argument(
+        "--x",
+        choices=["step", "wall_time", "both"],
+        default="step",
+        help="x axis; both: every row against steps and again against wall-clock",
+    )
     plot.set_defaults(handler=cmd_plot)
 
     # Commands whose code lives with what they drive.

@@ -387,6 +387,10 @@ def test_plot_one_run_from_the_cli(tmp_path):
     assert main(["plot", str(run), "-o", str(output), "--x", "wall_time"]) == 0
     _assert_png(output, (800, 500))
     assert matplotlib.image.imread(output).ndim == 3
+    # Against steps and wall-clock in one figure: twice the rows, so a taller image.
+    both = tmp_path / "both.png"
+    assert main(["plot", str(run), "-o", str(both), "--x", "both"]) == 0
+    assert matplotlib.image.imread(both).shape[0] > 1.7 * matplotlib.image.imread(output).shape[0]
 
 
 def test_plot_groups_seeds_and_labels_differing_configs(tmp_path):

@@ -1,6 +1,6 @@
 """Learning curves from run directories' CSV logs.
 
-    iiwa-rl plot RUN_DIR [RUN_DIR ...] -o curves.png [--x step|wall_time]
+    iiwa-rl plot RUN_DIR [RUN_DIR ...] -o curves.png [--x step|wall_time|both]
 
 Top row, from eval.csv (deterministic evaluations): success rate, mean return and the
 task's final figure (final TCP distance for reach, max cube lift for grasp). Bottom row,
@@ -179,15 +179,17 @@ def plot_runs(
     x_axis: str = "step",
 ) -> Path:
     """Write a PNG of the runs' evaluation and training curves against `x_axis`
-    ('step' or 'wall_time'). Raises ValueError when there is nothing to plot."""
+    ('step', 'wall_time', or 'both': each row twice, against steps, then against
+    wall-clock). Raises ValueError when there is nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    if x_axis not in ("step", "wall_time"):
-        raise ValueError(f"x_axis must be 'step' or 'wall_time', got {x_axis!r}")
+    if x_axis not in ("step", "wall_time", "both"):
+        raise ValueError(f"x_axis must be 'step', 'wall_time' or 'both', got {x_axis!r}")
+    x_axes = ("step", "wall_time") if x_axis == "both" else (x_axis,)
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise ValueError("no run directories given")
@@ -199,20 +201,23 @@ def plot_runs(
     groups = group_runs(run_dirs, labels)
 
     rows = []
-    for file, panels in (("eval.csv", EVAL_PANELS), ("metrics.csv", TRAIN_PANELS)):
-        chosen = [(_pick_column(groups, file, candidates), title) for candidates, title in panels]
-        if any(
-            column and _curves(dirs, file, column, x_axis)
-            for column, _ in chosen
-            for dirs in groups.values()
-        ):
-            rows.append((file, chosen))
+    for x in x_axes:
+        for file, panels in (("eval.csv", EVAL_PANELS), ("metrics.csv", TRAIN_PANELS)):
+            chosen = [
+                (_pick_column(groups, file, candidates), title) for candidates, title in panels
+            ]
+            if any(
+                column and _curves(dirs, file, column, x)
+                for column, _ in chosen
+                for dirs in groups.values()
+            ):
+                rows.append((x, file, chosen))
     if not rows:
         raise ValueError("no rows to plot yet in eval.csv or metrics.csv")
 
     figure, axes = plt.subplots(len(rows), 3, figsize=(14, 3.6 * len(rows) + 0.6), squeeze=False)
-    x_label = "environment steps" if x_axis == "step" else "wall-clock time (s)"
-    for row_axes, (file, chosen) in zip(axes, rows):
+    for row_axes, (x, file, chosen) in zip(axes, rows):
+        x_label = "environment steps" if x == "step" else "wall-clock time (s)"
         for axis, (column, title) in zip(row_axes, chosen):
             axis.set_title(title or COLUMN_TITLES.get(column or "", column or ""), fontsize=10)
             axis.set_xlabel(x_label, fontsize=9)
@@ -221,7 +226,7 @@ def plot_runs(
             if column is None:
                 axis.set_axis_off()
                 continue
-            drew = _draw_groups(axis, groups, file, column, x_axis)
+            drew = _draw_groups(axis, groups, file, column, x)
             if not drew:
                 axis.text(0.5, 0.5, "no data", ha="center", va="center", transform=axis.transAxes)
                 continue
