@@ -270,25 +270,23 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- learning
 
 
-@pytest.mark.slow
-def test_ppo_learns_to_reach(tmp_path, monkeypatch):
-    """60k steps (about a minute) bring the TCP from ~28 cm to within ~10 cm of the goal."""
-    monkeypatch.setattr(Trainer, "_plot", lambda self: None)
+def _before_and_after_training(config_path, overrides, run_dir, episodes, seed):
+    """Deterministic results of the untrained and the trained policy on the same episodes,
+    for a short run of `config_path` with `overrides` (no evaluations or checkpoints)."""
     config = load_config(
-        REACH,
+        config_path,
         [
             "seed=0",
-            "train.total_steps=60000",
             "ppo.lr_schedule=constant",  # a linear decay over so short a run stops it early
             f"train.eval_every_steps={NEVER}",
             f"train.checkpoint_every_steps={NEVER}",
             "train.eval_episodes=1",
             "train.progress=quiet",
             "train.max_wall_seconds=null",
+            *overrides,
         ],
     )
-    trainer = Trainer(config, tmp_path / "run")
-    episodes, seed = 20, 777
+    trainer = Trainer(config, run_dir)
     before = _policy_results(
         trainer.algorithm.deterministic_actor(),
         trainer.obs_normalizer,
@@ -298,9 +296,19 @@ def test_ppo_learns_to_reach(tmp_path, monkeypatch):
         seed,
     )
     trainer.train()
-    actor, normalizer = build_policy(*load_run(tmp_path / "run", "last"))
+    actor, normalizer = build_policy(*load_run(run_dir, "last"))
     after = _policy_results(actor, normalizer, config.env.id, config.env.kwargs, episodes, seed)
     print(f"before {before}\nafter {after}")
+    return before, after
+
+
+@pytest.mark.slow
+def test_ppo_learns_to_reach(tmp_path, monkeypatch):
+    """60k steps (about a minute) bring the TCP from ~28 cm to within ~10 cm of the goal."""
+    monkeypatch.setattr(Trainer, "_plot", lambda self: None)
+    before, after = _before_and_after_training(
+        REACH, ["train.total_steps=60000"], tmp_path / "run", episodes=20, seed=777
+    )
     # Measured on this machine (seeds 0 and 1): final TCP distance 0.28 m -> 0.10 / 0.064 m,
     # mean return -20 -> +12.1 / +12.6. The margins are about twice what can flake.
     assert after["final_tcp_distance"] < 0.6 * before["final_tcp_distance"]
@@ -313,35 +321,15 @@ def test_ppo_grasp_training_improves_its_reward(tmp_path, monkeypatch):
     gripper goes to the cube (not the full grasp; that takes configs/grasp_ppo.yaml's
     budget)."""
     monkeypatch.setattr(Trainer, "_plot", lambda self: None)
-    config = load_config(
+    before, after = _before_and_after_training(
         GRASP,
-        [
-            "seed=0",
-            "env.num_envs=16",
-            "train.total_steps=40960",
-            "ppo.lr_schedule=constant",
-            f"train.eval_every_steps={NEVER}",
-            f"train.checkpoint_every_steps={NEVER}",
-            "train.eval_episodes=1",
-            "train.progress=quiet",
-            "train.max_wall_seconds=null",
-        ],
+        ["env.num_envs=16", "train.total_steps=40960"],
+        tmp_path / "run",
+        episodes=10,
+        seed=777,
     )
-    trainer = Trainer(config, tmp_path / "run")
-    episodes, seed = 10, 777
-    before = _policy_results(
-        trainer.algorithm.deterministic_actor(),
-        trainer.obs_normalizer,
-        config.env.id,
-        config.env.kwargs,
-        episodes,
-        seed,
-    )
-    trainer.train()
-    actor, normalizer = build_policy(*load_run(tmp_path / "run", "last"))
-    after = _policy_results(actor, normalizer, config.env.id, config.env.kwargs, episodes, seed)
-    print(f"before {before}\nafter {after}")
-    # MEASURED_GRASP
+    # Measured (seed 0, 2026-11-23): TCP-to-cube distance 0.27 -> 0.074 m, mean return
+    # 1.4 -> 69.9 over the same 10 episodes; the thresholds leave about half as margin.
     assert after["final_tcp_to_cube_distance"] < 0.6 * before["final_tcp_to_cube_distance"]
     assert after["mean_return"] > before["mean_return"] + 20.0
 
