@@ -70,3 +70,15 @@ def test_controller_runtime_takes_the_reach_policy_and_refuses_the_grasp_policy(
     # The grasp policy needs the cube's pose and a gripper: refused with the reason.
     with pytest.raises(ContractError, match="cube's pose and the gripper"):
         load_on_controller(POLICIES / "grasp" / "policy.onnx", robot, warmup_runs=1)
+
+
+def test_eval_command_takes_an_exported_policy_and_refuses_a_bare_config(capsys):
+    from iiwa_rl.cli import main
+
+    assert main(["eval", str(POLICIES / "reach"), "--episodes", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["episodes"] == 2 and summary["policy"] == str(POLICIES / "reach")
+    assert summary["success_rate"] == 1.0
+    config = Path(__file__).resolve().parents[1] / "configs" / "reach_ppo.yaml"
+    assert main(["eval", str(config)]) == 2
+    assert "no trained policy" in capsys.readouterr().err
