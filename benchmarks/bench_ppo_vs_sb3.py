@@ -162,20 +162,8 @@ def plot(results: list[dict], path: Path) -> None:
                 if result["seed"] == min(r["seed"] for r in results if r["name"] == name)
                 else None
             )
-            axes[0].plot(
-                result["curve_steps"],
-                result["curve_success"],
-                color=f"C{index}",
-                alpha=0.8,
-                label=label,
-            )
-            axes[1].plot(
-                result["curve_wall"],
-                result["curve_success"],
-                color=f"C{index}",
-                alpha=0.8,
-                label=label,
-            )
+            for axis, x in zip(axes, (result["curve_steps"], result["curve_wall"])):
+                axis.plot(x, result["curve_success"], color=f"C{index}", alpha=0.8, label=label)
     axes[0].set_xlabel("environment steps")
     axes[1].set_xlabel("wall-clock seconds (training)")
     for axis in axes:

@@ -64,37 +64,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from iiwa_rl.config import EvalSection
-    from iiwa_rl.train import (
-        build_policy,
-        deterministic_policy,
-        load_run,
-        run_episodes,
-        summarize_episodes,
-    )
+    from iiwa_rl.train import run_episodes, summarize_episodes
     from iiwa_rl.viz.policies import PolicyLoadError, load_policy, make_env, source_kind
 
-    render_mode = "rgb_array" if args.video else None
     source = Path(args.run_dir)
-    kind = source_kind(source)
-    if kind == "config":
+    if source_kind(source) == "config":
         raise PolicyLoadError(f"{source}: a config has no trained policy; train it first")
-    if kind == "onnx":  # an exported policy (e.g. assets/policies/grasp): raw observations in
-        loaded = load_policy(source)
-        env = make_env(loaded.env_id, loaded.env_kwargs, render_mode=render_mode)
-        act = loaded.bind(env)
-        first_seed = EvalSection().seed
+    # A run's checkpoint or an exported policy (e.g. assets/policies/grasp), loaded as the
+    # viewer and recorder load them.
+    loaded = load_policy(source, checkpoint=args.checkpoint)
+    env = make_env(
+        loaded.env_id, loaded.env_kwargs, render_mode="rgb_array" if args.video else None
+    )
+    act = loaded.bind(env)
+    if loaded.kind == "onnx":
         about = {"policy": str(source)}
     else:
-        config, state = load_run(source, args.checkpoint)
-        actor, normalizer = build_policy(config, state)
-        env = make_env(config.env.id, config.env.kwargs, render_mode=render_mode)
-        act = deterministic_policy(actor, normalizer)
-        first_seed = config.eval.seed
         about = {
             "run_dir": str(source),
             "checkpoint": args.checkpoint,
-            "trained_steps": int(state["global_step"]),
+            "trained_steps": loaded.trained_steps,
         }
+    first_seed = loaded.evaluation_seed
+    if first_seed is None:
+        first_seed = EvalSection().seed
 
     recorder = None
     if args.video:

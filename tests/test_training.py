@@ -416,3 +416,5 @@ def test_trainer_runs_on_other_gymnasium_envs(tmp_path, monkeypatch, env_id):
     actor, normalizer = build_policy(*load_run(tmp_path / "run", "last"))
     result = _policy_results(actor, normalizer, env_id, {}, 1, 5)
     assert result["mean_length"] == 200.0 and np.isfinite(result["mean_return"])
+    # ... and so does `iiwa-rl eval` on the run (not only on IIWA environments)
+    assert main(["eval", str(tmp_path / "run"), "--episodes", "1", "--json"]) == 0

@@ -65,20 +65,25 @@ class LoadedPolicy:
     kind: str  # "checkpoint", "onnx", "random", "zero" or "scripted"
     label: str  # for the on-screen text and log lines
     _bind: Callable[[Any], Actor] = field(repr=False)
+    trained_steps: int | None = None  # a checkpoint's
+    evaluation_seed: int | None = None  # a run's config eval.seed; None: the default
 
     def bind(self, env) -> Actor:
         return self._bind(env)
 
 
 def make_env(env_id: str, env_kwargs: dict[str, Any], render_mode: str | None = None):
-    """The environment a policy was made for. The kwargs go in as the env's `config`
-    mapping, not as keywords, so none of them can be taken by gym.make for itself (it
-    claims `max_episode_steps`, for one, and never passes it on)."""
+    """The environment a policy was made for. An IIWA environment gets its kwargs as its
+    `config` mapping, not as keywords, so none of them can be taken by gym.make for itself
+    (it claims `max_episode_steps`, for one, and never passes it on); any other Gymnasium
+    environment (e.g. Pendulum-v1) takes them as keywords, the only way it accepts them."""
     import gymnasium as gym
 
     import iiwa_rl.envs  # noqa: F401  (registers the environment ids)
 
-    return gym.make(env_id, render_mode=render_mode, config=dict(env_kwargs))
+    if str(gym.spec(env_id).entry_point).startswith("iiwa_rl."):
+        return gym.make(env_id, render_mode=render_mode, config=dict(env_kwargs))
+    return gym.make(env_id, render_mode=render_mode, **env_kwargs)
 
 
 # ----------------------------------------------------------------------- sources
@@ -147,7 +152,6 @@ def _no_actor(env) -> Actor:
 
 
 def _from_run(run_dir: Path, checkpoint: str) -> LoadedPolicy:
-
     from iiwa_rl.train import build_policy, deterministic_policy, load_run
 
     config, state = load_run(run_dir, checkpoint)
@@ -163,7 +167,15 @@ def _from_run(run_dir: Path, checkpoint: str) -> LoadedPolicy:
         return Actor(act)
 
     label = f"{run_dir.name} ({checkpoint}, {steps:,} steps)"
-    return LoadedPolicy(config.env.id, dict(config.env.kwargs), "checkpoint", label, bind)
+    return LoadedPolicy(
+        config.env.id,
+        dict(config.env.kwargs),
+        "checkpoint",
+        label,
+        bind,
+        trained_steps=steps,
+        evaluation_seed=config.eval.seed,
+    )
 
 
 def read_contract(model_path: Path) -> dict[str, Any]:
@@ -247,9 +259,12 @@ def _from_onnx(model_path: Path) -> LoadedPolicy:
 
 
 def _check_sizes(env, observation_size: int | None, action_size: int | None, where: str) -> None:
-    """Refuse a policy whose sizes differ from the environment it would drive."""
-    env_obs = int(np.prod(env.observation_space.shape))
-    env_act = int(np.prod(env.action_space.shape))
+    """Refuse a policy whose sizes differ from the environment it would drive (a Dict
+    observation counts its flattened size, as the trainer flattens it)."""
+    from gymnasium.spaces import flatdim
+
+    env_obs = flatdim(env.observation_space)
+    env_act = flatdim(env.action_space)
     if observation_size is not None and observation_size != env_obs:
         raise PolicyLoadError(
             f"{where}: takes {observation_size} observations, the environment gives {env_obs}"
