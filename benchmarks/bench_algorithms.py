@@ -15,7 +15,10 @@ environment step), one torch thread each. Steps/s counts environment steps after
 warm-up (the part where gradient steps run). SB3 runs one environment with
 train_freq = round(1 / utd), gradient_steps = max(1, utd) (its default is utd = 1: one
 gradient step per step); ours runs the config's vector of environments and the same
-ratio. Prints a table and the ratio ours / SB3 per environment and ratio.
+ratio. Prints a table and the ratio ours / SB3 per environment and ratio, and beside it
+the ceiling that the hardware puts on any implementation of the same work: the matrix
+products of one gradient step (counted; tests/test_ddpg.py checks the count against
+torch's FLOP counter on DDPG.update) at this core's measured FLOP rate.
 
 compare: each algorithm for each seed on IiwaReach-v0 with the same environment step
 budget (ours from configs/reach_<algo>.yaml; SB3 PPO with reach_ppo.yaml's
@@ -137,6 +140,66 @@ def ddpg_sb3(env_id: str, steps: int, hidden: list[int] | None, utd: float) -> d
     }
 
 
+def gradient_step_flops(
+    observation_size: int, action_size: int, hidden: list[int], batch_size: int
+) -> float:
+    """Floating-point operations of the matrix products in one DDPG gradient step, as
+    both implementations compute it (2 * rows * inputs * outputs per product):
+
+    - TD target: target actor and target critic forwards;
+    - critic step: critic forward, its weight gradients, its input gradients past the
+      first layer;
+    - actor step: actor and critic forwards, the critic's input gradients through every
+      layer (down to the action), the actor's weight gradients and its input gradients
+      past the first layer.
+    Biases, activations and the optimisers are left out: this is a lower bound."""
+
+    def layer_flops(sizes: list[int]) -> list[float]:
+        return [2.0 * batch_size * a * b for a, b in zip(sizes[:-1], sizes[1:])]
+
+    actor = layer_flops([observation_size, *hidden, action_size])
+    critic = layer_flops([observation_size + action_size, *hidden, 1])
+    forward_a, forward_c = sum(actor), sum(critic)
+    td_target = forward_a + forward_c
+    critic_step = forward_c + forward_c + (forward_c - critic[0])
+    actor_step = forward_a + forward_c + forward_c + forward_a + (forward_a - actor[0])
+    return td_target + critic_step + actor_step
+
+
+def matmul_flop_rate(hidden: list[int], batch_size: int, seconds: float = 1.0) -> float:
+    """FLOP/s of this core on the network's largest product (one thread, best of runs)."""
+    rows, inner, outer = batch_size, max(hidden), min(hidden) if len(hidden) > 1 else hidden[0]
+    a, b = torch.randn(rows, inner), torch.randn(inner, outer)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        for _ in range(20):
+            torch.mm(a, b)
+        best = min(best, (time.perf_counter() - started) / 20)
+    return 2.0 * rows * inner * outer / best
+
+
+def compute_ceiling(env_id: str, hidden: list[int], batch_size: int, utd: float) -> dict:
+    """The environment steps/s that the matrix products alone would allow at this
+    update-to-data ratio on one core: no implementation of the same work can beat it."""
+    import gymnasium as gym
+
+    import iiwa_rl.envs  # noqa: F401
+
+    env = gym.make(env_id)
+    observation_size = int(np.prod(env.observation_space.shape))
+    action_size = int(np.prod(env.action_space.shape))
+    env.close()
+    flops = gradient_step_flops(observation_size, action_size, hidden, batch_size)
+    rate = matmul_flop_rate(hidden, batch_size)
+    return {
+        "gflop_per_gradient_step": flops / 1e9,
+        "gflop_per_s": rate / 1e9,
+        "steps_per_second": rate / (flops * utd),
+    }
+
+
 def throughput(args) -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -146,23 +209,40 @@ def throughput(args) -> None:
         for utd in args.utd:
             ours = ddpg_ours(env_id, args.steps, args.hidden, utd, out)
             sb3 = ddpg_sb3(env_id, args.steps, args.hidden, utd)
+            ceiling = compute_ceiling(env_id, ours["hidden"], ours["batch_size"], utd)
             ratio = ours["steps_per_second"] / sb3["steps_per_second"]
-            rows.append({"env": env_id, "utd": utd, "ours": ours, "sb3": sb3, "ratio": ratio})
+            best_ratio = ceiling["steps_per_second"] / sb3["steps_per_second"]
+            rows.append(
+                {
+                    "env": env_id,
+                    "utd": utd,
+                    "ours": ours,
+                    "sb3": sb3,
+                    "ratio": ratio,
+                    "ceiling": ceiling,
+                    "ceiling_ratio": best_ratio,
+                }
+            )
             print(
                 f"{env_id:14s} utd {utd:<5g} hidden {ours['hidden']} batch {ours['batch_size']}: "
                 f"ours {ours['steps_per_second']:7.1f} steps/s ({ours['num_envs']} envs)  "
-                f"SB3 {sb3['steps_per_second']:7.1f} steps/s  ratio {ratio:.2f}x",
+                f"SB3 {sb3['steps_per_second']:7.1f} steps/s  ratio {ratio:.2f}x  "
+                f"(matrix products alone: {ceiling['gflop_per_gradient_step']:.3f} GFLOP per "
+                f"gradient step at {ceiling['gflop_per_s']:.1f} GFLOP/s allow "
+                f"{ceiling['steps_per_second']:.0f} steps/s = {best_ratio:.2f}x SB3)",
                 flush=True,
             )
     lines = [
-        "| env | gradient steps per env step | hidden | batch | ours steps/s | SB3 steps/s | ours / SB3 |",
-        "|---|---|---|---|---|---|---|",
+        "| env | gradient steps per env step | hidden | batch | ours steps/s | SB3 steps/s "
+        "| ours / SB3 | FLOP ceiling steps/s (/ SB3) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['env']} | {row['utd']:g} | {row['ours']['hidden']} | {row['ours']['batch_size']} "
             f"| {row['ours']['steps_per_second']:.1f} ({row['ours']['num_envs']} envs) "
-            f"| {row['sb3']['steps_per_second']:.1f} | {row['ratio']:.2f}x |"
+            f"| {row['sb3']['steps_per_second']:.1f} | {row['ratio']:.2f}x "
+            f"| {row['ceiling']['steps_per_second']:.0f} ({row['ceiling_ratio']:.2f}x) |"
         )
     table = "\n".join(lines)
     print(table)

@@ -108,7 +108,9 @@ class SimRobot:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from iiwa_deploy import ContractError, UdpRobot, load_robot_config, prepare_policy, run_prepared
+    from iiwa_deploy.cli import EXIT_FAULT, EXIT_REFUSED
     from iiwa_deploy.config import ConfigError as RobotConfigError
+    from iiwa_deploy.loop import DEFAULT_FIRST_STATE_TIMEOUT_S
     from iiwa_deploy.robot import parse_host_port
 
     robot_config = (
@@ -122,7 +124,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         )
     except (ContractError, RobotConfigError) as error:
         print(f"iiwa-rl deploy: refused: {error}")
-        return 2
+        return EXIT_REFUSED
     home = prepared.policy.contract.home_joint_positions
     if args.robot == "sim":
         robot = SimRobot(robot_config.robot_period_s, home, gui=args.gui)
@@ -137,11 +139,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             max_cycles=args.max_cycles,
             stop_on_success=args.stop_on_success,
             csv_path=args.csv,
+            first_state_timeout_s=args.first_state_timeout or DEFAULT_FIRST_STATE_TIMEOUT_S,
         )
     finally:
         robot.close()
     print(summary.format())
-    return 0 if not summary.fault_latched else 3
+    # The exit codes of `python -m iiwa_deploy run`: a supervisor reads both the same way.
+    return EXIT_FAULT if summary.faults else 0
 
 
 def cmd_fake_robot(args: argparse.Namespace) -> int:
@@ -161,6 +165,14 @@ def cmd_fake_robot(args: argparse.Namespace) -> int:
         robot.run(duration_s=args.duration)
     plant.close()
     return 0
+
+
+def _positive_seconds(text: str) -> float:
+    # The runtime's own check, imported only when the option is given: importing
+    # iiwa_deploy loads onnxruntime, which every other iiwa-rl command can do without.
+    from iiwa_deploy.cli import positive_seconds
+
+    return positive_seconds(text)
 
 
 def register_cli(commands) -> None:
@@ -187,6 +199,12 @@ def register_cli(commands) -> None:
     deploy.add_argument("--robot-config", help="robot YAML (default: the shipped iiwa 14 R820)")
     deploy.add_argument("--stop-on-success", action="store_true")
     deploy.add_argument("--csv", help="per-cycle timing log")
+    deploy.add_argument(
+        "--first-state-timeout",
+        type=_positive_seconds,
+        help="udp: give up if no robot state arrives within this many s (default: that of "
+        "`python -m iiwa_deploy run`)",
+    )
     deploy.add_argument("--gui", action="store_true", help="sim: show the PyBullet GUI")
     deploy.set_defaults(handler=cmd_deploy)
 

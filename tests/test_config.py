@@ -318,3 +318,20 @@ def test_console_script_exit_code(tmp_path):
     assert f"{path}: normalize: clip must be > 0" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_builds_its_trainer(path: Path, tmp_path: Path) -> None:
+    """Each file in configs/ validates, and its environment and algorithm come up and act
+    (on two environments in-process, to stay quick)."""
+    from iiwa_rl.train import Trainer
+
+    config = load_config(path, ["env.num_envs=2", "env.vector_mode=sync", "device=cpu"])
+    trainer = Trainer(config, tmp_path / "run")
+    try:
+        observations, _ = trainer.envs.reset(seed=0)
+        actions = trainer.algorithm.act(trainer.flatten(observations))[0]
+        assert actions.shape == (2, trainer.action_size)
+        trainer.envs.step(trainer.scale_action(actions))
+    finally:
+        trainer.envs.close()

@@ -237,3 +237,41 @@ def test_checkpoint_holds_only_the_stored_transitions(tmp_path):
     assert torch.equal(restored.replay.observations[:10], algorithm.replay.observations[:10])
     for a, b in zip(restored.actor.parameters(), algorithm.actor.parameters()):
         assert torch.equal(a, b)
+
+
+def test_gradient_step_flops_of_the_throughput_ceiling_match_the_update():
+    """benchmarks/bench_algorithms.py bounds DDPG's speed by the matrix products of a
+    gradient step; its count must be what DDPG.update really computes."""
+    import sys
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_algorithms import gradient_step_flops
+
+    hidden, batch = [24, 16], 32
+    config = config_from_dict(
+        {
+            "algorithm": "ddpg",
+            "env": {"id": "Pendulum-v1", "num_envs": 1},
+            "policy": {"hidden_sizes": hidden},
+            "critic": {"hidden_sizes": hidden},
+            "ddpg": {"buffer_size": 100, "batch_size": batch, "warmup_steps": 0},
+        }
+    )
+    algorithm = DDPG(config, 3, 1, 1, torch.device("cpu"), seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(batch):
+        observation = rng.standard_normal((1, 3)).astype(np.float32)
+        algorithm.replay.add(
+            observation,
+            np.zeros((1, 1), np.float32),
+            np.zeros(1, np.float32),
+            observation,
+            np.zeros(1, bool),
+        )
+    algorithm.owed_updates = 1.0
+    with FlopCounterMode(display=False) as counter:
+        algorithm.update(0.0)
+    assert algorithm.gradient_steps == 1
+    assert counter.get_total_flops() == gradient_step_flops(3, 1, hidden, batch)

@@ -82,3 +82,26 @@ def test_eval_command_takes_an_exported_policy_and_refuses_a_bare_config(capsys)
     config = Path(__file__).resolve().parents[1] / "configs" / "reach_ppo.yaml"
     assert main(["eval", str(config)]) == 2
     assert "no trained policy" in capsys.readouterr().err
+
+
+def test_deploy_command_runs_reach_and_exits_like_the_controller_runtime(capsys):
+    """`iiwa-rl deploy` answers with `python -m iiwa_deploy run`'s exit codes: 0 for a clean
+    run, 2 for a refused policy, 3 for a fault (here: no robot ever sends a state)."""
+    from iiwa_deploy.cli import EXIT_FAULT, EXIT_REFUSED
+
+    from iiwa_rl.cli import main
+
+    reach, grasp = POLICIES / "reach" / "policy.onnx", POLICIES / "grasp" / "policy.onnx"
+    assert main(["deploy", str(reach), "--robot", "sim", "--duration", "0.5"]) == 0
+    assert "faults: none" in capsys.readouterr().out
+    assert main(["deploy", str(grasp), "--robot", "sim"]) == EXIT_REFUSED
+    assert "refused" in capsys.readouterr().out
+    silent = ["--robot", "udp", "--bind", "127.0.0.1:0", "--first-state-timeout", "0.3"]
+    assert main(["deploy", str(reach), *silent]) == EXIT_FAULT
+    assert "no robot state within 0.3 s" in capsys.readouterr().out
+    # A timeout that could never be met is a usage error, caught before anything starts.
+    for bad in ("0", "-1", "nan", "soon"):
+        with pytest.raises(SystemExit) as exited:
+            main(["deploy", str(reach), "--robot", "udp", "--first-state-timeout", bad])
+        assert exited.value.code == 2
+        assert f"--first-state-timeout: '{bad}'" in capsys.readouterr().err

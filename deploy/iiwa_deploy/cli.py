@@ -177,11 +177,23 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", default=None, help="write a per-cycle CSV log here")
     parser.add_argument(
         "--first-state-timeout",
-        type=float,
+        type=positive_seconds,
         default=DEFAULT_FIRST_STATE_TIMEOUT_S,
         help="give up if no robot state arrives within this many s",
     )
     parser.add_argument("--allow-goal-outside-training", action="store_true")
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for a duration: a finite number of seconds > 0 (a zero or negative
+    timeout would fault before the robot had any chance to answer)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number of seconds > 0")
+    return value
 
 
 def _command_run(args: argparse.Namespace) -> int:
