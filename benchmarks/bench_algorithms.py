@@ -4,7 +4,7 @@ Two parts, each a subcommand, both sequential (never two trainings at once, so n
 side's timings include the other's load):
 
     python benchmarks/bench_algorithms.py throughput [--steps 3000] [--envs Pendulum-v1 IiwaReach-v0]
-        [--hidden 400 300] [--utd 1.0 0.25]
+        [--hidden 400 300] [--batch-size 256] [--utd 1.0 0.25]
     python benchmarks/bench_algorithms.py compare [--steps 150000] [--seeds 0 1 2]
         [--algorithms ppo trpo ddpg sb3_ppo] [--eval-points 10] [--out runs/bench_algorithms]
 
@@ -54,13 +54,16 @@ DDPG_CONFIGS = {
 
 
 # ------------------------------------------------------------------ throughput
-def ddpg_ours(env_id: str, steps: int, hidden: list[int] | None, utd: float, out: Path) -> dict:
+def ddpg_ours(
+    env_id: str, steps: int, hidden: list[int] | None, batch_size: int | None, utd: float, out: Path
+) -> dict:
     from iiwa_rl.config import load_config
     from iiwa_rl.train import Trainer
     from iiwa_rl.viz.plots import read_csv
 
     base = load_config(ROOT / DDPG_CONFIGS[env_id])
-    warmup = max(base.ddpg.warmup_steps, base.ddpg.batch_size)
+    batch_size = batch_size or base.ddpg.batch_size
+    warmup = max(base.ddpg.warmup_steps, batch_size)
     overrides = [
         f"train.total_steps={warmup + steps}",
         "train.max_wall_seconds=null",
@@ -71,6 +74,7 @@ def ddpg_ours(env_id: str, steps: int, hidden: list[int] | None, utd: float, out
         "device=cpu",
         f"ddpg.updates_per_step={utd}",
         "ddpg.update_every=1",
+        f"ddpg.batch_size={batch_size}",
     ]
     if hidden:
         overrides += [f"policy.hidden_sizes={hidden}", f"critic.hidden_sizes={hidden}"]
@@ -92,7 +96,9 @@ def ddpg_ours(env_id: str, steps: int, hidden: list[int] | None, utd: float, out
     }
 
 
-def ddpg_sb3(env_id: str, steps: int, hidden: list[int] | None, utd: float) -> dict:
+def ddpg_sb3(
+    env_id: str, steps: int, hidden: list[int] | None, batch_size: int | None, utd: float
+) -> dict:
     import gymnasium as gym
     from stable_baselines3 import DDPG as SB3DDPG
     from stable_baselines3.common.noise import NormalActionNoise
@@ -103,19 +109,20 @@ def ddpg_sb3(env_id: str, steps: int, hidden: list[int] | None, utd: float) -> d
     config = load_config(ROOT / DDPG_CONFIGS[env_id])
     ddpg = config.ddpg
     hidden = hidden or list(config.critic.hidden_sizes)
+    batch_size = batch_size or ddpg.batch_size
     env = gym.make(config.env.id, **config.env.kwargs)
     size = env.action_space.shape[0]
     half_range = (env.action_space.high - env.action_space.low) / 2
     train_freq = max(1, round(1.0 / utd))
     gradient_steps = max(1, round(utd))
-    warmup = max(ddpg.warmup_steps, ddpg.batch_size)
+    warmup = max(ddpg.warmup_steps, batch_size)
     model = SB3DDPG(
         "MlpPolicy",
         env,
         learning_rate=ddpg.critic_learning_rate,
         buffer_size=ddpg.buffer_size,
         learning_starts=warmup,
-        batch_size=ddpg.batch_size,
+        batch_size=batch_size,
         tau=ddpg.tau,
         gamma=ddpg.gamma,
         train_freq=train_freq,
@@ -207,8 +214,8 @@ def throughput(args) -> None:
     rows = []
     for env_id in args.envs:
         for utd in args.utd:
-            ours = ddpg_ours(env_id, args.steps, args.hidden, utd, out)
-            sb3 = ddpg_sb3(env_id, args.steps, args.hidden, utd)
+            ours = ddpg_ours(env_id, args.steps, args.hidden, args.batch_size, utd, out)
+            sb3 = ddpg_sb3(env_id, args.steps, args.hidden, args.batch_size, utd)
             ceiling = compute_ceiling(env_id, ours["hidden"], ours["batch_size"], utd)
             ratio = ours["steps_per_second"] / sb3["steps_per_second"]
             best_ratio = ceiling["steps_per_second"] / sb3["steps_per_second"]
@@ -505,6 +512,9 @@ def main() -> None:
         nargs="+",
         default=None,
         help="both networks' sizes (default: the config's)",
+    )
+    speed.add_argument(
+        "--batch-size", type=int, default=None, help="both sides' batch (default: the config's)"
     )
     speed.add_argument(
         "--utd", type=float, nargs="+", default=[1.0], help="gradient steps per environment step"
