@@ -81,7 +81,8 @@ def ddpg_ours(
     config = load_config(ROOT / DDPG_CONFIGS[env_id], overrides)
     run_dir = out / f"throughput-ours-{env_id}-utd{utd}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    Trainer(config, run_dir).train()
+    trainer = Trainer(config, run_dir)
+    trainer.train()
     metrics = read_csv(run_dir / "metrics.csv")  # one row per update round, after warm-up
     steps_done = float(metrics["step"][-1] - metrics["step"][0])
     seconds = float(metrics["wall_time"][-1] - metrics["wall_time"][0])
@@ -92,6 +93,8 @@ def ddpg_ours(
         "num_envs": config.env.num_envs,
         "hidden": list(config.critic.hidden_sizes),
         "batch_size": config.ddpg.batch_size,
+        "observation_size": trainer.observation_size,
+        "action_size": trainer.action_size,
         "warmup": warmup,
     }
 
@@ -175,7 +178,7 @@ def gradient_step_flops(
 
 def matmul_flop_rate(hidden: list[int], batch_size: int, seconds: float = 1.0) -> float:
     """FLOP/s of this core on the network's largest product (one thread, best of runs)."""
-    rows, inner, outer = batch_size, max(hidden), min(hidden) if len(hidden) > 1 else hidden[0]
+    rows, inner, outer = batch_size, max(hidden), min(hidden)
     a, b = torch.randn(rows, inner), torch.randn(inner, outer)
     best = float("inf")
     deadline = time.perf_counter() + seconds
@@ -187,18 +190,12 @@ def matmul_flop_rate(hidden: list[int], batch_size: int, seconds: float = 1.0) -
     return 2.0 * rows * inner * outer / best
 
 
-def compute_ceiling(env_id: str, hidden: list[int], batch_size: int, utd: float) -> dict:
+def compute_ceiling(ours: dict, utd: float) -> dict:
     """The environment steps/s that the matrix products alone would allow at this
-    update-to-data ratio on one core: no implementation of the same work can beat it."""
-    import gymnasium as gym
-
-    import iiwa_rl.envs  # noqa: F401
-
-    env = gym.make(env_id)
-    observation_size = int(np.prod(env.observation_space.shape))
-    action_size = int(np.prod(env.action_space.shape))
-    env.close()
-    flops = gradient_step_flops(observation_size, action_size, hidden, batch_size)
+    update-to-data ratio on one core, for the networks `ddpg_ours` trained: no
+    implementation of the same work can beat it."""
+    hidden, batch_size = ours["hidden"], ours["batch_size"]
+    flops = gradient_step_flops(ours["observation_size"], ours["action_size"], hidden, batch_size)
     rate = matmul_flop_rate(hidden, batch_size)
     return {
         "gflop_per_gradient_step": flops / 1e9,
@@ -216,7 +213,7 @@ def throughput(args) -> None:
         for utd in args.utd:
             ours = ddpg_ours(env_id, args.steps, args.hidden, args.batch_size, utd, out)
             sb3 = ddpg_sb3(env_id, args.steps, args.hidden, args.batch_size, utd)
-            ceiling = compute_ceiling(env_id, ours["hidden"], ours["batch_size"], utd)
+            ceiling = compute_ceiling(ours, utd)
             ratio = ours["steps_per_second"] / sb3["steps_per_second"]
             best_ratio = ceiling["steps_per_second"] / sb3["steps_per_second"]
             rows.append(
