@@ -101,8 +101,12 @@ def test_viewer_runs_steps_and_screenshot_shows_robot(display, tmp_path):
     colours = np.unique(image.reshape(-1, 3), axis=0)
     assert len(colours) > 500, f"only {len(colours)} colours: a blank or flat frame"
     red, green, blue = (image[..., i].astype(int) for i in range(3))
-    orange = (red > 170) & (green > 50) & (green < 150) & (blue < 80)
-    assert orange.sum() > 2000, f"{orange.sum()} orange pixels: the robot is not in the picture"
+    # The arm's orange in any shade (lit or in shadow): red well above green, little blue.
+    # The lavender background, grey links, green goal and blue trail all fail it. Its lit
+    # highlights alone (red > 170) swing from about 1,100 to 2,600 pixels with the pose
+    # the random policy ends in; the whole orange is about 10,000 in every pose.
+    orange = (red > 120) & (red - green > 60) & (blue < 80)
+    assert orange.sum() > 5000, f"{orange.sum()} orange pixels: the robot is not in the picture"
 
 
 @pytest.mark.display
