@@ -11,7 +11,12 @@ For each environment, random actions in [-1, 1]:
   as env steps across all envs.
 Simulated seconds per wall second put the figures on one scale: a control step of ours
 is 1/control_hz of simulated time (read from the env's config), one of panda-gym's is
-40 ms. An extra line gives the grasp env at a coarser physics rate (--grasp-physics-hz).
+40 ms. An extra line gives the grasp env at another physics rate (--grasp-physics-hz;
+by default its former 200 Hz).
+
+The single-process figures are the median of --repeats rounds, each round measuring every
+env once in turn: on a shared 2-core machine the speed drifts by 10-20 % over a minute,
+and interleaving puts ours and panda-gym's under the same drift.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import datetime  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
+from dataclasses import asdict, dataclass, replace  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
@@ -148,6 +153,17 @@ def measure_async(
     return Row(name, env_id, label, num_envs, iterations * num_envs / elapsed, period)
 
 
+def _median_row(rows: list[Row]) -> Row:
+    """The rounds of one env folded into one row: median speed and median stepSimulation share."""
+    speeds = [row.steps_per_s for row in rows]
+    shares = [row.step_simulation_share for row in rows]
+    return replace(
+        rows[0],
+        steps_per_s=float(np.median(speeds)),
+        step_simulation_share=float(np.median(shares)),
+    )
+
+
 def _format_table(rows: list[Row]) -> str:
     lines = [
         "| environment | processes | env steps/s | sim s / wall s | in stepSimulation |",
@@ -178,14 +194,19 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of the single-process measurements"
+    )
+    parser.add_argument(
         "--grasp-physics-hz",
         type=float,
-        default=100.0,
+        default=200.0,
         help="physics rate of the extra grasp line; must be a multiple of its control_hz",
     )
     args = parser.parse_args(argv)
     if args.steps < 100:
         parser.error("--steps must be at least 100")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     import panda_gym  # noqa: F401  (registers the Panda ids; imported late: it is optional)
 
@@ -199,9 +220,13 @@ def main(argv: list[str] | None = None) -> dict:
         ("PandaPickAndPlace-v3", "PandaPickAndPlace-v3", {}),
         (extra_grasp, "IiwaGrasp-v0", {"physics_hz": args.grasp_physics_hz}),
     ]
-    for name, env_id, kwargs in singles:
-        rows.append(measure_single(name, env_id, args.steps, **kwargs))
-        print(f"  measured {name}: {rows[-1].steps_per_s:,.0f} steps/s", flush=True)
+    rounds: dict[str, list[Row]] = {name: [] for name, _, _ in singles}
+    for round_index in range(args.repeats):
+        for name, env_id, kwargs in singles:
+            row = measure_single(name, env_id, args.steps, **kwargs)
+            rounds[name].append(row)
+            print(f"  round {round_index + 1}: {name}: {row.steps_per_s:,.0f} steps/s", flush=True)
+    rows.extend(_median_row(measured) for measured in rounds.values())
     for env_id in ("IiwaReach-v0", "IiwaGrasp-v0"):
         for workers in args.workers:
             rows.append(measure_async(env_id, env_id, workers, args.steps))
@@ -250,6 +275,10 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "steps": args.steps,
+        "repeats": args.repeats,
+        "single_rounds_steps_per_s": {
+            name: [row.steps_per_s for row in measured] for name, measured in rounds.items()
+        },
         "cpu_count": os.cpu_count(),
         "load_average_before_after": [load_before[0], load_after[0]],
         "rows": [{**asdict(row), "sim_s_per_wall_s": row.sim_s_per_wall_s} for row in rows],

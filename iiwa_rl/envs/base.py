@@ -17,6 +17,7 @@ Episode semantics:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -32,16 +33,20 @@ from iiwa_rl.sim import BulletSim, Iiwa14
 
 @dataclass
 class RobotSnapshot:
+    """The robot's measured state after a control step (base frame)."""
+
     joint_positions: np.ndarray
     joint_velocities: np.ndarray
     tcp_position: np.ndarray
-    tcp_orientation: np.ndarray
+    tcp_orientation: np.ndarray  # quaternion (x, y, z, w)
+    tcp_yaw: float  # heading of the TCP x axis in the base plane, rad
+    gripper_width: float = 0.0  # m; 0 without a gripper
 
-    @property
-    def tcp_yaw(self) -> float:
-        x, y, z, w = self.tcp_orientation
-        # Heading of the TCP x axis in the base plane.
-        return float(np.arctan2(2 * (x * y + w * z), 1 - 2 * (y * y + z * z)))
+
+def quaternion_yaw(orientation) -> float:
+    """Heading (rad) of a frame's x axis in the base plane, from its (x, y, z, w) quaternion."""
+    x, y, z, w = map(float, orientation)
+    return math.atan2(2.0 * (x * y + w * z), 1.0 - 2.0 * (y * y + z * z))
 
 
 class IiwaEnv(gym.Env, ABC):
@@ -169,7 +174,7 @@ class IiwaEnv(gym.Env, ABC):
         action = np.asarray(action, dtype=np.float32)
         if action.shape != self.action_space.shape:
             raise ValueError(f"action has shape {action.shape}, expected {self.action_space.shape}")
-        if not np.all(np.isfinite(action)):
+        if not np.isfinite(action).all():
             raise ValueError(f"action contains NaN or inf: {action.tolist()}")
         action = np.minimum(np.maximum(action, -1.0), 1.0)
         self._apply_action(action)
@@ -211,12 +216,14 @@ class IiwaEnv(gym.Env, ABC):
 
     # --------------------------------------------------------------- internals
     def _snapshot(self) -> RobotSnapshot:
-        q, qd = self.robot.joint_state()
+        q, qd, gripper_width = self.robot.joint_and_gripper_state()
         tcp_position, tcp_orientation = self.robot.tcp_pose()
-        return RobotSnapshot(q, qd, tcp_position, tcp_orientation)
+        return RobotSnapshot(
+            q, qd, tcp_position, tcp_orientation, quaternion_yaw(tcp_orientation), gripper_width
+        )
 
     def _observation(self, snapshot: RobotSnapshot) -> np.ndarray:
-        return np.concatenate(self._observation_parts(snapshot)).astype(np.float32)
+        return np.concatenate(self._observation_parts(snapshot), dtype=np.float32)
 
     def _blew_up(self, snapshot: RobotSnapshot) -> bool:
         # `<=` is False for NaN, so one comparison also catches non-finite speeds. The
@@ -225,9 +232,9 @@ class IiwaEnv(gym.Env, ABC):
         speeds_ok = (np.abs(snapshot.joint_velocities) <= self._blowup_speeds).all() and (
             self.robot.peak_speed_fraction <= self.config.blowup_speed_factor
         )
-        return not (speeds_ok and np.isfinite(snapshot.joint_positions).all()) or (
-            self._task_blew_up()
-        )
+        # A non-finite position makes the sum non-finite: one check for all seven.
+        positions_ok = math.isfinite(snapshot.joint_positions.sum())
+        return not (speeds_ok and positions_ok) or self._task_blew_up()
 
     def _task_blew_up(self) -> bool:
         return False

@@ -97,7 +97,7 @@ def cube_lift(x: RewardInputs, height: float | None = None) -> float:
     `height` above the success height keeps the policy from hovering at the threshold."""
     if not all(x.finger_contacts):
         return 0.0
-    return float(np.clip(x.cube_lift / (height or x.lift_target), 0.0, 1.0))
+    return min(max(x.cube_lift / (height or x.lift_target), 0.0), 1.0)
 
 
 def cube_held_high(x: RewardInputs, height: float | None = None) -> float:
@@ -134,6 +134,7 @@ class RewardFunction:
 
     def __init__(self, terms: dict[str, dict], sparse: bool, available: set[str], where: str):
         self.sparse = sparse
+        # (info key "reward/<name>", weight, term function, its parameters)
         self.terms: list[tuple[str, float, Callable[..., float], dict]] = []
         for name, spec in terms.items():
             term_where = f"{where}.{name}"
@@ -156,14 +157,11 @@ class RewardFunction:
                     )
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ConfigError(f"{term_where}.{key}: expected a number, got {value!r}")
-            self.terms.append((name, float(spec["weight"]), fn, params))
+            self.terms.append((f"reward/{name}", float(spec["weight"]), fn, params))
 
     def __call__(self, inputs: RewardInputs) -> tuple[float, dict[str, float]]:
         """Total reward and each weighted term (logged even when the reward is sparse)."""
-        parts = {
-            f"reward/{name}": weight * fn(inputs, **params)
-            for name, weight, fn, params in self.terms
-        }
+        parts = {key: weight * fn(inputs, **params) for key, weight, fn, params in self.terms}
         if self.sparse:
             return (0.0 if inputs.is_success else -1.0), parts
         return float(sum(parts.values())), parts

@@ -2,12 +2,15 @@
 
 Joints and links are looked up by name, never by index. Joint-position commands pass
 each axis's datasheet torque and speed to PyBullet's motor (`force`, `maxVelocity`):
-PyBullet enforces a limit only when the command carries it, and without them an axis
-was seen spinning at 60 rad/s.
+PyBullet enforces a limit only when the motor carries it, and without them an axis was
+seen spinning at 60 rad/s. The speed is set on each motor once (it persists in the
+motor); the torque travels with every command.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 
@@ -35,13 +38,28 @@ class JointLimits:
     velocity: np.ndarray
     effort: np.ndarray
 
+    # Both run several times per control step: the constant parts are computed once
+    # (cached_property writes to the instance dict, which a frozen dataclass allows).
+    @functools.cached_property
+    def _middle_and_inverse_half_range(self) -> tuple[np.ndarray, np.ndarray]:
+        return (self.upper + self.lower) / 2.0, 2.0 / (self.upper - self.lower)
+
+    @functools.cached_property
+    def _clip_bounds(self) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+        return {}
+
     def normalize(self, joint_positions: np.ndarray) -> np.ndarray:
         """Map [lower, upper] to [-1, 1]."""
-        return 2.0 * (joint_positions - self.lower) / (self.upper - self.lower) - 1.0
+        middle, inverse_half_range = self._middle_and_inverse_half_range
+        return (joint_positions - middle) * inverse_half_range
 
     def clip(self, joint_positions: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Clip into [lower + margin, upper - margin]."""
+        bounds = self._clip_bounds.get(margin)
+        if bounds is None:
+            bounds = self._clip_bounds[margin] = (self.lower + margin, self.upper - margin)
         # minimum/maximum: np.clip's dispatch costs more than the work on 7 numbers.
-        return np.minimum(np.maximum(joint_positions, self.lower + margin), self.upper - margin)
+        return np.minimum(np.maximum(joint_positions, bounds[0]), bounds[1])
 
 
 def _fixed_offset(urdf: str, joint_names: tuple[str, ...]) -> np.ndarray:
@@ -57,31 +75,28 @@ def _fixed_offset(urdf: str, joint_names: tuple[str, ...]) -> np.ndarray:
     return offset
 
 
-def quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def quaternion_multiply(a, b) -> tuple[float, float, float, float]:
     """Hamilton product of (x, y, z, w) quaternions."""
     ax, ay, az, aw = a
     bx, by, bz, bw = b
-    return np.array(
-        [
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-            aw * bw - ax * bx - ay * by - az * bz,
-        ]
+    return (
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+        aw * bw - ax * bx - ay * by - az * bz,
     )
 
 
-def rotation_error(current: np.ndarray, target: np.ndarray) -> np.ndarray:
+def rotation_error(current, target) -> np.ndarray:
     """Rotation vector (axis times angle, rad, world frame) turning `current` into `target`."""
-    conjugate = np.array([-current[0], -current[1], -current[2], current[3]])
-    difference = quaternion_multiply(target, conjugate)
-    if difference[3] < 0.0:  # the shorter way round
-        difference = -difference
-    sine = float(np.linalg.norm(difference[:3]))
-    if sine < 1e-9:
-        return 2.0 * difference[:3]
-    angle = 2.0 * np.arctan2(sine, difference[3])
-    return difference[:3] * (angle / sine)
+    # Plain floats: this runs every control step, on four numbers.
+    cx, cy, cz, cw = map(float, current)
+    x, y, z, w = quaternion_multiply(tuple(map(float, target)), (-cx, -cy, -cz, cw))
+    if w < 0.0:  # the shorter way round
+        x, y, z, w = -x, -y, -z, -w
+    sine = math.sqrt(x * x + y * y + z * z)
+    scale = 2.0 if sine < 1e-9 else 2.0 * math.atan2(sine, w) / sine
+    return np.array([x * scale, y * scale, z * scale])
 
 
 class Iiwa14:
@@ -141,6 +156,26 @@ class Iiwa14:
             self.client.setJointMotorControl2(
                 self.body_id, index, pybullet.VELOCITY_CONTROL, targetVelocity=0.0, force=0.0
             )
+        # Each position motor gets its datasheet speed here, once: the speed persists in
+        # the motor, and the per-step commands go through setJointMotorControlArray (a
+        # fifth of the cost of a call per joint), which cannot carry it.
+        motors = list(zip(self.arm_joint_indices, self._arm_efforts, self._arm_speeds))
+        if with_gripper:
+            motors += [(i, self.finger_force, self.finger_speed) for i in self.finger_joint_indices]
+            self._finger_forces = [self.finger_force] * 2
+        for index, force, speed in motors:
+            self.client.setJointMotorControl2(
+                self.body_id,
+                index,
+                pybullet.POSITION_CONTROL,
+                targetPosition=self.client.getJointState(self.body_id, index)[0],
+                force=force,
+                maxVelocity=speed,
+            )
+        # One state read covers the arm and the fingers.
+        self._state_joint_indices = self.arm_joint_indices + (
+            self.finger_joint_indices if with_gripper else []
+        )
         self._last_arm_target = HOME_JOINT_POSITIONS.copy()
         # The motor's maxVelocity caps only the speed the motor drives towards; a joint
         # whose motor is at its torque limit is still swung past its speed by the others
@@ -174,10 +209,17 @@ class Iiwa14:
 
     def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
         """Measured arm joint positions (rad) and velocities (rad/s)."""
-        states = self.client.getJointStates(self.body_id, self.arm_joint_indices)
-        positions = np.fromiter((s[0] for s in states), dtype=float, count=7)
-        velocities = np.fromiter((s[1] for s in states), dtype=float, count=7)
+        positions, velocities, _ = self.joint_and_gripper_state()
         return positions, velocities
+
+    def joint_and_gripper_state(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Arm joint positions (rad) and velocities (rad/s), and the gripper width (m; 0
+        without a gripper), from one read of the simulator."""
+        states = self.client.getJointStates(self.body_id, self._state_joint_indices)
+        positions = np.array([s[0] for s in states[:7]])
+        velocities = np.array([s[1] for s in states[:7]])
+        width = states[7][0] + states[8][0] if self.with_gripper else 0.0
+        return positions, velocities, width
 
     def applied_torques(self) -> np.ndarray:
         """Motor torques applied in the last physics step (N m)."""
@@ -203,10 +245,10 @@ class Iiwa14:
 
     def finger_contacts(self, body_id: int) -> tuple[bool, bool]:
         """Whether the left and right finger touch `body_id`."""
-        return tuple(
-            len(self.client.getContactPoints(self.body_id, body_id, linkIndexA=link)) > 0
-            for link in self.finger_link_indices
-        )
+        # One query for all of the robot's contacts with the body; field 3 is our link.
+        touching = {point[3] for point in self.client.getContactPoints(self.body_id, body_id)}
+        left, right = self.finger_link_indices
+        return left in touching, right in touching
 
     # --------------------------------------------------------------- commands
     def reset_joint_positions(self, joint_positions, gripper_width: float | None = None) -> None:
@@ -225,18 +267,13 @@ class Iiwa14:
     def command_joint_positions(self, targets: np.ndarray) -> np.ndarray:
         """Send position targets (clipped to the joint range); returns what was sent."""
         targets = self.limits.clip(np.asarray(targets, dtype=float))
-        set_motor = self.client.setJointMotorControl2
-        for index, target, force, speed in zip(
-            self.arm_joint_indices, targets.tolist(), self._arm_efforts, self._arm_speeds
-        ):
-            set_motor(
-                self.body_id,
-                index,
-                pybullet.POSITION_CONTROL,
-                targetPosition=target,
-                force=force,
-                maxVelocity=speed,
-            )
+        self.client.setJointMotorControlArray(
+            self.body_id,
+            self.arm_joint_indices,
+            pybullet.POSITION_CONTROL,
+            targetPositions=targets.tolist(),
+            forces=self._arm_efforts,
+        )
         self._last_arm_target = targets
         return targets
 
@@ -247,16 +284,14 @@ class Iiwa14:
     def command_gripper_width(self, width: float) -> None:
         """Drive both fingers symmetrically towards a pad distance `width` (m), with the
         gripper's finite force, so a closing grip squeezes an object instead of crushing it."""
-        half = float(np.clip(width, 0.0, self.max_gripper_width)) / 2.0
-        for index in self.finger_joint_indices:
-            self.client.setJointMotorControl2(
-                self.body_id,
-                index,
-                pybullet.POSITION_CONTROL,
-                targetPosition=half,
-                force=self.finger_force,
-                maxVelocity=self.finger_speed,
-            )
+        half = min(max(float(width), 0.0), self.max_gripper_width) / 2.0
+        self.client.setJointMotorControlArray(
+            self.body_id,
+            self.finger_joint_indices,
+            pybullet.POSITION_CONTROL,
+            targetPositions=[half, half],
+            forces=self._finger_forces,
+        )
 
     def inverse_kinematics(
         self,
@@ -301,25 +336,33 @@ class Iiwa14:
         target_position: np.ndarray,
         target_orientation: np.ndarray,
         damping: float = 0.05,
+        margin: float = 0.0,
     ) -> np.ndarray:
         """One damped-least-squares step towards a TCP pose: dq = J^T (J J^T + d^2 I)^-1 e.
 
         Resolved-rate control: for the small moves of one control step it lands close to
         the target, stays well-behaved near singularities (the damping), and costs one
         Jacobian instead of an iterative IK solve. Inputs in the base frame; returns
-        joint targets within the joint ranges."""
-        zeros = [0.0] * (9 if self.with_gripper else 7)
-        positions = list(joint_positions) + ([self.finger_travel] * 2 if self.with_gripper else [])
+        joint targets at least `margin` (rad) inside the joint ranges."""
+        # The finger positions do not move link 7; any value serves.
+        extra = [self.finger_travel] * 2 if self.with_gripper else []
+        zeros = [0.0] * (7 + len(extra))
         linear, angular = self.client.calculateJacobian(
-            self.body_id, self.last_arm_link_index, self._tcp_offset_list, positions, zeros, zeros
+            self.body_id,
+            self.last_arm_link_index,
+            self._tcp_offset_list,
+            joint_positions.tolist() + extra,
+            zeros,
+            zeros,
         )
-        jacobian = np.vstack([np.asarray(linear)[:, :7], np.asarray(angular)[:, :7]])
+        jacobian = np.array(linear + angular)[:, :7]  # 6 rows: linear, then angular
         error = np.concatenate(
             [target_position - tcp_position, rotation_error(tcp_orientation, target_orientation)]
         )
-        gram = jacobian @ jacobian.T + (damping**2) * np.eye(6)
+        gram = jacobian @ jacobian.T
+        gram.flat[::7] += damping * damping  # + d^2 I, on the diagonal in place
         step = jacobian.T @ np.linalg.solve(gram, error)
-        return self.limits.clip(joint_positions + step)
+        return self.limits.clip(joint_positions + step, margin)
 
     # ------------------------------------------------------------ description
     def kinematic_chain(self) -> dict:

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from iiwa_rl.envs.base import IiwaEnv, RobotSnapshot, down_orientation
+from iiwa_rl.envs.base import IiwaEnv, RobotSnapshot, down_orientation, quaternion_yaw
 from iiwa_rl.envs.config import GraspConfig
 from iiwa_rl.envs.rewards import RewardInputs
 
@@ -88,6 +88,8 @@ class IiwaGraspEnv(IiwaEnv):
             self.sim.client.setCollisionFilterPair(self.robot.body_id, self.table_id, link, -1, 0)
         self.cube_id = self._load_cube((0.55, 0.0, cfg.cube_size / 2), (0.0, 0.0, 0.0, 1.0))
         self.cube_rest_height = cfg.cube_size / 2
+        self._workspace_low = np.asarray(cfg.workspace_low, dtype=float)
+        self._workspace_high = np.asarray(cfg.workspace_high, dtype=float)
         # Home: the gripper open, pointing down above the middle of the cube area. Solved
         # once by IK from the configured joint home so every reset starts the same way.
         # Of the two headings that look the same to the parallel gripper (yaw and yaw + pi),
@@ -147,10 +149,9 @@ class IiwaGraspEnv(IiwaEnv):
         )
 
     def _read_cube(self) -> None:
-        position, orientation = self.sim.body_pose(self.cube_id)
-        self._cube_position = position - self.robot.base_position
-        x, y, z, w = orientation
-        self._cube_yaw = float(np.arctan2(2 * (x * y + w * z), 1 - 2 * (y * y + z * z)))
+        position, orientation = self.sim.client.getBasePositionAndOrientation(self.cube_id)
+        self._cube_position = np.array(position) - self.robot.base_position
+        self._cube_yaw = quaternion_yaw(orientation)
         self._contacts = self.robot.finger_contacts(self.cube_id)
 
     # ----------------------------------------------------------------- actions
@@ -159,38 +160,54 @@ class IiwaGraspEnv(IiwaEnv):
         current = self._current  # measured after the last step; nothing moved since
         q = current.joint_positions
         if cfg.action_mode == "cartesian":
-            target = np.clip(
-                current.tcp_position + cfg.action_scale * action[:3],
-                cfg.workspace_low,
-                cfg.workspace_high,
+            target = np.minimum(
+                np.maximum(
+                    current.tcp_position + cfg.action_scale * action[:3], self._workspace_low
+                ),
+                self._workspace_high,
             )
             yaw = current.tcp_yaw + cfg.yaw_scale * action[3]
             # One differential-IK step: the target is a few cm away, and the next control
             # step corrects what is left.
             joint_targets = self.robot.differential_ik(
-                q, current.tcp_position, current.tcp_orientation, target, down_orientation(yaw)
+                q,
+                current.tcp_position,
+                current.tcp_orientation,
+                target,
+                down_orientation(yaw),
+                margin=cfg.joint_limit_margin,
             )
-            joint_targets = self.robot.limits.clip(joint_targets, cfg.joint_limit_margin)
         else:
             joint_targets = self._joint_targets(action[:7], q)
         self.robot.command_joint_positions(joint_targets)
-        self.robot.command_gripper_width((action[-1] + 1.0) / 2.0 * self.robot.max_gripper_width)
+        self.robot.command_gripper_width(
+            (float(action[-1]) + 1.0) / 2.0 * self.robot.max_gripper_width
+        )
 
     # -------------------------------------------------------------- observation
     def _observation_parts(self, robot: RobotSnapshot) -> list[np.ndarray]:
         # The cube was read by _reset_task or _evaluate for this very state.
         tcp_yaw = robot.tcp_yaw
         relative = 4.0 * (self._cube_yaw - tcp_yaw)
+        # Scalars that sit next to each other in the layout share one small array.
+        yaw_and_width = [
+            math.sin(tcp_yaw),
+            math.cos(tcp_yaw),
+            robot.gripper_width / self.robot.max_gripper_width,
+        ]
+        lift_and_contacts = [
+            float(self._cube_position[2]) - self.cube_rest_height,
+            float(self._contacts[0]),
+            float(self._contacts[1]),
+        ]
         return [
             *self.joint_state_for_observation(robot),
             robot.tcp_position,
-            np.array([np.sin(tcp_yaw), np.cos(tcp_yaw)]),
-            np.array([self.robot.gripper_width() / self.robot.max_gripper_width]),
+            np.array(yaw_and_width),  # tcp_yaw_sincos, gripper_width_normalized
             self._cube_position,
-            np.array([np.sin(relative), np.cos(relative)]),
+            np.array([math.sin(relative), math.cos(relative)]),
             self._cube_position - robot.tcp_position,
-            np.array([self._cube_position[2] - self.cube_rest_height]),
-            np.array(self._contacts, dtype=float),
+            np.array(lift_and_contacts),  # cube_lift, finger_contacts
             self._previous_action,
         ]
 
@@ -215,14 +232,15 @@ class IiwaGraspEnv(IiwaEnv):
         return inputs, self._fell_off
 
     def _task_blew_up(self) -> bool:
-        linear, _ = self.sim.body_velocity(self.cube_id)
-        return not np.all(np.isfinite(linear)) or float(np.linalg.norm(linear)) > 20.0
+        vx, vy, vz = self.sim.client.getBaseVelocity(self.cube_id)[0]
+        # `<=` is False for NaN: a non-finite velocity counts as a blow-up too.
+        return not vx * vx + vy * vy + vz * vz <= 20.0**2
 
     def _task_info(self, robot: RobotSnapshot) -> dict:
         return {
             "cube_lift": float(self._cube_position[2] - self.cube_rest_height),
             "max_cube_lift": self._max_lift,
-            "tcp_to_cube_distance": float(np.linalg.norm(self._cube_position - robot.tcp_position)),
+            "tcp_to_cube_distance": math.dist(self._cube_position, robot.tcp_position),
             "finger_contacts": int(self._contacts[0]) + int(self._contacts[1]),
             "held_steps": self._held_steps,
             "ever_grasped": self._ever_grasped,
