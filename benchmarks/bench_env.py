@@ -12,11 +12,13 @@ For each environment, random actions in [-1, 1]:
 Simulated seconds per wall second put the figures on one scale: a control step of ours
 is 1/control_hz of simulated time (read from the env's config), one of panda-gym's is
 40 ms. An extra line gives the grasp env at another physics rate (--grasp-physics-hz;
-by default its former 200 Hz).
+by default its former 200 Hz and 30 solver iterations).
 
 The single-process figures are the median of --repeats rounds, each round measuring every
-env once in turn: on a shared 2-core machine the speed drifts by 10-20 % over a minute,
-and interleaving puts ours and panda-gym's under the same drift.
+env once in turn, each of ours right before its panda-gym reference; the ratios are the
+median of the per-round ratios. On this shared 2-core machine the speed of one and the
+same env drifts by up to 30 % within minutes: a pair measured back to back meets the
+same machine state.
 """
 
 from __future__ import annotations
@@ -197,10 +199,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--repeats", type=int, default=3, help="rounds of the single-process measurements"
     )
     parser.add_argument(
-        "--grasp-physics-hz",
-        type=float,
-        default=200.0,
-        help="physics rate of the extra grasp line; must be a multiple of its control_hz",
+        "--grasp-physics",
+        default="200:30",
+        metavar="HZ:ITERATIONS",
+        help="physics rate and solver iterations of the extra grasp line (default: the "
+        "grasp's former 200 Hz and 30 iterations); the rate must be a multiple of control_hz",
     )
     args = parser.parse_args(argv)
     if args.steps < 100:
@@ -210,22 +213,40 @@ def main(argv: list[str] | None = None) -> dict:
 
     import panda_gym  # noqa: F401  (registers the Panda ids; imported late: it is optional)
 
-    extra_grasp = f"IiwaGrasp-v0 at physics_hz={args.grasp_physics_hz:g}"
+    try:
+        extra_rate, extra_iterations = args.grasp_physics.split(":")
+        extra_kwargs = {"physics_hz": float(extra_rate), "solver_iterations": int(extra_iterations)}
+    except ValueError:
+        parser.error(
+            f"--grasp-physics: expected HZ:ITERATIONS such as 200:30, got {args.grasp_physics!r}"
+        )
+    extra_grasp = f"IiwaGrasp-v0 at {extra_rate} Hz, {extra_iterations} iterations"
     load_before = os.getloadavg()
     rows: list[Row] = []
+    # Each of ours right before its reference, so that a pair meets the same machine state.
     singles = [
         ("IiwaReach-v0", "IiwaReach-v0", {}),
-        ("IiwaGrasp-v0", "IiwaGrasp-v0", {}),
         ("PandaReach-v3", "PandaReach-v3", {}),
+        ("IiwaGrasp-v0", "IiwaGrasp-v0", {}),
         ("PandaPickAndPlace-v3", "PandaPickAndPlace-v3", {}),
-        (extra_grasp, "IiwaGrasp-v0", {"physics_hz": args.grasp_physics_hz}),
+        (extra_grasp, "IiwaGrasp-v0", extra_kwargs),
     ]
+    pairs = {
+        "reach/PandaReach steps": ("IiwaReach-v0", "PandaReach-v3"),
+        "grasp/PandaPickAndPlace steps": ("IiwaGrasp-v0", "PandaPickAndPlace-v3"),
+        f"{extra_grasp}/PandaPickAndPlace steps": (extra_grasp, "PandaPickAndPlace-v3"),
+    }
     rounds: dict[str, list[Row]] = {name: [] for name, _, _ in singles}
+    round_ratios: dict[str, list[float]] = {key: [] for key in pairs}
     for round_index in range(args.repeats):
         for name, env_id, kwargs in singles:
             row = measure_single(name, env_id, args.steps, **kwargs)
             rounds[name].append(row)
             print(f"  round {round_index + 1}: {name}: {row.steps_per_s:,.0f} steps/s", flush=True)
+        for key, (ours, reference) in pairs.items():
+            ratio = rounds[ours][-1].steps_per_s / rounds[reference][-1].steps_per_s
+            round_ratios[key].append(ratio)
+            print(f"  round {round_index + 1}: {key}: {ratio:.2f}x", flush=True)
     rows.extend(_median_row(measured) for measured in rounds.values())
     for env_id in ("IiwaReach-v0", "IiwaGrasp-v0"):
         for workers in args.workers:
@@ -237,20 +258,14 @@ def main(argv: list[str] | None = None) -> dict:
     load_after = os.getloadavg()
 
     by_name = {row.name: row for row in rows if row.mode == "single"}
-    ratios = {
-        "reach/PandaReach steps": by_name["IiwaReach-v0"].steps_per_s
-        / by_name["PandaReach-v3"].steps_per_s,
-        "grasp/PandaPickAndPlace steps": by_name["IiwaGrasp-v0"].steps_per_s
-        / by_name["PandaPickAndPlace-v3"].steps_per_s,
-        "reach/PandaReach sim time": by_name["IiwaReach-v0"].sim_s_per_wall_s
-        / by_name["PandaReach-v3"].sim_s_per_wall_s,
-        "grasp/PandaPickAndPlace sim time": by_name["IiwaGrasp-v0"].sim_s_per_wall_s
-        / by_name["PandaPickAndPlace-v3"].sim_s_per_wall_s,
-        f"grasp at {args.grasp_physics_hz:g} Hz/PandaPickAndPlace steps": by_name[
-            extra_grasp
-        ].steps_per_s
-        / by_name["PandaPickAndPlace-v3"].steps_per_s,
-    }
+    # Step ratios: the median of the per-round ratios (each pair measured back to back).
+    ratios = {key: float(np.median(values)) for key, values in round_ratios.items()}
+    ratios["reach/PandaReach sim time"] = (
+        by_name["IiwaReach-v0"].sim_s_per_wall_s / by_name["PandaReach-v3"].sim_s_per_wall_s
+    )
+    ratios["grasp/PandaPickAndPlace sim time"] = (
+        by_name["IiwaGrasp-v0"].sim_s_per_wall_s / by_name["PandaPickAndPlace-v3"].sim_s_per_wall_s
+    )
     targets = {
         "reach/PandaReach steps": 5.0,
         "grasp/PandaPickAndPlace steps": 4.0,
@@ -283,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_before_after": [load_before[0], load_after[0]],
         "rows": [{**asdict(row), "sim_s_per_wall_s": row.sim_s_per_wall_s} for row in rows],
         "ratios": ratios,
+        "round_ratios": round_ratios,
         "targets": targets,
     }
     if args.json:

@@ -89,6 +89,10 @@ def quaternion_multiply(a, b) -> tuple[float, float, float, float]:
 
 def rotation_error(current, target) -> np.ndarray:
     """Rotation vector (axis times angle, rad, world frame) turning `current` into `target`."""
+    return np.array(_rotation_error_floats(current, target))
+
+
+def _rotation_error_floats(current, target) -> tuple[float, float, float]:
     # Plain floats: this runs every control step, on four numbers.
     cx, cy, cz, cw = map(float, current)
     x, y, z, w = quaternion_multiply(tuple(map(float, target)), (-cx, -cy, -cz, cw))
@@ -96,7 +100,7 @@ def rotation_error(current, target) -> np.ndarray:
         x, y, z, w = -x, -y, -z, -w
     sine = math.sqrt(x * x + y * y + z * z)
     scale = 2.0 if sine < 1e-9 else 2.0 * math.atan2(sine, w) / sine
-    return np.array([x * scale, y * scale, z * scale])
+    return x * scale, y * scale, z * scale
 
 
 class Iiwa14:
@@ -177,6 +181,7 @@ class Iiwa14:
             self.finger_joint_indices if with_gripper else []
         )
         self._last_arm_target = HOME_JOINT_POSITIONS.copy()
+        self._damping_matrices: dict[float, np.ndarray] = {}  # d^2 I per damping, for the IK
         # The motor's maxVelocity caps only the speed the motor drives towards; a joint
         # whose motor is at its torque limit is still swung past its speed by the others
         # (A3 reached twice its 100 deg/s when A2 and A4 reversed: the simulated arm lacks
@@ -356,12 +361,15 @@ class Iiwa14:
             zeros,
         )
         jacobian = np.array(linear + angular)[:, :7]  # 6 rows: linear, then angular
-        error = np.concatenate(
-            [target_position - tcp_position, rotation_error(tcp_orientation, target_orientation)]
+        # The 6-D error built from plain floats, one array at the end: fewer numpy calls.
+        error = np.array(
+            [t - c for t, c in zip(target_position.tolist(), tcp_position.tolist())]
+            + list(_rotation_error_floats(tcp_orientation, target_orientation))
         )
-        gram = jacobian @ jacobian.T
-        gram.flat[::7] += damping * damping  # + d^2 I, on the diagonal in place
-        step = jacobian.T @ np.linalg.solve(gram, error)
+        damping_matrix = self._damping_matrices.get(damping)
+        if damping_matrix is None:
+            damping_matrix = self._damping_matrices[damping] = damping * damping * np.eye(6)
+        step = jacobian.T @ np.linalg.solve(jacobian @ jacobian.T + damping_matrix, error)
         return self.limits.clip(joint_positions + step, margin)
 
     # ------------------------------------------------------------ description
