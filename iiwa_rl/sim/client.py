@@ -171,11 +171,6 @@ class BulletSim:
         position, orientation = self.client.getBasePositionAndOrientation(body_id)
         return np.asarray(position), np.asarray(orientation)
 
-    def body_velocity(self, body_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """Linear (m/s) and angular (rad/s) velocity of a body's base."""
-        linear, angular = self.client.getBaseVelocity(body_id)
-        return np.asarray(linear), np.asarray(angular)
-
     def close(self) -> None:
         if self.client is not None and self.client.isConnected():
             self.client.disconnect()
