@@ -1,24 +1,21 @@
 """Environment throughput: IiwaReach-v0 and IiwaGrasp-v0 against panda-gym's PandaReach-v3
 and PandaPickAndPlace-v3, measured in the same run.
 
-    PYTHONPATH=. python benchmarks/bench_env.py [--steps 3000] [--json OUT]
+    PYTHONPATH=. python benchmarks/bench_env.py [--steps 6000] [--chunk 300] [--json OUT]
 
 For each environment, random actions in [-1, 1]:
-- single process on one thread: env steps per wall second, resets included;
+- single process on one thread: env steps per wall second, resets included; all the
+  single-process envs live in one process and take turns of --chunk steps (see
+  `measure_singles`), so ours and panda-gym's meet the same machine state;
 - the share of that time spent inside PyBullet's stepSimulation (a timed wrapper around
   the env's own stepSimulation, measured in a second pass so that the first is untouched);
 - ours only: `make_vector_env(mode="async")` with N = 2 and 4 subprocess workers, counted
   as env steps across all envs.
 Simulated seconds per wall second put the figures on one scale: a control step of ours
 is 1/control_hz of simulated time (read from the env's config), one of panda-gym's is
-40 ms. An extra line gives the grasp env at another physics rate (--grasp-physics-hz;
-by default its former 200 Hz and 30 solver iterations).
-
-The single-process figures are the median of --repeats rounds, each round measuring every
-env once in turn, each of ours right before its panda-gym reference; the ratios are the
-median of the per-round ratios. On this shared 2-core machine the speed of one and the
-same env drifts by up to 30 % within minutes: a pair measured back to back meets the
-same machine state.
+40 ms. An extra line gives the grasp env at another physics setting (--grasp-physics;
+by default its former 200 Hz and 30 solver iterations). The ratios are total steps over
+total seconds; the spread of the per-turn ratios is printed beside them.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ import datetime  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
-from dataclasses import asdict, dataclass, replace  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
@@ -82,9 +79,9 @@ def _control_period(env) -> float:
     return float(unwrapped.sim.dt)  # panda-gym: timestep * n_substeps
 
 
-def _run_single(env, actions: np.ndarray) -> float:
-    """Wall seconds for len(actions) steps, resetting at each episode's end."""
-    env.reset(seed=0)
+def _run_steps(env, actions: np.ndarray) -> float:
+    """Wall seconds for len(actions) steps from wherever the env is, resetting at each
+    episode's end."""
     start = time.perf_counter()
     for action in actions:
         _, _, terminated, truncated, _ = env.step(action)
@@ -93,15 +90,9 @@ def _run_single(env, actions: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
-def measure_single(name: str, env_id: str, steps: int, **kwargs) -> Row:
-    env = gym.make(env_id, disable_env_checker=True, **kwargs)
-    rng = np.random.default_rng(0)
-    shape = (steps, *env.action_space.shape)
-    actions = rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
-    _run_single(env, actions[: max(50, steps // 20)])  # warm up caches and allocators
-    elapsed = _run_single(env, actions)
-
-    # Second pass with stepSimulation timed (a wrapper on the instance shadows the method).
+def _step_simulation_share(env, actions: np.ndarray) -> float:
+    """Share of the wall time of len(actions) steps spent inside stepSimulation (a wrapper
+    on the instance shadows the method for this pass only)."""
     owner = _step_simulation_owner(env)
     original = owner.stepSimulation
     inside = 0.0
@@ -115,12 +106,43 @@ def measure_single(name: str, env_id: str, steps: int, **kwargs) -> Row:
 
     owner.stepSimulation = timed_step_simulation
     try:
-        timed_elapsed = _run_single(env, actions)
+        env.reset(seed=0)
+        elapsed = _run_steps(env, actions)
     finally:
         owner.stepSimulation = original
-    period = _control_period(env)
-    env.close()
-    return Row(name, env_id, "single", 1, steps / elapsed, period, inside / timed_elapsed)
+    return inside / elapsed
+
+
+def measure_singles(
+    specs: list[tuple[str, str, dict]], steps: int, chunk: int
+) -> tuple[list[Row], dict[str, list[float]]]:
+    """Single-process steps/s of every (name, env_id, kwargs) in `specs`, all alive in this
+    process at once and stepped in turns of `chunk` steps until each has taken `steps`.
+    Turns of a few hundred steps put every env under the same machine state: on this shared
+    2-core machine one env's speed drifts by up to 30 % within minutes, more than one env
+    measured after the other can tell apart from a real difference. Returns the rows and
+    each env's seconds per turn."""
+    envs, actions = {}, {}
+    for name, env_id, kwargs in specs:
+        env = gym.make(env_id, disable_env_checker=True, **kwargs)
+        rng = np.random.default_rng(0)
+        actions[name] = rng.uniform(-1.0, 1.0, (steps, *env.action_space.shape)).astype(np.float32)
+        env.reset(seed=0)
+        _run_steps(env, actions[name][: max(50, chunk // 2)])  # warm caches and allocators
+        env.reset(seed=0)
+        envs[name] = env
+    turn_seconds: dict[str, list[float]] = {name: [] for name in envs}
+    for begin in range(0, steps, chunk):
+        for name, env in envs.items():
+            turn_seconds[name].append(_run_steps(env, actions[name][begin : begin + chunk]))
+    rows = []
+    for name, env_id, _ in specs:
+        env = envs[name]
+        share = _step_simulation_share(env, actions[name][: min(steps, 3000)])
+        speed = steps / sum(turn_seconds[name])
+        rows.append(Row(name, env_id, "single", 1, speed, _control_period(env), share))
+        env.close()
+    return rows, turn_seconds
 
 
 def measure_async(
@@ -155,17 +177,6 @@ def measure_async(
     return Row(name, env_id, label, num_envs, iterations * num_envs / elapsed, period)
 
 
-def _median_row(rows: list[Row]) -> Row:
-    """The rounds of one env folded into one row: median speed and median stepSimulation share."""
-    speeds = [row.steps_per_s for row in rows]
-    shares = [row.step_simulation_share for row in rows]
-    return replace(
-        rows[0],
-        steps_per_s=float(np.median(speeds)),
-        step_simulation_share=float(np.median(shares)),
-    )
-
-
 def _format_table(rows: list[Row]) -> str:
     lines = [
         "| environment | processes | env steps/s | sim s / wall s | in stepSimulation |",
@@ -190,14 +201,14 @@ def _format_table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=3000, help="env steps per measurement")
+    parser.add_argument(
+        "--steps", type=int, default=6000, help="env steps per env (single process: in turns)"
+    )
+    parser.add_argument("--chunk", type=int, default=300, help="single-process env steps per turn")
     parser.add_argument(
         "--workers", type=int, nargs="*", default=[2, 4], help="async worker counts"
     )
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="rounds of the single-process measurements"
-    )
     parser.add_argument(
         "--grasp-physics",
         default="200:30",
@@ -208,8 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.steps < 100:
         parser.error("--steps must be at least 100")
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    if not 1 <= args.chunk <= args.steps:
+        parser.error("--chunk must be between 1 and --steps")
 
     import panda_gym  # noqa: F401  (registers the Panda ids; imported late: it is optional)
 
@@ -236,18 +247,15 @@ def main(argv: list[str] | None = None) -> dict:
         "grasp/PandaPickAndPlace steps": ("IiwaGrasp-v0", "PandaPickAndPlace-v3"),
         f"{extra_grasp}/PandaPickAndPlace steps": (extra_grasp, "PandaPickAndPlace-v3"),
     }
-    rounds: dict[str, list[Row]] = {name: [] for name, _, _ in singles}
-    round_ratios: dict[str, list[float]] = {key: [] for key in pairs}
-    for round_index in range(args.repeats):
-        for name, env_id, kwargs in singles:
-            row = measure_single(name, env_id, args.steps, **kwargs)
-            rounds[name].append(row)
-            print(f"  round {round_index + 1}: {name}: {row.steps_per_s:,.0f} steps/s", flush=True)
-        for key, (ours, reference) in pairs.items():
-            ratio = rounds[ours][-1].steps_per_s / rounds[reference][-1].steps_per_s
-            round_ratios[key].append(ratio)
-            print(f"  round {round_index + 1}: {key}: {ratio:.2f}x", flush=True)
-    rows.extend(_median_row(measured) for measured in rounds.values())
+    singles_rows, turn_seconds = measure_singles(singles, args.steps, args.chunk)
+    rows.extend(singles_rows)
+    for row in singles_rows:
+        print(f"  measured {row.name}: {row.steps_per_s:,.0f} steps/s", flush=True)
+    # Per turn, ours against its reference: the spread says how steady the ratio is.
+    turn_ratios = {
+        key: [r / o for o, r in zip(turn_seconds[ours], turn_seconds[reference])]
+        for key, (ours, reference) in pairs.items()
+    }
     for env_id in ("IiwaReach-v0", "IiwaGrasp-v0"):
         for workers in args.workers:
             rows.append(measure_async(env_id, env_id, workers, args.steps))
@@ -258,8 +266,11 @@ def main(argv: list[str] | None = None) -> dict:
     load_after = os.getloadavg()
 
     by_name = {row.name: row for row in rows if row.mode == "single"}
-    # Step ratios: the median of the per-round ratios (each pair measured back to back).
-    ratios = {key: float(np.median(values)) for key, values in round_ratios.items()}
+    # Step ratios over all turns (total steps over total seconds, each env the same steps).
+    ratios = {
+        key: by_name[ours].steps_per_s / by_name[reference].steps_per_s
+        for key, (ours, reference) in pairs.items()
+    }
     ratios["reach/PandaReach sim time"] = (
         by_name["IiwaReach-v0"].sim_s_per_wall_s / by_name["PandaReach-v3"].sim_s_per_wall_s
     )
@@ -281,7 +292,11 @@ def main(argv: list[str] | None = None) -> dict:
             if target is None
             else f"  (target >= {target:g}x: {'met' if value >= target else 'NOT met'})"
         )
-        print(f"{key}: {value:.2f}x{verdict}")
+        spread = ""
+        if key in turn_ratios:
+            low, middle, high = np.percentile(turn_ratios[key], [0, 50, 100])
+            spread = f"  (per turn: min {low:.2f}x, median {middle:.2f}x, max {high:.2f}x)"
+        print(f"{key}: {value:.2f}x{verdict}{spread}")
     print(
         f"\nmachine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
         f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}"
@@ -290,15 +305,15 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "steps": args.steps,
-        "repeats": args.repeats,
-        "single_rounds_steps_per_s": {
-            name: [row.steps_per_s for row in measured] for name, measured in rounds.items()
-        },
+        "chunk": args.chunk,
         "cpu_count": os.cpu_count(),
         "load_average_before_after": [load_before[0], load_after[0]],
         "rows": [{**asdict(row), "sim_s_per_wall_s": row.sim_s_per_wall_s} for row in rows],
         "ratios": ratios,
-        "round_ratios": round_ratios,
+        "turn_ratio_quartiles": {
+            key: np.percentile(values, [0, 25, 50, 75, 100]).tolist()
+            for key, values in turn_ratios.items()
+        },
         "targets": targets,
     }
     if args.json:

@@ -342,14 +342,14 @@ def test_non_finite_joint_state_is_a_blowup(monkeypatch):
     try:
         env.reset(seed=0)
         last, *_ = env.step(np.zeros(7, dtype=np.float32))
-        measured = env.robot.joint_and_gripper_state
+        measured = env.robot.state_after_step  # what env.step reads after the physics
 
         def broken_state():
             positions, velocities, gripper_width = measured()
             positions[3] = np.nan
             return positions, velocities, gripper_width
 
-        monkeypatch.setattr(env.robot, "joint_and_gripper_state", broken_state)
+        monkeypatch.setattr(env.robot, "state_after_step", broken_state)
         result = env.step(np.zeros(7, dtype=np.float32))
         _assert_blowup_handled(env, last, result)
     finally:

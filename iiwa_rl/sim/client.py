@@ -128,6 +128,7 @@ class BulletSim:
         # Called after every physics step, by whoever steps the world: a robot enforces
         # limits that PyBullet cannot hold per joint (see Iiwa14._limit_joint_speeds).
         self.post_step_hooks: list[Callable[[], None]] = []
+        self.physics_steps = 0  # taken so far; tells a hook's reading from a stale one
 
     @property
     def time_step(self) -> float:
@@ -163,6 +164,7 @@ class BulletSim:
         hooks = self.post_step_hooks
         for _ in range(substeps):
             self.client.stepSimulation()
+            self.physics_steps += 1
             for hook in hooks:
                 hook()
 

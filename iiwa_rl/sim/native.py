@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 from collections.abc import Iterator
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # Opened once: a grasp env loads a new cube every episode.
+    return ctypes.CDLL(None)
 
 
 @contextlib.contextmanager
@@ -25,7 +32,7 @@ def quiet_native_stdout(descriptors: tuple[int, ...] = (1,)) -> Iterator[None]:
     except OSError:  # no real descriptor (some test runners): nothing to silence
         yield
         return
-    libc = ctypes.CDLL(None)
+    libc = _libc()
     with open(os.devnull, "w") as devnull:
         for fd in descriptors:
             os.dup2(devnull.fileno(), fd)

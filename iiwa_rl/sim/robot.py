@@ -188,6 +188,9 @@ class Iiwa14:
         # the real one's geared rotor inertia). PyBullet's own cap (maxJointVelocity) is one
         # value for the whole body, so the limit is enforced per joint after every step.
         self.peak_speed_fraction = 0.0
+        # What the clamp read after the latest physics step, and that step's number: the
+        # state after a step without a second read (see state_after_step).
+        self._read_after_step: tuple[int, tuple, list[float]] | None = None
         sim.post_step_hooks.append(self._limit_joint_speeds)
 
     def _limit_joint_speeds(self) -> None:
@@ -195,17 +198,20 @@ class Iiwa14:
         `peak_speed_fraction` the largest |speed| / limit met before clamping (inf for a
         non-finite speed, which is left alone so that blow-up detection sees it); whoever
         reads the peak clears it."""
-        states = self.client.getJointStates(self.body_id, self.arm_joint_indices)
-        for index, state, limit in zip(self.arm_joint_indices, states, self._arm_speeds):
-            speed = state[1]
+        states = self.client.getJointStates(self.body_id, self._state_joint_indices)
+        velocities = [state[1] for state in states[:7]]
+        for axis, (index, limit) in enumerate(zip(self.arm_joint_indices, self._arm_speeds)):
+            speed = velocities[axis]
             if -limit <= speed <= limit:
                 continue
             if speed != speed or abs(speed) == float("inf"):
                 self.peak_speed_fraction = float("inf")
                 continue
             self.peak_speed_fraction = max(self.peak_speed_fraction, abs(speed) / limit)
-            clamped = limit if speed > 0.0 else -limit
-            self.client.resetJointState(self.body_id, index, state[0], clamped)
+            velocities[axis] = limit if speed > 0.0 else -limit
+            self.client.resetJointState(self.body_id, index, states[axis][0], velocities[axis])
+        # Kept raw: only the last physics step's reading of a control step is unpacked.
+        self._read_after_step = (self.sim.physics_steps, states, velocities)
 
     # ------------------------------------------------------------------ state
     @property
@@ -221,10 +227,23 @@ class Iiwa14:
         """Arm joint positions (rad) and velocities (rad/s), and the gripper width (m; 0
         without a gripper), from one read of the simulator."""
         states = self.client.getJointStates(self.body_id, self._state_joint_indices)
-        positions = np.array([s[0] for s in states[:7]])
-        velocities = np.array([s[1] for s in states[:7]])
+        return self._unpack_states(states, [state[1] for state in states[:7]])
+
+    def state_after_step(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """`joint_and_gripper_state()` right after `BulletSim.step`, as the speed clamp read
+        it after the last physics step (with the speeds it clamped): every state read
+        copies PyBullet's whole state buffer (about 30 KB), so one read fewer per control
+        step counts. Call it only between a step and any other change to the robot (an env
+        does, in its step); after a reset, or with no step since, it reads afresh."""
+        read = self._read_after_step
+        if read is None or read[0] != self.sim.physics_steps:
+            return self.joint_and_gripper_state()
+        return self._unpack_states(read[1], read[2])
+
+    def _unpack_states(self, states, arm_velocities) -> tuple[np.ndarray, np.ndarray, float]:
+        positions = np.array([state[0] for state in states[:7]])
         width = states[7][0] + states[8][0] if self.with_gripper else 0.0
-        return positions, velocities, width
+        return positions, np.array(arm_velocities), width
 
     def applied_torques(self) -> np.ndarray:
         """Motor torques applied in the last physics step (N m)."""
@@ -259,6 +278,7 @@ class Iiwa14:
     def reset_joint_positions(self, joint_positions, gripper_width: float | None = None) -> None:
         """Teleport the arm (and fingers) to a configuration at rest; for episode resets."""
         joint_positions = np.asarray(joint_positions, dtype=float)
+        self._read_after_step = None  # the teleport outdates it
         for index, position in zip(self.arm_joint_indices, joint_positions, strict=True):
             self.client.resetJointState(self.body_id, index, float(position), 0.0)
         self._last_arm_target = joint_positions.copy()
