@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_grasp_physics import physics_setting  # noqa: E402  (benchmarks/ is on sys.path)
 
 import iiwa_rl.envs  # noqa: E402,F401  (registers the ids)
 from iiwa_rl.envs import make_vector_env  # noqa: E402
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     parser.add_argument(
         "--grasp-physics",
+        type=physics_setting,
         default="200:30",
         metavar="HZ:ITERATIONS",
         help="physics rate and solver iterations of the extra grasp line (default: the "
@@ -224,14 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import panda_gym  # noqa: F401  (registers the Panda ids; imported late: it is optional)
 
-    try:
-        extra_rate, extra_iterations = args.grasp_physics.split(":")
-        extra_kwargs = {"physics_hz": float(extra_rate), "solver_iterations": int(extra_iterations)}
-    except ValueError:
-        parser.error(
-            f"--grasp-physics: expected HZ:ITERATIONS such as 200:30, got {args.grasp_physics!r}"
-        )
-    extra_grasp = f"IiwaGrasp-v0 at {extra_rate} Hz, {extra_iterations} iterations"
+    extra_rate, extra_iterations = args.grasp_physics
+    extra_kwargs = {"physics_hz": extra_rate, "solver_iterations": extra_iterations}
+    extra_grasp = f"IiwaGrasp-v0 at {extra_rate:g} Hz, {extra_iterations} iterations"
     load_before = os.getloadavg()
     rows: list[Row] = []
     # Each of ours right before its reference, so that a pair meets the same machine state.

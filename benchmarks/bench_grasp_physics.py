@@ -35,7 +35,8 @@ import iiwa_rl.envs  # noqa: E402,F401  (registers the ids)
 from iiwa_rl.envs.scripted import ScriptedGrasp  # noqa: E402
 
 
-def _setting(text: str) -> tuple[float, int]:
+def physics_setting(text: str) -> tuple[float, int]:
+    """`HZ:ITERATIONS` (e.g. 100:10) as (physics_hz, solver_iterations); an argparse type."""
     try:
         rate, iterations = text.split(":")
         return float(rate), int(iterations)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--settings",
-        type=_setting,
+        type=physics_setting,
         nargs="+",
         default=[(200.0, 30), (100.0, 30), (100.0, 15), (100.0, 10)],
         metavar="HZ:ITERATIONS",

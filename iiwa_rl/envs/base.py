@@ -223,7 +223,7 @@ class IiwaEnv(gym.Env, ABC):
         q, qd, gripper_width = (
             robot.state_after_step() if after_step else robot.joint_and_gripper_state()
         )
-        tcp_position, tcp_orientation = self.robot.tcp_pose()
+        tcp_position, tcp_orientation = robot.tcp_pose()
         return RobotSnapshot(
             q, qd, tcp_position, tcp_orientation, quaternion_yaw(tcp_orientation), gripper_width
         )

@@ -260,13 +260,6 @@ class Iiwa14:
         )
         return np.asarray(position) - self.base_position, np.asarray(orientation)
 
-    def gripper_width(self) -> float:
-        """Distance between the finger pads, m."""
-        if not self.with_gripper:
-            raise RuntimeError("this robot has no gripper")
-        states = self.client.getJointStates(self.body_id, self.finger_joint_indices)
-        return float(states[0][0] + states[1][0])
-
     def finger_contacts(self, body_id: int) -> tuple[bool, bool]:
         """Whether the left and right finger touch `body_id`."""
         # One query for all of the robot's contacts with the body; field 3 is our link.

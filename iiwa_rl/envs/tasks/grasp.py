@@ -93,7 +93,7 @@ class IiwaGraspEnv(IiwaEnv):
             global_scaling=cfg.cube_size / 0.045,  # the URDF's cube is 4.5 cm
             maximal_coordinates=True,
         )
-        self._cube_recipe = self._cube_recipe_from(self.cube_id)
+        self._cube_body, self._cube_frictions = self._cube_recipe_from(self.cube_id)
         self.cube_rest_height = cfg.cube_size / 2
         self._workspace_low = np.asarray(cfg.workspace_low, dtype=float)
         self._workspace_high = np.asarray(cfg.workspace_high, dtype=float)
@@ -132,8 +132,8 @@ class IiwaGraspEnv(IiwaEnv):
         # A new cube each episode, not the old one teleported: a moved body keeps state that
         # no reset call clears (its contacts with the table, and more: saveState/restoreState
         # and refreshing its inertia did not make it exact), so the same seed replayed
-        # differently on a used env and gymnasium's check_env failed. Costs about 1 ms and
-        # 1.2 KB that PyBullet never frees per reset (100 MB per 100,000 episodes).
+        # differently on a used env and gymnasium's check_env failed. Costs about 0.2 ms and
+        # 0.8 KB that PyBullet never frees per reset (80 MB per 100,000 episodes).
         client.removeBody(self.cube_id)
         self.cube_id = self._new_cube(
             (xy[0], xy[1], self.cube_rest_height), client.getQuaternionFromEuler([0.0, 0.0, yaw])
@@ -144,19 +144,19 @@ class IiwaGraspEnv(IiwaEnv):
         self._max_lift = 0.0
         self._ever_grasped = False
         self._fell_off = False
-        self._read_cube()
+        self._read_task_state()
 
-    def _cube_recipe_from(self, body_id: int) -> dict:
+    def _cube_recipe_from(self, body_id: int) -> tuple[dict, dict]:
         """How to build, without the URDF, a cube equal to `body_id` (loaded from
-        cube.urdf): its shapes (made once, shared by every cube) and its mass and frictions
-        as PyBullet read them from the URDF. A new cube per episode from these costs a
-        third of a URDF load (0.18 against 0.5 ms); PyBullet derives the inertia from mass
-        and shape either way."""
+        cube.urdf): the createMultiBody arguments (its shapes, made once and shared by every
+        cube, and its mass) and the changeDynamics frictions, as PyBullet read them from the
+        URDF. A new cube per episode from these costs a third of a URDF load (0.18 against
+        0.5 ms); PyBullet derives the inertia from mass and shape either way."""
         client = self.sim.client
         dynamics = client.getDynamicsInfo(body_id, -1)
         visual = client.getVisualShapeData(body_id)[0]
         half_extents = [size / 2.0 for size in visual[3]]
-        return {
+        body = {
             "baseMass": dynamics[0],
             "baseCollisionShapeIndex": client.createCollisionShape(
                 pybullet.GEOM_BOX, halfExtents=half_extents
@@ -165,27 +165,24 @@ class IiwaGraspEnv(IiwaEnv):
                 pybullet.GEOM_BOX, halfExtents=half_extents, rgbaColor=list(visual[7])
             ),
             "useMaximalCoordinates": True,
-            "frictions": {
-                "lateralFriction": dynamics[1],
-                "rollingFriction": dynamics[6],
-                "spinningFriction": dynamics[7],
-            },
         }
+        frictions = {
+            "lateralFriction": dynamics[1],
+            "rollingFriction": dynamics[6],
+            "spinningFriction": dynamics[7],
+        }
+        return body, frictions
 
     def _new_cube(self, position, orientation) -> int:
-        recipe = dict(self._cube_recipe)
-        frictions = recipe.pop("frictions")
         client = self.sim.client
         body_id = client.createMultiBody(
-            basePosition=list(position), baseOrientation=list(orientation), **recipe
+            basePosition=list(position), baseOrientation=list(orientation), **self._cube_body
         )
-        client.changeDynamics(body_id, -1, **frictions)
+        client.changeDynamics(body_id, -1, **self._cube_frictions)
         return body_id
 
     def _read_task_state(self) -> None:
-        self._read_cube()
-
-    def _read_cube(self) -> None:
+        """The cube's pose and finger contacts, after a reset or a step."""
         position, orientation = self.sim.client.getBasePositionAndOrientation(self.cube_id)
         self._cube_position = np.array(position) - self.robot.base_position
         self._cube_yaw = quaternion_yaw(orientation)
@@ -223,7 +220,7 @@ class IiwaGraspEnv(IiwaEnv):
 
     # -------------------------------------------------------------- observation
     def _observation_parts(self, robot: RobotSnapshot) -> list[np.ndarray]:
-        # The cube was read by _reset_task or _evaluate for this very state.
+        # The cube was read (_read_task_state) for this very state.
         tcp_yaw = robot.tcp_yaw
         relative = 4.0 * (self._cube_yaw - tcp_yaw)
         # Scalars that sit next to each other in the layout share one small array.
