@@ -74,11 +74,13 @@ def inference_latency(model_path: str, run_dir: str, calls: int) -> dict:
 def control_loop(model_path: str, period_s: float, seconds: float) -> dict:
     from iiwa_deploy import load_robot_config, prepare_policy, run_prepared
 
-    from iiwa_rl.deploy_sim import SimRobot
+    from iiwa_rl.deploy_sim import PyBulletPlant, SimRobot
 
     robot_config = load_robot_config().replace(robot_period_s=period_s)
     prepared = prepare_policy(model_path, robot_config)
-    robot = SimRobot(period_s, prepared.policy.contract.home_joint_positions)
+    # Timing only: one physics step per robot period, whatever the period.
+    plant = PyBulletPlant(period_s, physics_hz=1.0 / period_s)
+    robot = SimRobot(plant, prepared.policy.contract.home_joint_positions)
     try:
         summary = run_prepared(prepared, robot, duration_s=seconds)
     finally:

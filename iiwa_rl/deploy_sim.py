@@ -20,19 +20,45 @@ import numpy as np
 
 from iiwa_rl.sim import BulletSim, Iiwa14
 
-_MIN_PHYSICS_HZ = 240.0  # finer steps when the robot's period is long
+# The training default (iiwa_rl.envs.config): one physics step per 5 ms robot period.
+DEFAULT_PHYSICS_HZ = 200.0
+DEFAULT_SOLVER_ITERATIONS = 10
 
 
 class PyBulletPlant:
     """The simulated arm stepped by whoever owns the clock (the deploy `Plant` interface):
-    `reset(q0)`, `apply(setpoint)`, `step(dt) -> (q, qd)`."""
+    `reset(q0)`, `apply(setpoint)`, `step(dt) -> (q, qd)`. Physics rate and solver
+    iterations are the training env's (a contract's `simulation` section), so a setpoint
+    moves this arm exactly as it moved the arm the policy learned on."""
 
-    def __init__(self, period_s: float, with_gripper: bool = False, gui: bool = False):
-        substeps = max(1, int(np.ceil(period_s * _MIN_PHYSICS_HZ - 1e-9)))
-        self.substeps = substeps
+    def __init__(
+        self,
+        period_s: float,
+        physics_hz: float = DEFAULT_PHYSICS_HZ,
+        solver_iterations: int = DEFAULT_SOLVER_ITERATIONS,
+        with_gripper: bool = False,
+        gui: bool = False,
+    ):
+        per_period = physics_hz * period_s
+        if round(per_period) < 1 or abs(per_period - round(per_period)) > 1e-6:
+            raise ValueError(
+                f"physics at {physics_hz} Hz is not a whole number of steps per robot period "
+                f"of {period_s} s"
+            )
+        self.substeps = int(round(per_period))
         self.period_s = period_s
-        self.sim = BulletSim(gui=gui, physics_hz=substeps / period_s, solver_iterations=30)
+        self.sim = BulletSim(gui=gui, physics_hz=physics_hz, solver_iterations=solver_iterations)
         self.robot = Iiwa14(self.sim, with_gripper=with_gripper)
+
+    @classmethod
+    def for_contract(cls, contract, period_s: float, gui: bool = False) -> PyBulletPlant:
+        simulation = contract.simulation
+        return cls(
+            period_s,
+            physics_hz=float(simulation.get("physics_hz", DEFAULT_PHYSICS_HZ)),
+            solver_iterations=int(simulation.get("solver_iterations", DEFAULT_SOLVER_ITERATIONS)),
+            gui=gui,
+        )
 
     def reset(self, initial_positions: np.ndarray) -> None:
         self.robot.reset_joint_positions(np.asarray(initial_positions, dtype=float))
@@ -55,44 +81,54 @@ class PyBulletPlant:
 
 
 class SimRobot:
-    """A `RobotBackend` (see iiwa_deploy.robot) backed by `PyBulletPlant`, in real time.
+    """A `RobotBackend` (see iiwa_deploy.robot) backed by `PyBulletPlant`.
 
-    `receive_state` sleeps until the next period boundary, steps the physics one period
-    and returns the state, as a robot controller sends one state per period. A late
-    caller gets the state at once (no catching up: one state per call), and the missed
-    boundary shows in the loop's lateness figures."""
+    In real time the simulated robot keeps its own clock, as a robot controller does: every
+    period boundary it advances the physics one period with the newest setpoint it has and
+    sends a state. When the loop is late, the periods it missed still pass: the arm goes on
+    tracking the last setpoint, and the loop gets the newest state (the missed boundaries
+    show in its lateness figures). With `real_time=False` each call advances one period at
+    once (tests, benchmarks that need no wall clock)."""
 
-    def __init__(
-        self, period_s: float, initial_positions, gui: bool = False, real_time: bool = True
-    ):
+    def __init__(self, plant: PyBulletPlant, initial_positions, real_time: bool = True):
         from iiwa_deploy import RobotState
 
         self._state_type = RobotState
-        self.period_s = float(period_s)
-        self.plant = PyBulletPlant(self.period_s, gui=gui)
+        self.plant = plant
+        self.period_s = float(plant.period_s)
         self.plant.reset(np.asarray(initial_positions, dtype=float))
         self.real_time = real_time
         self.sequence = 0
-        self._next_tick = None
+        self._next_tick: float | None = None
         self.setpoints_received = 0
         self.fault_reported = False
+        self.periods_without_answer = 0
 
     def receive_state(self, timeout_s: float):
         now = time.perf_counter()
-        if self._next_tick is None:
-            self._next_tick = now
+        periods = 1
         if self.real_time:
+            if self._next_tick is None:
+                self._next_tick = now
             wait = self._next_tick - now
             if wait > timeout_s:
-                time.sleep(timeout_s)
+                time.sleep(max(0.0, timeout_s))
                 return None
             if wait > 0:
                 time.sleep(wait)
-            self._next_tick = max(
-                self._next_tick + self.period_s, time.perf_counter() - self.period_s
-            )
-        q, qd = self.plant.step(self.period_s)
-        self.sequence += 1
+            # Every boundary passed since the last state is a period the arm lived through.
+            elapsed = time.perf_counter() - self._next_tick
+            periods = 1 + max(0, int(elapsed // self.period_s))
+            self._next_tick += periods * self.period_s
+        if self.sequence == 0:
+            # The first state is the arm as it stands, before any period has passed (as a
+            # training episode's first observation is the state at reset).
+            q, qd = self.plant.robot.joint_state()
+        else:
+            for _ in range(periods):
+                q, qd = self.plant.step(self.period_s)
+            self.periods_without_answer += periods - 1
+        self.sequence += periods
         return self._state_type(self.sequence, time.perf_counter(), q.copy(), qd.copy())
 
     def send_setpoint(
@@ -108,7 +144,7 @@ class SimRobot:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from iiwa_deploy import ContractError, UdpRobot, load_robot_config, prepare_policy, run_prepared
-    from iiwa_deploy.cli import EXIT_FAULT, EXIT_REFUSED
+    from iiwa_deploy.cli import EXIT_REFUSED, exit_code, goal_listener_from
     from iiwa_deploy.config import ConfigError as RobotConfigError
     from iiwa_deploy.loop import DEFAULT_FIRST_STATE_TIMEOUT_S
     from iiwa_deploy.robot import parse_host_port
@@ -125,12 +161,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     except (ContractError, RobotConfigError) as error:
         print(f"iiwa-rl deploy: refused: {error}")
         return EXIT_REFUSED
-    home = prepared.policy.contract.home_joint_positions
+    contract = prepared.policy.contract
     if args.robot == "sim":
-        robot = SimRobot(robot_config.robot_period_s, home, gui=args.gui)
+        plant = PyBulletPlant.for_contract(contract, robot_config.robot_period_s, gui=args.gui)
+        robot = SimRobot(plant, contract.home_joint_positions)
     else:
         robot = UdpRobot(parse_host_port(args.bind), robot_config.robot_period_s)
         print(f"waiting for the robot's STATE messages on {args.bind}", flush=True)
+    goals = goal_listener_from(args)
+    if goals is not None:
+        host, port = goals.local_address
+        print(f"listening for goals on {host}:{port}", flush=True)
     try:
         summary = run_prepared(
             prepared,
@@ -140,23 +181,32 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             stop_on_success=args.stop_on_success,
             csv_path=args.csv,
             first_state_timeout_s=args.first_state_timeout or DEFAULT_FIRST_STATE_TIMEOUT_S,
+            max_policy_steps=args.policy_steps,
+            move_to_home=args.move_to_home,
+            goal_source=goals,
+            allow_goal_outside_training=args.allow_goal_outside_training,
         )
     finally:
+        if goals is not None:
+            goals.close()
         robot.close()
     print(summary.format())
     # The exit codes of `python -m iiwa_deploy run`: a supervisor reads both the same way.
-    return EXIT_FAULT if summary.faults else 0
+    return exit_code(summary)
 
 
 def cmd_fake_robot(args: argparse.Namespace) -> int:
     from iiwa_deploy import FakeRobot
-    from iiwa_deploy.fake_robot import DEFAULT_INITIAL_POSITIONS
     from iiwa_deploy.robot import parse_host_port
 
-    plant = PyBulletPlant(args.period, gui=args.gui)
-    with FakeRobot(
-        parse_host_port(args.controller), plant, args.period, DEFAULT_INITIAL_POSITIONS
-    ) as robot:
+    from iiwa_rl.sim.robot import HOME_JOINT_POSITIONS
+
+    plant = PyBulletPlant(
+        args.period, physics_hz=args.physics_hz, solver_iterations=args.solver_iterations,
+        gui=args.gui,
+    )
+    initial = HOME_JOINT_POSITIONS if args.q0 is None else np.asarray(args.q0, dtype=float)
+    with FakeRobot(parse_host_port(args.controller), plant, args.period, initial) as robot:
         print(
             f"fake robot (PyBullet) at {robot.local_address}, period {args.period * 1000:g} ms, "
             f"sending to {args.controller}",
@@ -206,6 +256,7 @@ def register_cli(commands) -> None:
         "`python -m iiwa_deploy run`)",
     )
     deploy.add_argument("--gui", action="store_true", help="sim: show the PyBullet GUI")
+    _add_session_arguments(deploy)
     deploy.set_defaults(handler=cmd_deploy)
 
     fake = commands.add_parser(
@@ -218,5 +269,73 @@ def register_cli(commands) -> None:
     fake.add_argument(
         "--duration", type=float, help="stop after s seconds (default: run until killed)"
     )
+    fake.add_argument("--physics-hz", type=float, default=DEFAULT_PHYSICS_HZ)
+    fake.add_argument("--solver-iterations", type=int, default=DEFAULT_SOLVER_ITERATIONS)
+    fake.add_argument(
+        "--q0", type=float, nargs=7, help="start joint positions, rad (default: the home pose)"
+    )
     fake.add_argument("--gui", action="store_true")
     fake.set_defaults(handler=cmd_fake_robot)
+
+    goal = commands.add_parser(
+        "send-goal", help="send a new goal to a running `iiwa-rl deploy --goal-bind ...`"
+    )
+    goal.add_argument("goal", type=float, nargs=3, metavar=("X", "Y", "Z"), help="m, base frame")
+    goal.add_argument("--to", default="127.0.0.1:30201", help="the controller's --goal-bind")
+    goal.set_defaults(handler=cmd_send_goal)
+
+
+def cmd_send_goal(args: argparse.Namespace) -> int:
+    from iiwa_deploy.cli import _command_send_goal
+
+    return _command_send_goal(args)
+
+
+def _add_session_arguments(parser) -> None:
+    # The runtime's own options, imported only for this command: importing iiwa_deploy
+    # loads onnxruntime, which every other iiwa-rl command can do without.
+    from iiwa_deploy.cli import add_session_arguments
+
+    add_session_arguments(parser)
+
+
+# ------------------------------------------------------------------ parity helpers
+def env_episode_with_goal(env, act, goal_position, seed: int = 0) -> dict:
+    """One reach episode of `env` (an IiwaReach env) for a given goal with the deterministic
+    policy `act(observation) -> action`: the env's own verdict, for side-by-side comparison
+    with a deployed run of the same goal."""
+    observation, info = env.reset(seed=seed, options={"goal_position": goal_position})
+    distances = []
+    truncated = terminated = False
+    while not (truncated or terminated):
+        observation, _, terminated, truncated, info = env.step(act(observation))
+        distances.append(info["tcp_distance"])
+    steps_per_second = round(env.unwrapped.config.control_hz)
+    return {
+        "success": bool(info["is_success"]),
+        "final_distance_m": float(distances[-1]),
+        "worst_last_second_m": float(max(distances[-steps_per_second:])),
+    }
+
+
+def deploy_in_sim(prepared, goal_position, policy_steps: int, real_time: bool = True):
+    """The controller loop against the in-process simulated arm (the training physics), from
+    the policy's home pose, for `policy_steps` actions: `iiwa-rl deploy --robot sim` without
+    the command line. Returns the loop's summary."""
+    from iiwa_deploy import ControlLoop
+
+    contract = prepared.policy.contract
+    plant = PyBulletPlant.for_contract(contract, prepared.robot.robot_period_s)
+    robot = SimRobot(plant, contract.home_joint_positions, real_time=real_time)
+    try:
+        loop = ControlLoop(
+            prepared.policy,
+            contract,
+            prepared.robot,
+            robot,
+            np.asarray(goal_position, dtype=float),
+            prepared.steps_per_action,
+        )
+        return loop.run(max_policy_steps=policy_steps)
+    finally:
+        robot.close()

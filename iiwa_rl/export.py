@@ -67,7 +67,7 @@ def _versions() -> dict[str, str]:
 def build_contract(config, env) -> dict:
     """The contract of a policy trained with `config` on `env` (an IIWA environment)."""
     base = env.unwrapped
-    contract = {"format_version": 1, "env_id": config.env.id}
+    contract = {"format_version": 2, "env_id": config.env.id}
     contract.update(base.describe_contract())
     contract["kinematics"] = base.robot.kinematic_chain()
     contract["env_kwargs"] = to_mapping(base.config)

@@ -116,7 +116,7 @@ def test_unknown_action_mode_is_refused(tmp_path: Path) -> None:
 
 
 def test_unsupported_format_version_is_refused(tmp_path: Path) -> None:
-    message = refusal(tmp_path, contract=support.make_contract(format_version=2))
+    message = refusal(tmp_path, contract=support.make_contract(format_version=1))
     assert "format_version" in message
 
 

@@ -20,7 +20,11 @@ from iiwa_deploy.kinematics import (  # noqa: E402
     iiwa14_r820_chain,
     rotation_from_rpy,
 )
-from iiwa_deploy.observation import ObservationBuilder  # noqa: E402
+from iiwa_deploy.observation import (  # noqa: E402
+    ObservationBuilder,
+    ObservationConstants,
+    ObservationInputs,
+)
 
 CHAIN = iiwa14_r820_chain()
 
@@ -99,14 +103,29 @@ def test_chain_refuses_a_zero_axis() -> None:
         KinematicChain.from_contract(broken)
 
 
+def controller_observation(contract, q, qd, goal, previous) -> np.ndarray:
+    """The observation as the controller loop builds it: FK for the TCP, the contract's layout."""
+    builder = ObservationBuilder(
+        contract.observation_term_layout(),
+        ObservationConstants(contract.lower, contract.upper, contract.velocity),
+    )
+    inputs = ObservationInputs(
+        joint_positions=q,
+        joint_velocities=qd,
+        tcp_position=contract.kinematics.tcp_position(q),
+        goal_position=goal,
+        previous_action=previous,
+    )
+    return builder.build(inputs).copy()
+
+
 def test_observation_pieces_follow_the_contract_formulas() -> None:
     contract = parse_contract(support.make_contract())
-    builder = ObservationBuilder(contract)
     q = np.array([0.2, -0.5, 0.1, -1.0, 0.3, 0.9, -0.2])
     qd = np.array([0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7])
     goal = np.array([0.5, 0.1, 0.4])
     previous = np.linspace(-1.0, 1.0, 7)
-    observation = builder.build(q, qd, goal, previous)
+    observation = controller_observation(contract, q, qd, goal, previous)
     lower, upper = support.ROBOT.lower, support.ROBOT.upper
     tcp = CHAIN.tcp_position(q)
     expected = np.concatenate(
@@ -130,8 +149,8 @@ def test_observation_follows_a_reordered_layout() -> None:
     ]
     contract = parse_contract(support.make_contract(observation={"size": 10, "layout": layout}))
     q = np.zeros(7)
-    observation = ObservationBuilder(contract).build(
-        q, np.zeros(7), np.array([0.0, 0.0, 1.0]), np.zeros(7)
+    observation = controller_observation(
+        contract, q, np.zeros(7), np.array([0.0, 0.0, 1.0]), np.zeros(7)
     )
     np.testing.assert_allclose(observation[:3], [0.0, 0.0, 1.0 - 1.306], atol=1e-6)
     np.testing.assert_allclose(observation[3:], 0.0, atol=1e-6)

@@ -41,7 +41,7 @@ REACH_LAYOUT = [
 def make_contract(**overrides: Any) -> dict[str, Any]:
     """A valid reach contract matching the shipped robot config; top-level keys overridable."""
     contract: dict[str, Any] = {
-        "format_version": 1,
+        "format_version": 2,
         "env_id": "IiwaReach-v0",
         "observation": {"size": 30, "layout": copy.deepcopy(REACH_LAYOUT)},
         "action": {
@@ -61,6 +61,15 @@ def make_contract(**overrides: Any) -> dict[str, Any]:
         "kinematics": copy.deepcopy(IIWA14_R820_KINEMATICS),
         "goal_sampling": {"low": [0.3, -0.4, 0.2], "high": [0.7, 0.4, 0.8]},
         "success_threshold_m": 0.02,
+        "success_hold_s": 0.5,
+        "actuation": {
+            "robot_period_s": ROBOT.robot_period_s,
+            "command_delay_periods": 1,
+            "interpolator_velocity": ROBOT.interpolator_velocity.tolist(),
+            "interpolator_acceleration": ROBOT.acceleration.tolist(),
+            "target_margin_rad": ROBOT.target_margin_rad,
+        },
+        "start": {"initial_joint_noise_rad": 0.1},
         "config_sha256": "0" * 64,
         "versions": {
             "iiwa_rl": "0.1.0",

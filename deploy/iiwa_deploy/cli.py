@@ -21,9 +21,9 @@ from . import fake_robot
 from .config import ConfigError, RobotConfig, load_robot_config
 from .contract import ContractError, PolicyContract, read_contract
 from .fake_robot import FakeRobot, NumpyPlant
-from .loop import DEFAULT_FIRST_STATE_TIMEOUT_S, ControlLoop, LoopSummary
+from .loop import DEFAULT_FIRST_STATE_TIMEOUT_S, ControlLoop, GoalSource, LoopSummary
 from .policy import OnnxPolicy, create_session, load_policy
-from .robot import RobotBackend, UdpRobot, parse_host_port
+from .robot import RobotBackend, UdpGoalListener, UdpRobot, parse_host_port, send_goal
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,10 @@ def run_prepared(
     stop_on_success: bool = False,
     csv_path: str | Path | None = None,
     first_state_timeout_s: float = DEFAULT_FIRST_STATE_TIMEOUT_S,
+    max_policy_steps: int | None = None,
+    move_to_home: bool = False,
+    goal_source: GoalSource | None = None,
+    allow_goal_outside_training: bool = False,
 ) -> LoopSummary:
     robot = prepared.robot
     if abs(robot_backend.period_s - robot.robot_period_s) > 1e-9:
@@ -102,6 +106,9 @@ def run_prepared(
         robot_backend,
         prepared.goal,
         prepared.steps_per_action,
+        move_to_home=move_to_home,
+        goal_source=goal_source,
+        allow_goal_outside_training=allow_goal_outside_training,
     )
     return loop.run(
         duration_s=duration_s,
@@ -109,6 +116,7 @@ def run_prepared(
         stop_on_success=stop_on_success,
         first_state_timeout_s=first_state_timeout_s,
         csv_path=csv_path,
+        max_policy_steps=max_policy_steps,
     )
 
 
@@ -123,6 +131,9 @@ def run_policy(
     csv_path: str | Path | None = None,
     first_state_timeout_s: float = DEFAULT_FIRST_STATE_TIMEOUT_S,
     allow_goal_outside_training: bool = False,
+    max_policy_steps: int | None = None,
+    move_to_home: bool = False,
+    goal_source: GoalSource | None = None,
 ) -> LoopSummary:
     """Load and check `model_path`, then drive `robot_backend` until a stop condition.
 
@@ -139,6 +150,10 @@ def run_policy(
         stop_on_success=stop_on_success,
         csv_path=csv_path,
         first_state_timeout_s=first_state_timeout_s,
+        max_policy_steps=max_policy_steps,
+        move_to_home=move_to_home,
+        goal_source=goal_source,
+        allow_goal_outside_training=allow_goal_outside_training,
     )
 
 
@@ -182,6 +197,54 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="give up if no robot state arrives within this many s",
     )
     parser.add_argument("--allow-goal-outside-training", action="store_true")
+    add_session_arguments(parser)
+
+
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of a controller session shared by `python -m iiwa_deploy run` and
+    `iiwa-rl deploy`."""
+    parser.add_argument(
+        "--policy-steps",
+        type=positive_int,
+        default=None,
+        help="stop after N policy actions (an episode's length: 75 for the shipped reach)",
+    )
+    parser.add_argument(
+        "--move-to-home",
+        action="store_true",
+        help="if the arm is not at the policy's home pose, drive it there slowly first "
+        "(default: refuse to start)",
+    )
+    parser.add_argument(
+        "--goal-bind",
+        default=None,
+        metavar="HOST:PORT",
+        help="listen for new goals on this UDP address while running (send them with "
+        "`python -m iiwa_deploy send-goal X Y Z --to HOST:PORT`)",
+    )
+    parser.add_argument(
+        "--goal-sender",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="host allowed to send goals (repeatable; default 127.0.0.1)",
+    )
+
+
+def goal_listener_from(args: argparse.Namespace) -> UdpGoalListener | None:
+    if args.goal_bind is None:
+        return None
+    return UdpGoalListener(parse_host_port(args.goal_bind), args.goal_sender or ("127.0.0.1",))
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 1")
+    return value
 
 
 def positive_seconds(text: str) -> float:
@@ -202,11 +265,15 @@ def _command_run(args: argparse.Namespace) -> int:
     )
     robot = prepared.robot
     backend = UdpRobot(parse_host_port(args.bind), robot.robot_period_s)
+    goals = goal_listener_from(args)
     fake: FakeRobot | None = None
     try:
         if args.robot == "fake":
             fake = FakeRobot(
-                backend.local_address, NumpyPlant(robot.velocity), robot.robot_period_s
+                backend.local_address,
+                NumpyPlant(robot.velocity),
+                robot.robot_period_s,
+                prepared.policy.contract.home_joint_positions,
             )
             fake.start()
         host, port = backend.local_address
@@ -223,13 +290,36 @@ def _command_run(args: argparse.Namespace) -> int:
             stop_on_success=args.stop_on_success,
             csv_path=args.csv,
             first_state_timeout_s=args.first_state_timeout,
+            max_policy_steps=args.policy_steps,
+            move_to_home=args.move_to_home,
+            goal_source=goals,
+            allow_goal_outside_training=args.allow_goal_outside_training,
         )
     finally:
         if fake is not None:
             fake.close()
+        if goals is not None:
+            goals.close()
         backend.close()
     print(summary.format())
+    return exit_code(summary)
+
+
+def exit_code(summary: LoopSummary) -> int:
+    """0 for a clean run, EXIT_REFUSED when the loop would not move the arm (start pose),
+    EXIT_FAULT for any fault."""
+    if summary.refusal:
+        return EXIT_REFUSED
     return EXIT_FAULT if summary.faults else 0
+
+
+def _command_send_goal(args: argparse.Namespace) -> int:
+    goal = np.asarray(args.goal, dtype=float)
+    if not np.all(np.isfinite(goal)):
+        raise ValueError(f"goal must be 3 finite numbers (m), got {args.goal}")
+    send_goal(parse_host_port(args.to), goal)
+    print(f"goal {goal.tolist()} m sent to {args.to}")
+    return 0
 
 
 def _command_check(args: argparse.Namespace) -> int:
@@ -276,7 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
     fake_robot.build_parser(
         commands.add_parser("fake-robot", help="loopback fake robot (the robot side of the bridge)")
     )
+    add_send_goal_parser(commands)
     return parser
+
+
+def add_send_goal_parser(commands) -> argparse.ArgumentParser:
+    goal = commands.add_parser(
+        "send-goal", help="send a new goal to a running controller's goal port (--goal-bind)"
+    )
+    goal.add_argument("goal", type=float, nargs=3, metavar=("X", "Y", "Z"), help="m, base frame")
+    goal.add_argument("--to", default="127.0.0.1:30201", help="the controller's --goal-bind")
+    goal.set_defaults(handler=_command_send_goal)
+    return goal
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -289,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _command_check,
         "contract": _command_show_contract,
         "fake-robot": fake_robot.run_fake_robot,
+        "send-goal": _command_send_goal,
     }
     try:
         return handlers[args.command](args)

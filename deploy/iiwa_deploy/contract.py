@@ -17,25 +17,26 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .actuation import JOINT_ACTION_MODES
 from .config import RobotConfig
 from .kinematics import KinematicChain
+from .observation import GOAL, JOINT_STATE, OBSERVATION_TERMS, PREVIOUS_ACTION, TCP_POSE
 
 CONTRACT_METADATA_KEY = "iiwa_rl_contract"
-SUPPORTED_FORMAT_VERSION = 1
+# 2: the policy was trained through the controller's own actuation (interpolator, timing);
+# the contract says which (`actuation`), and a version 1 model, trained without, is refused.
+SUPPORTED_FORMAT_VERSION = 2
 OBSERVATION_INPUT_NAME = "observation"
 ACTION_OUTPUT_NAME = "action"
-ACTION_MODES = ("joint_delta", "joint_offset")
+ACTION_MODES = JOINT_ACTION_MODES
 
-# Pieces the controller can compute from joint state, the goal and its own previous action.
-# Sizes: "joints" = one per joint, "action" = action size, an int = fixed size.
-OBSERVATION_PIECE_SIZES: dict[str, str | int] = {
-    "joint_position_normalized": "joints",
-    "joint_velocity_normalized": "joints",
-    "tcp_position": 3,
-    "goal_position": 3,
-    "goal_minus_tcp": 3,
-    "previous_action": "action",
-}
+# What the controller has a source for: measured joint state, forward kinematics, the goal
+# and its own previous action. A term reading anything else (an object pose, the gripper)
+# cannot be built here.
+CONTROLLER_OBSERVATION_INPUTS = frozenset({JOINT_STATE, TCP_POSE, GOAL, PREVIOUS_ACTION})
+BUILDABLE_OBSERVATION_TERMS = tuple(
+    name for name, term in OBSERVATION_TERMS.items() if term.inputs <= CONTROLLER_OBSERVATION_INPUTS
+)
 
 # Contracts carry limits as floats that went through a JSON round trip and maybe a degree to
 # radian conversion on the training side; anything beyond this is a different robot model.
@@ -56,8 +57,21 @@ class ObservationPiece:
 
 
 @dataclass(frozen=True)
+class TrainedActuation:
+    """The plant between policy and joints the policy was trained through (contract
+    `actuation`): the robot period, the command delay, the interpolator's limits and the
+    target margin, all from the robot configuration used in training."""
+
+    robot_period_s: float
+    command_delay_periods: int
+    interpolator_velocity: np.ndarray
+    interpolator_acceleration: np.ndarray
+    target_margin_rad: float
+
+
+@dataclass(frozen=True)
 class PolicyContract:
-    """A validated format_version 1 contract. Arrays are float64 in the contract's joint order."""
+    """A validated format_version 2 contract. Arrays are float64 in the contract's joint order."""
 
     raw: Mapping[str, Any]
     env_id: str
@@ -77,12 +91,19 @@ class PolicyContract:
     goal_low: np.ndarray
     goal_high: np.ndarray
     success_threshold_m: float
+    success_hold_s: float
+    actuation: TrainedActuation
+    initial_joint_noise_rad: float
+    simulation: Mapping[str, Any]
     config_sha256: str
     versions: Mapping[str, str]
 
     @property
     def goal_center(self) -> np.ndarray:
         return (self.goal_low + self.goal_high) / 2.0
+
+    def observation_term_layout(self) -> list[tuple[str, int]]:
+        return [(piece.name, piece.size) for piece in self.observation_layout]
 
 
 class _SessionLike(Protocol):
@@ -179,19 +200,13 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
         where = f".observation.layout[{index}]"
         name = _get(raw_piece, "name", where)
         size = _integer(_get(raw_piece, "size", where), f"{where}.size")
-        if name not in OBSERVATION_PIECE_SIZES:
+        if name not in BUILDABLE_OBSERVATION_TERMS:
             raise ContractError(
                 f"contract{where}: observation piece '{name}' cannot be built from joint state "
                 f"on the controller; this runtime builds only: "
-                f"{', '.join(OBSERVATION_PIECE_SIZES)}"
+                f"{', '.join(BUILDABLE_OBSERVATION_TERMS)}"
             )
-        size_rule = OBSERVATION_PIECE_SIZES[name]
-        if size_rule == "joints":
-            expected_size = joint_count
-        elif size_rule == "action":
-            expected_size = action_size
-        else:
-            expected_size = int(size_rule)
+        expected_size = OBSERVATION_TERMS[name].resolved_size(joint_count, action_size)
         if size != expected_size:
             raise ContractError(
                 f"contract{where}: piece '{name}' has size {size}, expected {expected_size}"
@@ -245,6 +260,20 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
     if threshold <= 0.0:
         raise ContractError(f"contract.success_threshold_m: must be positive, got {threshold}")
 
+    hold = _number(_get(data, "success_hold_s", ""), ".success_hold_s")
+    if hold < 0.0:
+        raise ContractError(f"contract.success_hold_s: must be >= 0, got {hold}")
+    actuation = _parse_actuation(_get(data, "actuation", ""), joint_count)
+    start = data.get("start", {})
+    noise = _number(
+        _get(start, "initial_joint_noise_rad", ".start"), ".start.initial_joint_noise_rad"
+    )
+    if noise < 0.0:
+        raise ContractError(f"contract.start.initial_joint_noise_rad: must be >= 0, got {noise}")
+    simulation = data.get("simulation", {})
+    if not isinstance(simulation, Mapping):
+        raise ContractError("contract.simulation: expected a mapping")
+
     versions = data.get("versions", {})
     return PolicyContract(
         raw=data,
@@ -265,11 +294,39 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
         goal_low=goal_low,
         goal_high=goal_high,
         success_threshold_m=threshold,
+        success_hold_s=hold,
+        actuation=actuation,
+        initial_joint_noise_rad=noise,
+        simulation=dict(simulation),
         config_sha256=str(data.get("config_sha256", "")),
         versions={str(k): str(v) for k, v in versions.items()}
         if isinstance(versions, Mapping)
         else {},
     )
+
+
+def _parse_actuation(raw: Any, joint_count: int) -> TrainedActuation:
+    where = ".actuation"
+    period = _number(_get(raw, "robot_period_s", where), f"{where}.robot_period_s")
+    if period <= 0.0:
+        raise ContractError(f"contract{where}.robot_period_s: must be positive, got {period}")
+    delay = _integer(_get(raw, "command_delay_periods", where), f"{where}.command_delay_periods")
+    if delay < 0:
+        raise ContractError(f"contract{where}.command_delay_periods: must be >= 0, got {delay}")
+    velocity = _vector(
+        _get(raw, "interpolator_velocity", where), joint_count, f"{where}.interpolator_velocity"
+    )
+    acceleration = _vector(
+        _get(raw, "interpolator_acceleration", where),
+        joint_count,
+        f"{where}.interpolator_acceleration",
+    )
+    if np.any(velocity <= 0.0) or np.any(acceleration <= 0.0):
+        raise ContractError(f"contract{where}: interpolator limits must be positive")
+    margin = _number(_get(raw, "target_margin_rad", where), f"{where}.target_margin_rad")
+    if margin < 0.0:
+        raise ContractError(f"contract{where}.target_margin_rad: must be >= 0, got {margin}")
+    return TrainedActuation(period, delay, velocity, acceleration, margin)
 
 
 def contract_text_from_session(session: _SessionLike, model_path: str | Path) -> str:
@@ -392,6 +449,34 @@ def control_steps_per_policy_step(contract: PolicyContract, robot: RobotConfig) 
     return steps
 
 
+def _check_actuation(trained: TrainedActuation, robot: RobotConfig) -> None:
+    """The interpolator and target margin are part of the plant the policy learned: a robot
+    configuration with other values moves the arm differently from training."""
+    hint = (
+        "run it with the robot configuration it was trained with, or retrain with this one "
+        "(env.kwargs.robot_config)"
+    )
+    for name, trained_values, robot_values in (
+        ("interpolator velocity (rad/s)", trained.interpolator_velocity, robot.interpolator_velocity),
+        ("interpolator acceleration (rad/s^2)", trained.interpolator_acceleration, robot.acceleration),
+    ):
+        mismatched = np.flatnonzero(
+            np.abs(trained_values - robot_values) > LIMIT_TOLERANCE * np.maximum(1.0, trained_values)
+        )
+        if mismatched.size:
+            details = ", ".join(
+                f"{robot.joint_names[i]}: trained {trained_values[i]:.6g} vs robot "
+                f"{robot_values[i]:.6g}"
+                for i in mismatched
+            )
+            raise ContractError(f"{name} differs from training: {details}; {hint}")
+    if abs(trained.target_margin_rad - robot.target_margin_rad) > LIMIT_TOLERANCE:
+        raise ContractError(
+            f"safety.target_margin_rad is {robot.target_margin_rad} rad; the policy was trained "
+            f"with {trained.target_margin_rad} rad; {hint}"
+        )
+
+
 def check_compatibility(contract: PolicyContract, robot: RobotConfig) -> int:
     """Refuse a policy that does not fit this robot; returns robot periods per policy step."""
     if contract.joint_names != robot.joint_names:
@@ -411,6 +496,7 @@ def check_compatibility(contract: PolicyContract, robot: RobotConfig) -> int:
     _compare_vectors(
         "effort", contract.effort, robot.effort, robot.joint_names, EFFORT_TOLERANCE_NM
     )
+    _check_actuation(contract.actuation, robot)
     if (
         robot.expected_control_period_s is not None
         and abs(contract.control_period_s - robot.expected_control_period_s)

@@ -12,20 +12,29 @@ in closed form. Taking at most that speed keeps the invariant "one more step can
 braking within the acceleration limit", so the setpoint stream's finite differences obey both
 limits and never pass the target, unless the target jumps so close that stopping in time would
 need more deceleration: then the acceleration limit wins and the joint overshoots and returns.
+
+The same object streams the controller's setpoints and, in training, the simulated arm's
+(iiwa_rl's environments step through it), so it runs 8 times per environment step: the
+arithmetic is on plain floats per joint, about three times faster than numpy on 7 numbers,
+with the same IEEE operations in the same order.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
-def _max_step_units(distance_units: np.ndarray) -> np.ndarray:
+def _max_step_units(distance_units: float) -> float:
     """Largest speed n (in units of a*dt) with n + braking distance(n) <= D (in a*dt^2)."""
-    whole = np.floor((np.sqrt(1.0 + 8.0 * distance_units) - 1.0) / 2.0)
+    whole = math.floor((math.sqrt(1.0 + 8.0 * distance_units) - 1.0) / 2.0)
     # sqrt rounding can land one off at the triangular-number boundaries; fix it exactly.
-    whole = np.where((whole + 1.0) * (whole + 2.0) / 2.0 <= distance_units, whole + 1.0, whole)
-    whole = np.where(whole * (whole + 1.0) / 2.0 > distance_units, whole - 1.0, whole)
-    whole = np.maximum(whole, 0.0)
+    if (whole + 1.0) * (whole + 2.0) / 2.0 <= distance_units:
+        whole += 1.0
+    if whole * (whole + 1.0) / 2.0 > distance_units:
+        whole -= 1.0
+    whole = max(whole, 0.0)
     return (distance_units + whole * (whole + 1.0) / 2.0) / (whole + 1.0)
 
 
@@ -39,55 +48,111 @@ class JointInterpolator:
         period_s: float,
         initial_position: np.ndarray,
     ) -> None:
-        self.max_velocity = np.array(max_velocity, dtype=float)
-        self.max_acceleration = np.array(max_acceleration, dtype=float)
-        if self.max_velocity.shape != self.max_acceleration.shape or self.max_velocity.ndim != 1:
+        max_velocity = np.array(max_velocity, dtype=float)
+        max_acceleration = np.array(max_acceleration, dtype=float)
+        if max_velocity.shape != max_acceleration.shape or max_velocity.ndim != 1:
             raise ValueError("max_velocity and max_acceleration need one entry per joint")
-        if np.any(self.max_velocity <= 0) or np.any(self.max_acceleration <= 0):
+        if not (np.all(max_velocity > 0) and np.all(max_acceleration > 0)):
             raise ValueError("velocity and acceleration limits must be positive")
-        if not period_s > 0:
+        if not (np.all(np.isfinite(max_velocity)) and np.all(np.isfinite(max_acceleration))):
+            raise ValueError("velocity and acceleration limits must be finite")
+        if not (period_s > 0 and math.isfinite(period_s)):
             raise ValueError(f"period_s must be positive, got {period_s}")
+        self.max_velocity = max_velocity
+        self.max_acceleration = max_acceleration
         self.period_s = float(period_s)
-        self._speed_step = self.max_acceleration * self.period_s
-        self._distance_unit = self.max_acceleration * self.period_s**2
-        self.position = np.zeros_like(self.max_velocity)
-        self.velocity = np.zeros_like(self.max_velocity)
-        self.target = np.zeros_like(self.max_velocity)
+        self.joint_count = max_velocity.shape[0]
+        self._max_velocity = max_velocity.tolist()
+        self._speed_step = (max_acceleration * self.period_s).tolist()
+        self._distance_unit = (max_acceleration * self.period_s**2).tolist()
+        self._position = [0.0] * self.joint_count
+        self._velocity = [0.0] * self.joint_count
+        self._target = [0.0] * self.joint_count
         self.reset(initial_position)
+
+    # Arrays for readers; the floats inside are the state.
+    @property
+    def position(self) -> np.ndarray:
+        return np.array(self._position)
+
+    @property
+    def velocity(self) -> np.ndarray:
+        """Setpoint speed of the latest step (rad/s)."""
+        return np.array(self._velocity)
+
+    @property
+    def target(self) -> np.ndarray:
+        return np.array(self._target)
+
+    def _joint_list(self, values: np.ndarray, what: str) -> list[float]:
+        values = np.asarray(values, dtype=float)
+        if values.shape != (self.joint_count,):
+            raise ValueError(f"expected {self.joint_count} joint {what}, got shape {values.shape}")
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"joint {what} must be finite, got {values.tolist()}")
+        return values.tolist()
 
     def reset(self, position: np.ndarray) -> None:
         """Restart at rest at `position`, with the target there too."""
-        position = np.asarray(position, dtype=float)
-        if position.shape != self.position.shape:
-            raise ValueError(f"expected {self.position.shape[0]} joint positions")
-        self.position[:] = position
-        self.target[:] = position
-        self.velocity[:] = 0.0
+        self._position = self._joint_list(position, "positions")
+        self._target = list(self._position)
+        self._velocity = [0.0] * self.joint_count
 
     def set_target(self, target: np.ndarray) -> None:
-        target = np.asarray(target, dtype=float)
-        if target.shape != self.target.shape:
-            raise ValueError(f"expected {self.target.shape[0]} joint targets")
-        self.target[:] = target
+        self._target = self._joint_list(target, "targets")
 
     @property
     def at_target(self) -> bool:
-        return bool(np.all(self.position == self.target) and np.all(self.velocity == 0.0))
+        return self._position == self._target and not any(self._velocity)
+
+    @property
+    def at_rest(self) -> bool:
+        return not any(self._velocity)
+
+    def stopping_target(self) -> np.ndarray:
+        """Where each joint comes to rest if it brakes now at full deceleration (the
+        discrete sum of the remaining steps): setting it as the target stops the stream
+        within the acceleration limit, the quickest safe stop."""
+        stops = []
+        period = self.period_s
+        for position, velocity, speed_step in zip(
+            self._position, self._velocity, self._speed_step, strict=True
+        ):
+            steps = math.floor(abs(velocity) / speed_step)
+            # Speeds after each braking step: |v| - k*a*dt for k = 1..steps.
+            travel = (steps * abs(velocity) - speed_step * steps * (steps + 1) / 2.0) * period
+            stops.append(position + math.copysign(travel, velocity))
+        return np.array(stops)
+
+    def brake(self) -> None:
+        """Stop as quickly as the acceleration limit allows (see `stopping_target`)."""
+        self.set_target(self.stopping_target())
 
     def step(self) -> np.ndarray:
-        """Advance one period; returns the new setpoint (a copy)."""
-        remaining = self.target - self.position
-        direction = np.sign(remaining)
-        stop_speed = _max_step_units(np.abs(remaining) / self._distance_unit) * self._speed_step
-        wanted = direction * np.minimum(stop_speed, self.max_velocity)
-        new_velocity = np.clip(
-            wanted, self.velocity - self._speed_step, self.velocity + self._speed_step
-        )
-        new_velocity = np.clip(new_velocity, -self.max_velocity, self.max_velocity)
-        travel = new_velocity * self.period_s
-        # Landing within rounding of the target counts as arrival: snapping there makes arrival
-        # exact instead of leaving a 1e-17 residue that would need another braking cycle.
-        arrives = np.abs(remaining - travel) <= 1e-12 * np.maximum(1.0, np.abs(self.target))
-        self.position = np.where(arrives, self.target, self.position + travel)
-        self.velocity = new_velocity
-        return self.position.copy()
+        """Advance one period; returns the new setpoint (a new array)."""
+        period = self.period_s
+        positions, velocities, targets = self._position, self._velocity, self._target
+        for joint in range(self.joint_count):
+            target = targets[joint]
+            remaining = target - positions[joint]
+            speed_step = self._speed_step[joint]
+            limit = self._max_velocity[joint]
+            stop_speed = _max_step_units(abs(remaining) / self._distance_unit[joint]) * speed_step
+            wanted = min(stop_speed, limit)
+            if remaining < 0.0:
+                wanted = -wanted
+            elif remaining == 0.0:
+                wanted = 0.0
+            velocity = velocities[joint]
+            new_velocity = min(max(wanted, velocity - speed_step), velocity + speed_step)
+            new_velocity = min(max(new_velocity, -limit), limit)
+            travel = new_velocity * period
+            # Landing within rounding of the target counts as arrival: snapping there makes
+            # arrival exact instead of leaving a 1e-17 residue that would need another
+            # braking cycle.
+            if abs(remaining - travel) <= 1e-12 * max(1.0, abs(target)):
+                positions[joint] = target
+            else:
+                positions[joint] += travel
+            velocities[joint] = new_velocity
+        return np.array(positions)

@@ -4,14 +4,22 @@ Cycle order (the robot clocks it: `receive_state` blocks until the next state):
 
 1. receive the newest state; drop it if its sequence is not newer than the last one used;
 2. gate the state (finite, within limits + tolerance, speed within limit x factor);
-3. setpoint = the interpolator's next step (or the hold setpoint if a fault is latched);
+3. setpoint = the command stream's next step (or the hold setpoint if a fault is latched);
    gate it (finite, inside limits - margin); send it immediately;
-4. if a policy step is due: observation -> action -> target -> interpolator.
+4. if a policy step is due: success bookkeeping, then observation -> action -> target ->
+   command stream.
 
 The policy runs after the setpoint is sent so its latency never delays the robot's answer;
-its target takes effect one robot period later (5 ms against a 40 ms policy period). If a
-policy step overruns the period, the next state simply waits in the socket and the backend
-answers only the newest one: the loop never catches up missed cycles in a burst.
+its target takes effect one robot period later (`LOOP_COMMAND_DELAY_PERIODS`), exactly as in
+training, where the environments step through the same `CommandStream`,
+`JointTargetMapping` and `ObservationBuilder`. If a policy step overruns the period, the next
+state simply waits in the socket and the backend answers only the newest one: the loop never
+catches up missed cycles in a burst.
+
+Phases: before the policy runs, the measured start pose is checked against the contract's
+home (refused, or with `move_to_home` first driven there slowly); at the end (duration,
+policy-step budget, success, Ctrl-C) the stream brakes to rest within its acceleration limit
+before the loop stops answering, so the arm is never left mid-motion.
 
 Timing is kept in preallocated ring buffers (no allocation per cycle) and summarised at the
 end as p50/p99/max.
@@ -24,6 +32,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -31,10 +40,11 @@ from typing import Protocol
 
 import numpy as np
 
+from .actuation import CommandStream, ControlTiming, JointTargetMapping
 from .config import RobotConfig
 from .contract import PolicyContract
 from .interpolator import JointInterpolator
-from .observation import ObservationBuilder
+from .observation import ObservationBuilder, ObservationConstants, ObservationInputs
 from .robot import RobotBackend
 from .safety import FaultRecord, SafetyMonitor
 
@@ -44,6 +54,14 @@ DEFAULT_FIRST_STATE_TIMEOUT_S = 10.0
 # One hour at a 5 ms period; a longer run keeps the most recent hour in the ring buffers.
 MAX_RECORDED_CYCLES = 720_000
 LATE_INTERVAL_FACTOR = 1.5
+# A start pose may differ from the contract's home by the training's own reset spread plus
+# this much (rad) before it is refused: the policy never started from farther away.
+START_POSE_SLACK_RAD = 0.02
+# The drive to home (`move_to_home`) runs at these fractions of the interpolator's limits.
+HOME_MOVE_VELOCITY_FRACTION = 0.25
+HOME_MOVE_ACCELERATION_FRACTION = 0.25
+# Home is reached when every setpoint is there and every measured joint within this (rad).
+HOME_REACHED_TOLERANCE_RAD = 0.005
 
 
 class Policy(Protocol):
@@ -96,16 +114,25 @@ class LoopSummary:
     final_distance_m: float
     success_threshold_m: float
     success: bool
+    rest_distance_m: float = math.inf  # TCP to goal once braked to rest after the stop
+    success_hold_s: float = 0.0  # what success needs: on the goal for this long at the end
+    held_s: float = 0.0  # how long the TCP had been on the goal at the last policy step
+    worst_distance_last_second_m: float = math.inf
+    refusal: str | None = None  # why the loop refused to move the arm at all
+    goal_changes: int = 0
+    braking_travel_rad: float = 0.0  # largest setpoint travel of a joint after the stop began
     link: dict[str, int] = field(default_factory=dict)
 
     def format(self) -> str:
+        verdict = "SUCCESS" if self.success else "not reached"
         lines = [
             f"cycles: {self.cycles} in {self.duration_s:.2f} s ({self.stop_reason}), "
             f"policy steps: {self.policy_steps}",
             f"goal: {np.array2string(self.goal_position, precision=4)} m, final TCP distance: "
             f"{self.final_distance_m * 1000:.1f} mm (threshold "
-            f"{self.success_threshold_m * 1000:.1f} mm) -> "
-            f"{'SUCCESS' if self.success else 'not reached'}",
+            f"{self.success_threshold_m * 1000:.1f} mm), held {self.held_s:.2f} s of "
+            f"{self.success_hold_s:.2f} s needed, worst over the last second "
+            f"{self.worst_distance_last_second_m * 1000:.1f} mm -> {verdict}",
             f"inference:      {self.inference.format()}",
             f"policy step:    {self.policy_step.format()}  (observation + inference + target)",
             f"compute:        {self.compute.format()}  (state received -> setpoint sent)",
@@ -116,6 +143,14 @@ class LoopSummary:
             f"{self.unanswered_states}, duplicate/reordered states dropped: "
             f"{self.stale_states_dropped}",
         ]
+        if self.goal_changes:
+            lines.append(f"goal changes accepted: {self.goal_changes}")
+        lines.append(
+            f"stop: braked to rest, {self.braking_travel_rad:.4f} rad of travel at most; TCP "
+            f"{self.rest_distance_m * 1000:.1f} mm from the goal at rest"
+        )
+        if self.refusal:
+            lines.append(f"REFUSED: {self.refusal}")
         if self.link:
             lines.append("link: " + ", ".join(f"{k} {v}" for k, v in self.link.items()))
         if self.faults:
@@ -221,8 +256,52 @@ class _CycleRecorder:
                 )
 
 
+class GoalSource(Protocol):
+    """Where new goals come from while the loop runs (a UDP goal port, a ROS topic): `poll`
+    returns the goals received since the last call, never blocks, and has already dropped
+    what it could not read."""
+
+    def poll(self) -> list[np.ndarray]: ...
+
+
+class _SuccessTracker:
+    """The environment's success test, judged at each policy step: the TCP within the
+    threshold for the hold time, up to now; and the worst distance over the last second."""
+
+    def __init__(self, threshold_m: float, hold_s: float, control_period_s: float) -> None:
+        self.threshold_m = threshold_m
+        self.hold_s = hold_s
+        self.control_period_s = control_period_s
+        # As the env counts it: 0.5 s at 25 Hz is 12.5 steps, so 13; never fewer than 1.
+        self.hold_steps = max(1, math.ceil(hold_s / control_period_s - 1e-9))
+        self._last_second: deque[float] = deque(maxlen=max(1, round(1.0 / control_period_s)))
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps_on_goal = 0
+        self.distance_m = math.inf
+        self._last_second.clear()
+
+    def record(self, distance_m: float) -> None:
+        self.distance_m = distance_m
+        self.steps_on_goal = self.steps_on_goal + 1 if distance_m <= self.threshold_m else 0
+        self._last_second.append(distance_m)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.steps_on_goal >= self.hold_steps
+
+    @property
+    def held_s(self) -> float:
+        return self.steps_on_goal * self.control_period_s
+
+    @property
+    def worst_last_second_m(self) -> float:
+        return max(self._last_second) if self._last_second else math.inf
+
+
 class ControlLoop:
-    """Runs a policy against a robot backend with the safety gates and the interpolator."""
+    """Runs a policy against a robot backend with the safety gates and the command stream."""
 
     def __init__(
         self,
@@ -232,6 +311,10 @@ class ControlLoop:
         backend: RobotBackend,
         goal_position: Sequence[float] | np.ndarray,
         steps_per_action: int,
+        *,
+        move_to_home: bool = False,
+        goal_source: GoalSource | None = None,
+        allow_goal_outside_training: bool = False,
     ) -> None:
         goal = np.asarray(goal_position, dtype=float)
         if goal.shape != (3,) or not np.all(np.isfinite(goal)):
@@ -244,13 +327,33 @@ class ControlLoop:
         self.backend = backend
         self.goal_position = goal
         self.steps_per_action = steps_per_action
+        self.move_to_home = move_to_home
+        self.goal_source = goal_source
+        self.allow_goal_outside_training = allow_goal_outside_training
         self.safety = SafetyMonitor(robot_config)
-        self._observation = ObservationBuilder(contract)
+        self.timing = ControlTiming(robot_config.robot_period_s, steps_per_action)
+        self._observation = ObservationBuilder(
+            contract.observation_term_layout(),
+            ObservationConstants(contract.lower, contract.upper, contract.velocity),
+        )
+        self._observation_inputs = ObservationInputs(
+            goal_position=self.goal_position,
+            previous_action=np.zeros(contract.action_size),
+        )
+        self._mapping = JointTargetMapping.for_robot(
+            contract.action_mode, contract.action_scale, contract.home_joint_positions, robot_config
+        )
         self._previous_action = np.zeros(contract.action_size, dtype=np.float32)
-        self._target = np.zeros(robot_config.joint_count)
-        self._interpolator: JointInterpolator | None = None
+        self._stream: CommandStream | None = None
+        self._home_move: JointInterpolator | None = None
+        self._success = _SuccessTracker(
+            contract.success_threshold_m, contract.success_hold_s, contract.control_period_s
+        )
+        self.start_tolerance_rad = contract.initial_joint_noise_rad + START_POSE_SLACK_RAD
         self._last_inference_s = math.nan
         self._reset_requested = threading.Event()
+        self._goal_changes = 0
+        self.last_tcp_position = np.zeros(3)
 
     def request_reset(self) -> None:
         """Ask the loop (from any thread) to clear a latched fault at the next state."""
@@ -260,16 +363,49 @@ class ControlLoop:
         self._reset_requested.clear()
         self.safety.reset()
         hold = self.safety.hold_setpoint
-        if self._interpolator is not None and hold is not None:
-            self._interpolator.reset(hold)
+        if self._stream is not None and hold is not None:
+            self._stream.reset(hold)
         self._previous_action[:] = 0.0
 
+    # ------------------------------------------------------------------ goals
+    def check_goal(self, goal: np.ndarray) -> str | None:
+        """Why `goal` may not be commanded, or None if it may."""
+        goal = np.asarray(goal, dtype=float)
+        if goal.shape != (3,) or not np.all(np.isfinite(goal)):
+            return f"goal must be 3 finite numbers (m), got {goal.tolist()}"
+        contract = self.contract
+        outside = (goal < contract.goal_low - 1e-9) | (goal > contract.goal_high + 1e-9)
+        if np.any(outside) and not self.allow_goal_outside_training:
+            return (
+                f"goal {goal.tolist()} is outside the training goal box low "
+                f"{contract.goal_low.tolist()} high {contract.goal_high.tolist()}"
+            )
+        return None
+
+    def _poll_goals(self) -> None:
+        if self.goal_source is None:
+            return
+        for goal in self.goal_source.poll():
+            reason = self.check_goal(goal)
+            if reason is not None:
+                logger.warning("goal ignored: %s", reason)
+                continue
+            # Written in place: the observation inputs hold this very array.
+            self.goal_position[:] = goal
+            self._success.reset()
+            self._goal_changes += 1
+            logger.info("new goal %s m", np.round(goal, 4).tolist())
+
+    # ------------------------------------------------------------- policy step
     def _policy_target(
-        self, joint_positions: np.ndarray, joint_velocities: np.ndarray
+        self, joint_positions: np.ndarray, joint_velocities: np.ndarray, tcp: np.ndarray
     ) -> np.ndarray | None:
-        observation = self._observation.build(
-            joint_positions, joint_velocities, self.goal_position, self._previous_action
-        )
+        inputs = self._observation_inputs
+        inputs.joint_positions = joint_positions
+        inputs.joint_velocities = joint_velocities
+        inputs.tcp_position = tcp
+        inputs.previous_action = self._previous_action
+        observation = self._observation.build(inputs)
         if not self.safety.check_finite("observation", observation):
             return None
         inference_start = time.perf_counter()
@@ -278,25 +414,31 @@ class ControlLoop:
         if not self.safety.check_finite("policy action", action):
             return None
         np.clip(action, -1.0, 1.0, out=self._previous_action)
-        contract = self.contract
-        base = (
-            joint_positions
-            if contract.action_mode == "joint_delta"
-            else contract.home_joint_positions
-        )
-        np.multiply(self._previous_action, contract.action_scale, out=self._target)
-        self._target += base
-        np.clip(
-            self._target,
-            self.robot_config.target_lower,
-            self.robot_config.target_upper,
-            out=self._target,
-        )
-        return self._target
+        return self._mapping.target(self._previous_action, joint_positions)
 
-    def _tcp_distance(self, joint_positions: np.ndarray) -> tuple[np.ndarray, float]:
-        tcp = self.contract.kinematics.tcp_position(joint_positions)
-        return tcp, float(np.linalg.norm(self.goal_position - tcp))
+    def _start_pose_refusal(self, positions: np.ndarray) -> str | None:
+        offset = np.abs(positions - self.contract.home_joint_positions)
+        worst = int(np.argmax(offset))
+        if offset[worst] <= self.start_tolerance_rad:
+            return None
+        return (
+            f"start pose: {self.robot_config.joint_names[worst]} is {offset[worst]:.3f} rad from "
+            f"the policy's home {self.contract.home_joint_positions[worst]:.3f} rad (tolerance "
+            f"{self.start_tolerance_rad:.3f} rad, the training's start spread plus "
+            f"{START_POSE_SLACK_RAD} rad); jog the arm there or pass move_to_home "
+            "(--move-to-home) to drive it there slowly first"
+        )
+
+    def _begin_home_move(self, positions: np.ndarray) -> None:
+        robot = self.robot_config
+        self._home_move = JointInterpolator(
+            robot.interpolator_velocity * HOME_MOVE_VELOCITY_FRACTION,
+            robot.acceleration * HOME_MOVE_ACCELERATION_FRACTION,
+            robot.robot_period_s,
+            positions,
+        )
+        self._home_move.set_target(self.contract.home_joint_positions)
+        logger.info("driving to the policy's home pose first")
 
     def run(
         self,
@@ -305,8 +447,10 @@ class ControlLoop:
         stop_on_success: bool = False,
         first_state_timeout_s: float = DEFAULT_FIRST_STATE_TIMEOUT_S,
         csv_path: str | Path | None = None,
+        max_policy_steps: int | None = None,
     ) -> LoopSummary:
-        """Run until `duration_s`, `max_cycles` answered states, success (if asked) or Ctrl-C."""
+        """Run until `duration_s` of policy time, `max_cycles` answered states,
+        `max_policy_steps` actions, success (if asked) or Ctrl-C; then brake to rest."""
         robot = self.robot_config
         period = robot.robot_period_s
         wanted_capacity = (
@@ -318,6 +462,9 @@ class ControlLoop:
                 else MAX_RECORDED_CYCLES
             )
         )
+        if self.move_to_home:
+            # Room for the drive to home as well (a few seconds at most).
+            wanted_capacity += math.ceil(30.0 / period)
         recorder = _CycleRecorder(
             max(1, min(wanted_capacity, MAX_RECORDED_CYCLES)),
             robot.joint_count,
@@ -332,15 +479,38 @@ class ControlLoop:
         last_received: float | None = None
         last_good_positions: np.ndarray | None = None
         stop_reason = "duration"
+        stopping = False  # braking to rest; the loop ends once the stream is at rest
+        braking_from: np.ndarray | None = None
+        braking_travel = 0.0
+        refusal: str | None = None
         start = time.perf_counter()
-        try:
-            while True:
+        policy_start: float | None = None  # when the policy phase began (after any home move)
+        interrupts = 0
+
+        def begin_stop(reason: str) -> None:
+            nonlocal stopping, stop_reason
+            if stopping:
+                return
+            stopping = True
+            stop_reason = reason
+            if self._stream is not None:
+                self._stream.interpolator.brake()
+
+        while True:
+            try:
                 now = time.perf_counter()
-                if duration_s is not None and now - start >= duration_s:
-                    stop_reason = "duration"
-                    break
+                if (
+                    duration_s is not None
+                    and policy_start is not None
+                    and now - policy_start >= duration_s
+                ):
+                    begin_stop("duration")
                 if max_cycles is not None and cycles >= max_cycles:
-                    stop_reason = "max_cycles"
+                    stop_reason = "max_cycles" if not stopping else stop_reason
+                    break
+                if stopping and (
+                    self._stream is None or self._stream.interpolator.at_rest or safety.latched
+                ):
                     break
                 if last_received is None:
                     timeout = start + first_state_timeout_s - now
@@ -353,13 +523,15 @@ class ControlLoop:
                     timeout = last_received + stale_timeout - now
                     if timeout <= 0.0:
                         timeout = stale_timeout
-                if duration_s is not None:
-                    timeout = min(timeout, start + duration_s - now)
+                if duration_s is not None and policy_start is not None and not stopping:
+                    timeout = min(timeout, policy_start + duration_s - now)
                 state = self.backend.receive_state(max(0.0, timeout))
                 received = time.perf_counter()
                 if state is None:
                     if last_received is not None and received - last_received >= stale_timeout:
                         safety.stale(received - last_received)
+                        if stopping:
+                            break
                     continue
                 if not safety.accept_sequence(state.sequence):
                     continue
@@ -378,14 +550,28 @@ class ControlLoop:
                 state_ok = safety.check_state(positions, velocities)
                 if state_ok:
                     last_good_positions = positions
-                    if self._interpolator is None:
-                        self._interpolator = JointInterpolator(
-                            robot.interpolator_velocity, robot.acceleration, period, positions
-                        )
+                    if self._stream is None and self._home_move is None:
+                        refusal = self._start_pose_refusal(positions)
+                        if refusal is not None and not self.move_to_home:
+                            logger.error("refused: %s", refusal)
+                            stop_reason = "refused"
+                            break
+                        if refusal is not None:
+                            refusal = None
+                            self._begin_home_move(positions)
+                        else:
+                            self._stream = CommandStream(
+                                self.timing, robot.interpolator_velocity, robot.acceleration,
+                                positions,
+                            )
+                            policy_start = received
                 setpoint: np.ndarray | None = None
-                if not safety.latched and self._interpolator is not None:
-                    setpoint = self._interpolator.step()
-                    if not safety.check_setpoint(setpoint):
+                if not safety.latched:
+                    if self._stream is not None:
+                        setpoint = self._stream.next_setpoint()
+                    elif self._home_move is not None:
+                        setpoint = self._home_move.step()
+                    if setpoint is not None and not safety.check_setpoint(setpoint):
                         setpoint = None
                 if safety.latched:
                     setpoint = safety.hold_setpoint
@@ -396,27 +582,62 @@ class ControlLoop:
                 else:
                     self.backend.send_setpoint(state.sequence, setpoint, safety.latched)
                 sent = time.perf_counter()
+                if stopping and setpoint is not None:
+                    if braking_from is None:
+                        braking_from = setpoint.copy()
+                    braking_travel = max(
+                        braking_travel, float(np.max(np.abs(setpoint - braking_from)))
+                    )
+
+                home_move = self._home_move
+                if (
+                    home_move is not None
+                    and self._stream is None
+                    and not safety.latched
+                    and home_move.at_target
+                    and np.all(
+                        np.abs(positions - self.contract.home_joint_positions)
+                        <= HOME_REACHED_TOLERANCE_RAD
+                    )
+                ):
+                    # At home and at rest: the policy starts from here, as from a reset.
+                    self._stream = CommandStream(
+                        self.timing,
+                        robot.interpolator_velocity,
+                        robot.acceleration,
+                        home_move.position,
+                    )
+                    self._home_move = None
+                    policy_start = received
+                    logger.info("at home; starting the policy")
 
                 inference = policy_step = math.nan
                 if (
                     not safety.latched
-                    and self._interpolator is not None
+                    and not stopping
+                    and self._stream is not None
                     and (next_policy_sequence is None or state.sequence >= next_policy_sequence)
                 ):
                     next_policy_sequence = state.sequence + self.steps_per_action
-                    policy_start = time.perf_counter()
-                    self._last_inference_s = math.nan
-                    target = self._policy_target(positions, velocities)
-                    policy_step = time.perf_counter() - policy_start
-                    inference = self._last_inference_s
-                    if target is not None:
-                        self._interpolator.set_target(target)
-                        policy_steps += 1
-                        distance = float(
-                            np.linalg.norm(self.goal_position - self._observation.last_tcp_position)
-                        )
-                        if stop_on_success and distance <= self.contract.success_threshold_m:
-                            stop_reason = "success"
+                    tcp = self.contract.kinematics.tcp_position(positions)
+                    self.last_tcp_position = tcp
+                    if policy_steps > 0:
+                        # The state after the previous action, as the env judges each step.
+                        self._success.record(float(np.linalg.norm(self.goal_position - tcp)))
+                    self._poll_goals()
+                    if stop_on_success and self._success.succeeded:
+                        begin_stop("success")
+                    elif max_policy_steps is not None and policy_steps >= max_policy_steps:
+                        begin_stop("policy_steps")
+                    else:
+                        step_start = time.perf_counter()
+                        self._last_inference_s = math.nan
+                        target = self._policy_target(positions, velocities, tcp)
+                        policy_step = time.perf_counter() - step_start
+                        inference = self._last_inference_s
+                        if target is not None:
+                            self._stream.set_target(target)
+                            policy_steps += 1
                 cycles += 1
                 self._record(
                     recorder,
@@ -432,20 +653,30 @@ class ControlLoop:
                     setpoint,
                     start,
                 )
-                if stop_reason == "success":
+            except KeyboardInterrupt:
+                interrupts += 1
+                if interrupts > 1 or self._stream is None:
+                    stop_reason = "interrupted"
                     break
-        except KeyboardInterrupt:
-            stop_reason = "interrupted"
+                logger.warning("interrupted: braking to rest (Ctrl-C again to stop at once)")
+                begin_stop("interrupted")
         duration = time.perf_counter() - start
 
         if csv_path is not None:
             recorder.write_csv(Path(csv_path), robot.joint_names)
         if last_good_positions is not None:
-            final_tcp, final_distance = self._tcp_distance(last_good_positions)
+            final_tcp = self.contract.kinematics.tcp_position(last_good_positions)
+            rest_distance = float(np.linalg.norm(self.goal_position - final_tcp))
         else:
-            final_tcp, final_distance = None, math.inf
+            final_tcp, rest_distance = None, math.inf
+        # The episode's final distance, as the env reports it, is the one judged at the last
+        # policy step; the arm then brakes to rest (`rest_distance_m`).
+        final_distance = (
+            self._success.distance_m if math.isfinite(self._success.distance_m) else rest_distance
+        )
         interval_samples = recorder.ordered(recorder.interval)
         link = getattr(self.backend, "stats", None)
+        success = self._success
         return LoopSummary(
             cycles=cycles,
             policy_steps=policy_steps,
@@ -465,8 +696,15 @@ class ControlLoop:
             goal_position=self.goal_position.copy(),
             final_tcp_position=final_tcp,
             final_distance_m=final_distance,
+            rest_distance_m=rest_distance,
             success_threshold_m=self.contract.success_threshold_m,
-            success=final_distance <= self.contract.success_threshold_m,
+            success=success.succeeded and not safety.faults,
+            success_hold_s=success.hold_s,
+            held_s=success.held_s,
+            worst_distance_last_second_m=success.worst_last_second_m,
+            refusal=refusal,
+            goal_changes=self._goal_changes,
+            braking_travel_rad=braking_travel,
             link=asdict(link) if link is not None and is_dataclass(link) else {},
         )
 

@@ -6,6 +6,8 @@ Fixed-size little-endian datagrams, one message per datagram:
                        sequence u64 | timestamp f64 (seconds, sender's clock)
     STATE    (type 1, 192 bytes): header + q[7] f64 + qd[7] f64 + torque[7] f64
     SETPOINT (type 2,  88 bytes): header + answer_to_sequence u64 + q_setpoint[7] f64
+    GOAL     (type 3,  48 bytes): header + goal xyz[3] f64 (m, robot base frame), sent to the
+                                  controller's goal port by an operator tool or a planner
 
 Fixed sizes keep a C/C++ FRI client trivial (one packed struct each way) and let the decoder
 reject anything of the wrong length before looking inside. The decoder raises
@@ -26,6 +28,7 @@ JOINT_COUNT = 7
 
 MESSAGE_STATE = 1
 MESSAGE_SETPOINT = 2
+MESSAGE_GOAL = 3
 
 # STATE flags (robot -> controller)
 STATE_TORQUE_VALID = 1 << 0
@@ -43,6 +46,7 @@ SETPOINT_ANSWER = struct.Struct("<Q")
 _FLOAT64 = np.dtype("<f8")
 STATE_SIZE = HEADER.size + 3 * JOINT_COUNT * _FLOAT64.itemsize
 SETPOINT_SIZE = HEADER.size + SETPOINT_ANSWER.size + JOINT_COUNT * _FLOAT64.itemsize
+GOAL_SIZE = HEADER.size + 3 * _FLOAT64.itemsize
 MAX_SEQUENCE = 2**64 - 1
 
 
@@ -67,6 +71,13 @@ class SetpointMessage:
     answer_to_sequence: int
     joint_positions: np.ndarray
     flags: int
+
+
+@dataclass(frozen=True)
+class GoalMessage:
+    sequence: int
+    timestamp_s: float
+    goal_position: np.ndarray
 
 
 def _joint_vector(values: np.ndarray | None, what: str, check_finite: bool) -> np.ndarray:
@@ -185,6 +196,26 @@ def decode_setpoint(data: bytes) -> SetpointMessage:
         joint_positions=positions,
         flags=flags,
     )
+
+
+def encode_goal(sequence: int, timestamp_s: float, goal_position) -> bytes:
+    goal = np.asarray(goal_position, dtype=_FLOAT64)
+    if goal.shape != (3,) or not np.all(np.isfinite(goal)):
+        raise ProtocolError(f"goal: expected 3 finite numbers, got {goal.tolist()}")
+    if not math.isfinite(timestamp_s):
+        raise ProtocolError("timestamp: non-finite value")
+    return _header(MESSAGE_GOAL, 0, sequence, timestamp_s) + goal.tobytes()
+
+
+def decode_goal(data: bytes) -> GoalMessage:
+    data = bytes(data)
+    _, flags, sequence, timestamp = _decode_header(data, MESSAGE_GOAL)
+    if len(data) != GOAL_SIZE:
+        raise ProtocolError(f"GOAL datagram of {len(data)} bytes, expected {GOAL_SIZE}")
+    if flags:
+        raise ProtocolError(f"GOAL flags 0x{flags:04x} set unknown bits")
+    goal = _finite_floats(data, HEADER.size, 3, "GOAL position")
+    return GoalMessage(sequence=sequence, timestamp_s=timestamp, goal_position=goal)
 
 
 def decode(data: bytes) -> StateMessage | SetpointMessage:

@@ -7,6 +7,7 @@ with one SETPOINT sent back to the address the state came from.
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import time
@@ -19,9 +20,13 @@ from .protocol import (
     SETPOINT_FAULT_LATCHED,
     SETPOINT_HOLD,
     ProtocolError,
+    decode_goal,
     decode_state,
+    encode_goal,
     encode_setpoint,
 )
+
+logger = logging.getLogger(__name__)
 
 RECEIVE_BUFFER_BYTES = 4096
 
@@ -171,3 +176,62 @@ class UdpRobot:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class UdpGoalListener:
+    """New goals while the loop runs: GOAL datagrams on their own port (a `GoalSource`).
+
+    Only hosts in `allowed_hosts` may move the goal; a datagram from any other address, a
+    malformed one, a non-finite goal or a sequence not newer than the last is ignored with a
+    logged reason. The loop checks each goal against the training box before using it."""
+
+    def __init__(self, bind_address: tuple[str, int], allowed_hosts=("127.0.0.1",)) -> None:
+        self.allowed_hosts = frozenset(allowed_hosts)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind(bind_address)
+        self._socket.setblocking(False)
+        # Per host, not per socket: `send_goal` opens a new socket for every goal.
+        self._last_sequence: dict[str, int] = {}
+        self.ignored = 0
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self._socket.getsockname()
+
+    def _ignore(self, reason: str, *args) -> None:
+        self.ignored += 1
+        logger.warning("goal message ignored: " + reason, *args)
+
+    def poll(self) -> list[np.ndarray]:
+        goals = []
+        while True:
+            try:
+                data, sender = self._socket.recvfrom(RECEIVE_BUFFER_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return goals
+            except OSError:
+                continue
+            if sender[0] not in self.allowed_hosts:
+                self._ignore("from unknown sender %s:%d", sender[0], sender[1])
+                continue
+            try:
+                message = decode_goal(data)
+            except ProtocolError as error:
+                self._ignore("%s (from %s:%d)", error, sender[0], sender[1])
+                continue
+            last = self._last_sequence.get(sender[0])
+            if last is not None and message.sequence <= last:
+                self._ignore("sequence %d not newer than %d", message.sequence, last)
+                continue
+            self._last_sequence[sender[0]] = message.sequence
+            goals.append(message.goal_position)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def send_goal(address: tuple[str, int], goal_position, sequence: int | None = None) -> None:
+    """Send one GOAL datagram to a running controller's goal port."""
+    sequence = time.monotonic_ns() if sequence is None else sequence
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.sendto(encode_goal(sequence, time.monotonic(), goal_position), address)

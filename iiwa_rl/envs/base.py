@@ -1,6 +1,13 @@
 """The environment shell shared by every IIWA task: robot, physics stepping, actions,
 safety of inputs, time limits and rendering. A task (tasks/*.py) adds its scene, its
-reset, its observation pieces, its reward inputs and its success test.
+reset, its observation inputs, its reward inputs and its success test.
+
+Actuation is the controller's own code (iiwa_deploy.actuation): an action becomes a joint
+target, the target feeds the controller's interpolator, and the arm's position motors get
+one interpolated setpoint per robot period, the first `command_delay_periods` of them still
+towards the previous target, as the real loop answers a state before its policy runs. The
+robot configuration (limits, robot period, interpolator limits, target margin) is the
+controller's YAML. The observation is built by the controller's `ObservationBuilder`.
 
 Episode semantics:
 - `terminated` is True when the task itself ended: a grasp cube off the table, or grasp
@@ -17,6 +24,7 @@ Episode semantics:
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -24,11 +32,18 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import pybullet
+from iiwa_deploy.actuation import CommandStream, ControlTiming, JointTargetMapping
+from iiwa_deploy.config import ConfigError as RobotConfigError
+from iiwa_deploy.config import RobotConfig, load_robot_config
+from iiwa_deploy.observation import ObservationBuilder, ObservationConstants, ObservationInputs
 
 from iiwa_rl.envs.config import IiwaEnvConfig
 from iiwa_rl.envs.rewards import RewardFunction, RewardInputs
 from iiwa_rl.schema import ConfigError, from_mapping, to_mapping
 from iiwa_rl.sim import BulletSim, Iiwa14
+
+# The URDF's limits and the robot configuration's must describe the same arm (rad, rad/s).
+_LIMIT_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -66,19 +81,42 @@ class IiwaEnv(gym.Env, ABC):
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.config.control_hz}
         cfg = self.config
+        self.robot_config = self._load_robot_config(cfg)
+        self.timing, self.physics_steps_per_period = self._control_timing(cfg, self.robot_config)
         self.sim = BulletSim(
             gui=render_mode == "human",
             physics_hz=cfg.physics_hz,
             solver_iterations=cfg.solver_iterations,
         )
         self.robot = Iiwa14(self.sim, with_gripper=self.with_gripper)
+        self._check_robot_limits()
         self.home_joint_positions = np.asarray(cfg.home_joint_positions, dtype=float)
         self._setup_scene()
+        robot_config = self.robot_config
+        self.command_stream = CommandStream(
+            self.timing,
+            robot_config.interpolator_velocity,
+            robot_config.acceleration,
+            self.home_joint_positions,
+        )
+        self._send_setpoint = self._make_setpoint_sender()
         self.reward_function = RewardFunction(
             cfg.reward.terms, cfg.reward.sparse, self.available_reward_terms, "env.reward.terms"
         )
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.action_size,), np.float32)
         self.observation_size = sum(size for _, size in self.observation_layout)
+        limits = self.robot.limits
+        self.observation_builder = ObservationBuilder(
+            self.observation_layout,
+            ObservationConstants(
+                joint_lower=limits.lower,
+                joint_upper=limits.upper,
+                joint_velocity_limits=limits.velocity,
+                max_gripper_width=self.robot.max_gripper_width,
+                object_rest_height=self.object_rest_height,
+            ),
+        )
+        self._observation_inputs = ObservationInputs(previous_action=np.zeros(self.action_size))
         self.observation_space = gym.spaces.Box(
             -np.inf, np.inf, (self.observation_size,), np.float32
         )
@@ -92,6 +130,41 @@ class IiwaEnv(gym.Env, ABC):
             self._create_markers()
 
     # -------------------------------------------------------------- configuration
+    @staticmethod
+    def _load_robot_config(cfg: IiwaEnvConfig) -> RobotConfig:
+        try:
+            return load_robot_config(cfg.robot_config)
+        except (RobotConfigError, OSError) as error:
+            raise ConfigError(f"env.kwargs.robot_config: {error}") from None
+
+    @staticmethod
+    def _control_timing(cfg: IiwaEnvConfig, robot: RobotConfig) -> tuple[ControlTiming, int]:
+        """The controller's timing at this robot's period, and physics steps per period."""
+        period = robot.robot_period_s
+        per_period = cfg.physics_hz * period
+        if round(per_period) < 1 or abs(per_period - round(per_period)) > 1e-6:
+            raise ConfigError(
+                f"env.kwargs.physics_hz: {cfg.physics_hz} Hz is not a whole multiple of the robot "
+                f"period's rate ({1.0 / period:g} Hz, robot_period_s {period} s of "
+                f"{cfg.robot_config or 'the shipped robot configuration'}): the simulated arm "
+                "takes one controller setpoint per robot period"
+            )
+        try:
+            timing = ControlTiming.for_control_period(period, 1.0 / cfg.control_hz)
+        except ValueError as error:
+            raise ConfigError(f"env.kwargs.control_hz: {error}") from None
+        return timing, int(round(per_period))
+
+    def _check_robot_limits(self) -> None:
+        limits, robot = self.robot.limits, self.robot_config
+        for name in ("lower", "upper", "velocity"):
+            difference = np.abs(getattr(limits, name) - getattr(robot, name))
+            if np.any(difference > _LIMIT_TOLERANCE):
+                raise ConfigError(
+                    f"env.kwargs.robot_config: joint_limits.{name} of {robot.name} differ from "
+                    f"the simulated arm's URDF by up to {difference.max():.4g}"
+                )
+
     @classmethod
     def _build_config(cls, config, overrides) -> IiwaEnvConfig:
         if isinstance(config, cls.config_class):
@@ -105,8 +178,9 @@ class IiwaEnv(gym.Env, ABC):
         return from_mapping(cls.config_class, {**base, **overrides}, "env.kwargs")
 
     # ------------------------------------------------------------- task interface
-    observation_layout: list[tuple[str, int]] = []
+    observation_layout: list[tuple[str, int]] = []  # term names of iiwa_deploy.observation
     available_reward_terms: set[str] = set()
+    object_rest_height = 0.0  # m; a task with an object sets it before the builder is made
 
     @property
     @abstractmethod
@@ -117,12 +191,12 @@ class IiwaEnv(gym.Env, ABC):
         """Load the task's bodies (called once)."""
 
     @abstractmethod
-    def _reset_task(self, rng: np.random.Generator) -> None:
-        """Draw the episode's goal or object pose with `rng`."""
+    def _reset_task(self, rng: np.random.Generator, options: dict) -> None:
+        """Draw the episode's goal or object pose with `rng`; `options` (reset's) may fix
+        them instead (a benchmark replaying given goals)."""
 
-    @abstractmethod
-    def _observation_parts(self, robot: RobotSnapshot) -> list[np.ndarray]:
-        """The pieces of `observation_layout`, in its order."""
+    def _task_observation_inputs(self, inputs: ObservationInputs) -> None:
+        """Fill the task's fields of the observation inputs (goal, object pose...)."""
 
     @abstractmethod
     def _evaluate(self, robot: RobotSnapshot, action: np.ndarray) -> tuple[RewardInputs, bool]:
@@ -155,9 +229,14 @@ class IiwaEnv(gym.Env, ABC):
         super().reset(seed=seed)
         cfg = self.config
         noise = self.np_random.uniform(-cfg.initial_joint_noise, cfg.initial_joint_noise, 7)
-        start = self.robot.limits.clip(self.home_joint_positions + noise, cfg.joint_limit_margin)
+        robot_config = self.robot_config
+        start = np.minimum(
+            np.maximum(self.home_joint_positions + noise, robot_config.target_lower),
+            robot_config.target_upper,
+        )
         self.robot.reset_joint_positions(start)
-        self._reset_task(self.np_random)
+        self.command_stream.reset(start)
+        self._reset_task(self.np_random, options or {})
         self._previous_action = np.zeros(self.action_size, dtype=np.float32)
         self._step_count = 0
         self._tcp_trail.clear()
@@ -178,9 +257,8 @@ class IiwaEnv(gym.Env, ABC):
         if not math.isfinite(action.sum(dtype=np.float64)):
             raise ValueError(f"action contains NaN or inf: {action.tolist()}")
         action = np.minimum(np.maximum(action, -1.0), 1.0)
-        self._apply_action(action)
         self.robot.peak_speed_fraction = 0.0
-        self.sim.step(self.config.substeps)
+        self._apply_action(action)
         self._step_count += 1
         truncated = self._step_count >= self.config.episode_steps
 
@@ -229,7 +307,15 @@ class IiwaEnv(gym.Env, ABC):
         )
 
     def _observation(self, snapshot: RobotSnapshot) -> np.ndarray:
-        return np.concatenate(self._observation_parts(snapshot), dtype=np.float32)
+        inputs = self._observation_inputs
+        inputs.joint_positions = snapshot.joint_positions
+        inputs.joint_velocities = snapshot.joint_velocities
+        inputs.tcp_position = snapshot.tcp_position
+        inputs.tcp_yaw = snapshot.tcp_yaw
+        inputs.gripper_width = snapshot.gripper_width
+        inputs.previous_action = self._previous_action
+        self._task_observation_inputs(inputs)
+        return self.observation_builder.build(inputs).copy()
 
     def _blew_up(self, snapshot: RobotSnapshot) -> bool:
         # The robot reads every joint's speed after each physics step, clamps it to the
@@ -247,25 +333,39 @@ class IiwaEnv(gym.Env, ABC):
     def _task_blew_up(self) -> bool:
         return False
 
-    def _joint_targets(self, joint_action: np.ndarray, measured: np.ndarray) -> np.ndarray:
-        cfg = self.config
-        if cfg.action_mode == "joint_offset":
-            targets = self.home_joint_positions + cfg.action_scale * joint_action
-        else:  # joint_delta: relative to the measured configuration, as on the real arm
-            targets = measured + cfg.action_scale * joint_action
-        return self.robot.limits.clip(targets, cfg.joint_limit_margin)
+    @functools.cached_property
+    def joint_target_mapping(self) -> JointTargetMapping:
+        """The controller's mapping of a joint action to a joint target."""
+        return JointTargetMapping.for_robot(
+            self.config.action_mode,
+            self.config.action_scale,
+            self.home_joint_positions,
+            self.robot_config,
+        )
+
+    def _make_setpoint_sender(self):
+        """`send(setpoint)`: one robot period of the simulated arm, as the robot lives it
+        between two states: the setpoint becomes the motors' target, the physics advances."""
+        command, step, substeps = (
+            self.robot.command_joint_positions,
+            self.sim.step,
+            self.physics_steps_per_period,
+        )
+
+        def send(setpoint: np.ndarray) -> None:
+            command(setpoint)
+            step(substeps)
+
+        return send
+
+    def _drive_joints(self, joint_target: np.ndarray) -> None:
+        """One policy period through the controller's command stream to `joint_target`."""
+        self.command_stream.control_step(joint_target, self._send_setpoint)
 
     def _apply_action(self, action: np.ndarray) -> None:
         # The state read after the last step is still current: nothing moved since.
         measured = self._current.joint_positions
-        self.robot.command_joint_positions(self._joint_targets(action[:7], measured))
-
-    def joint_state_for_observation(self, snapshot: RobotSnapshot) -> list[np.ndarray]:
-        limits = self.robot.limits
-        return [
-            limits.normalize(snapshot.joint_positions),
-            snapshot.joint_velocities / limits.velocity,
-        ]
+        self._drive_joints(self.joint_target_mapping.target(action, measured))
 
     # --------------------------------------------------------------- rendering
     def _create_markers(self) -> None:
@@ -335,7 +435,20 @@ class IiwaEnv(gym.Env, ABC):
                 "velocity": limits.velocity.tolist(),
                 "effort": limits.effort.tolist(),
             },
-            "joint_limit_margin": self.config.joint_limit_margin,
+            # The plant the policy was trained on: the controller refuses to run it through a
+            # different one (iiwa_deploy.contract.check_compatibility).
+            "actuation": {
+                "robot_period_s": self.timing.robot_period_s,
+                "command_delay_periods": self.timing.command_delay_periods,
+                "interpolator_velocity": self.robot_config.interpolator_velocity.tolist(),
+                "interpolator_acceleration": self.robot_config.acceleration.tolist(),
+                "target_margin_rad": self.robot_config.target_margin_rad,
+            },
+            "simulation": {
+                "physics_hz": self.config.physics_hz,
+                "solver_iterations": self.config.solver_iterations,
+            },
+            "start": {"initial_joint_noise_rad": self.config.initial_joint_noise},
         }
 
     @property

@@ -23,16 +23,22 @@ class RewardConfig:
 
 @dataclass
 class IiwaEnvConfig:
-    physics_hz: float = 240.0  # physics steps per second
-    # Policy steps per second; must divide physics_hz. 25 Hz (40 ms) is a whole number of
-    # every FRI period (1, 2, 5, 10 ms) and of 4 ms, so a deployed policy keeps its rate.
+    # The robot configuration (deploy/iiwa_deploy/robot_iiwa14.yaml unless a path is given) is
+    # the one file the controller reads too: joint limits, the robot period, the interpolator's
+    # speed and acceleration limits and the target margin. The env streams the controller's
+    # own setpoints at that period (iiwa_deploy.actuation), so the physics rate must be a
+    # whole multiple of it: 200 Hz is one physics step per 5 ms robot period.
+    robot_config: str | None = None
+    physics_hz: float = 200.0  # physics steps per second
+    # Policy steps per second; the policy period must be a whole number of robot periods.
+    # 25 Hz (40 ms) is a whole number of every FRI period (1, 2, 5, 10 ms) and of 4 ms, so a
+    # deployed policy keeps its rate.
     control_hz: float = 25.0
     episode_steps: int = 75  # control steps before the episode is truncated
     action_scale: float = 0.1  # rad per step (joint_delta), rad (joint_offset), m (cartesian)
     home_joint_positions: list[float] = field(default_factory=lambda: list(HOME_JOINT_POSITIONS))
     initial_joint_noise: float = 0.1  # rad, uniform around home at reset
-    joint_limit_margin: float = 0.02  # rad kept clear of each range end by commanded targets
-    solver_iterations: int = 30
+    solver_iterations: int = 10
     blowup_speed_factor: float = 3.0  # a joint faster than this times its limit = blow-up
     reward: RewardConfig = field(default_factory=RewardConfig)
 
@@ -68,14 +74,13 @@ def _reach_reward() -> RewardConfig:
 
 @dataclass
 class ReachConfig(IiwaEnvConfig):
-    # Reach has no contacts: 100 Hz physics with 10 solver iterations holds a position
-    # target to about 4e-4 rad, as 240 Hz does, and steps about 2.5x faster.
-    physics_hz: float = 100.0
-    solver_iterations: int = 10
     action_mode: Literal["joint_delta", "joint_offset"] = "joint_delta"
     goal_low: tuple[float, float, float] = (0.35, -0.4, 0.2)  # m, base frame
     goal_high: tuple[float, float, float] = (0.75, 0.4, 0.8)
     success_threshold: float = 0.02  # m, TCP to goal
+    # Success: within the threshold for this long up to the episode's end (or up to now, for
+    # info["is_success"]); the controller judges a deployed reach the same way.
+    hold_time: float = 0.5  # s
     reward: RewardConfig = field(default_factory=_reach_reward)
 
     def __post_init__(self):
@@ -85,6 +90,7 @@ class ReachConfig(IiwaEnvConfig):
             "goal_low must be <= goal_high on every axis",
         )
         check(self.success_threshold > 0, "success_threshold must be > 0")
+        check(self.hold_time >= 0, "hold_time must be >= 0 s")
 
 
 def _grasp_reward() -> RewardConfig:
@@ -102,13 +108,8 @@ def _grasp_reward() -> RewardConfig:
 
 @dataclass
 class GraspConfig(IiwaEnvConfig):
-    # 100 Hz, as Isaac Lab's lift task steps its physics, and 10 solver iterations, as reach.
-    # Measured against the former 200 Hz and 30 iterations (benchmarks/RESULTS.md, "Grasp
-    # physics rate"): the scripted expert grasps as often, the held cube slips no more,
-    # joints hold their targets to 2 mrad instead of 1 (15 or 30 iterations: the same), and
-    # a control step costs about half as much.
-    physics_hz: float = 100.0
-    solver_iterations: int = 10
+    # 10 solver iterations: against 30 (benchmarks/RESULTS.md, "Grasp physics rate") the
+    # scripted expert grasps as often and the held cube slips no more.
     action_mode: Literal["cartesian", "joint_delta"] = "cartesian"
     action_scale: float = 0.03
     yaw_scale: float = 0.25  # rad per step, cartesian mode

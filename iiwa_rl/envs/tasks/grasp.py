@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pybullet
+from iiwa_deploy.observation import ObservationInputs
 
 from iiwa_rl.envs.base import IiwaEnv, RobotSnapshot, down_orientation, quaternion_yaw
 from iiwa_rl.envs.config import GraspConfig
@@ -95,6 +96,7 @@ class IiwaGraspEnv(IiwaEnv):
         )
         self._cube_body, self._cube_frictions = self._cube_recipe_from(self.cube_id)
         self.cube_rest_height = cfg.cube_size / 2
+        self.object_rest_height = self.cube_rest_height  # for the observation's cube_lift
         self._workspace_low = np.asarray(cfg.workspace_low, dtype=float)
         self._workspace_high = np.asarray(cfg.workspace_high, dtype=float)
         # Home: the gripper open, pointing down above the middle of the cube area. Solved
@@ -124,7 +126,7 @@ class IiwaGraspEnv(IiwaEnv):
         self._contacts = (False, False)
         self._max_lift = 0.0
 
-    def _reset_task(self, rng: np.random.Generator) -> None:
+    def _reset_task(self, rng: np.random.Generator, options: dict) -> None:
         cfg = self.config
         xy = rng.uniform(cfg.cube_low, cfg.cube_high)
         yaw = rng.uniform(-cfg.cube_yaw_range, cfg.cube_yaw_range)
@@ -209,41 +211,23 @@ class IiwaGraspEnv(IiwaEnv):
                 current.tcp_orientation,
                 target,
                 down_orientation(yaw),
-                margin=cfg.joint_limit_margin,
+                margin=self.robot_config.target_margin_rad,
             )
         else:
-            joint_targets = self._joint_targets(action[:7], q)
-        self.robot.command_joint_positions(joint_targets)
+            joint_targets = self.joint_target_mapping.target(action, q)
+        # The gripper's command holds for the whole policy period; the arm's target goes
+        # through the controller's command stream.
         self.robot.command_gripper_width(
             (float(action[-1]) + 1.0) / 2.0 * self.robot.max_gripper_width
         )
+        self._drive_joints(joint_targets)
 
     # -------------------------------------------------------------- observation
-    def _observation_parts(self, robot: RobotSnapshot) -> list[np.ndarray]:
+    def _task_observation_inputs(self, inputs: ObservationInputs) -> None:
         # The cube was read (_read_task_state) for this very state.
-        tcp_yaw = robot.tcp_yaw
-        relative = 4.0 * (self._cube_yaw - tcp_yaw)
-        # Scalars that sit next to each other in the layout share one small array.
-        yaw_and_width = [
-            math.sin(tcp_yaw),
-            math.cos(tcp_yaw),
-            robot.gripper_width / self.robot.max_gripper_width,
-        ]
-        lift_and_contacts = [
-            float(self._cube_position[2]) - self.cube_rest_height,
-            float(self._contacts[0]),
-            float(self._contacts[1]),
-        ]
-        return [
-            *self.joint_state_for_observation(robot),
-            robot.tcp_position,
-            np.array(yaw_and_width),  # tcp_yaw_sincos, gripper_width_normalized
-            self._cube_position,
-            np.array([math.sin(relative), math.cos(relative)]),
-            self._cube_position - robot.tcp_position,
-            np.array(lift_and_contacts),  # cube_lift, finger_contacts
-            self._previous_action,
-        ]
+        inputs.object_position = self._cube_position
+        inputs.object_yaw = self._cube_yaw
+        inputs.finger_contacts = self._contacts
 
     def _evaluate(self, robot: RobotSnapshot, action: np.ndarray) -> tuple[RewardInputs, bool]:
         cfg = self.config

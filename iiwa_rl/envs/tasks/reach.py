@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from iiwa_deploy.observation import ObservationInputs
 
 from iiwa_rl.envs.base import IiwaEnv, RobotSnapshot
 from iiwa_rl.envs.config import ReachConfig
@@ -14,7 +17,7 @@ class IiwaReachEnv(IiwaEnv):
     to [-1, 1] by their ranges, joint velocities as fractions of their limits, TCP position
     (m), goal (m), goal minus TCP (m), previous action. Action: 7 joint commands in [-1, 1]
     (`joint_delta`: target = measured + scale * a; `joint_offset`: target = home + scale * a).
-    Success: TCP within `success_threshold` of the goal."""
+    Success: TCP within `success_threshold` of the goal for the last `hold_time` seconds."""
 
     config_class = ReachConfig
     config: ReachConfig
@@ -42,26 +45,34 @@ class IiwaReachEnv(IiwaEnv):
 
     def _setup_scene(self) -> None:
         self.goal_position = np.asarray(self.config.goal_high, dtype=float)
+        # Steps the TCP must have been on the goal, this one included: 0.5 s at 25 Hz is
+        # 12.5 steps, so 13; a zero hold still needs the step itself.
+        cfg = self.config
+        self._hold_steps_needed = max(1, math.ceil(cfg.hold_time * cfg.control_hz - 1e-9))
+        self._steps_on_goal = 0
 
-    def _reset_task(self, rng: np.random.Generator) -> None:
+    def _reset_task(self, rng: np.random.Generator, options: dict) -> None:
+        # Drawn even when given, so a given goal leaves the rest of the episode's draws alone.
         self.goal_position = rng.uniform(self.config.goal_low, self.config.goal_high)
+        if options.get("goal_position") is not None:
+            goal = np.asarray(options["goal_position"], dtype=float)
+            if goal.shape != (3,) or not np.all(np.isfinite(goal)):
+                raise ValueError(f"options['goal_position'] must be 3 finite numbers, got {goal}")
+            self.goal_position = goal
+        self._steps_on_goal = 0
 
-    def _observation_parts(self, robot: RobotSnapshot) -> list[np.ndarray]:
-        return [
-            *self.joint_state_for_observation(robot),
-            robot.tcp_position,
-            self.goal_position,
-            self.goal_position - robot.tcp_position,
-            self._previous_action,
-        ]
+    def _task_observation_inputs(self, inputs: ObservationInputs) -> None:
+        inputs.goal_position = self.goal_position
 
     def _evaluate(self, robot: RobotSnapshot, action: np.ndarray) -> tuple[RewardInputs, bool]:
         offset = self.goal_position - robot.tcp_position
         distance = float(np.sqrt(offset @ offset))
+        on_goal = distance <= self.config.success_threshold
+        self._steps_on_goal = self._steps_on_goal + 1 if on_goal else 0
         inputs = self.reward_inputs(
             robot,
             action,
-            is_success=distance <= self.config.success_threshold,
+            is_success=self._steps_on_goal >= self._hold_steps_needed,
             goal_position=self.goal_position,
         )
         return inputs, False
@@ -85,4 +96,5 @@ class IiwaReachEnv(IiwaEnv):
             "high": list(self.config.goal_high),
         }
         contract["success_threshold_m"] = self.config.success_threshold
+        contract["success_hold_s"] = self.config.hold_time
         return contract
