@@ -171,8 +171,9 @@ class DDPGSection:
     ou_theta: Annotated[float, Range(gt=0, le=1)] = 0.15
     policy_delay: PositiveInt = 1  # actor and targets update every this many critic updates
     # Environment steps between metrics rows. An update round runs every `update_every`
-    # vector steps, far too often for a row each; a row averages the rounds since the last.
-    log_every_steps: PositiveInt = 1000
+    # vector steps, far too often for a row each; a row averages the rounds since the
+    # last one. 0: a row per update round.
+    log_every_steps: NonNegativeInt = 1000
 
     def __post_init__(self):
         check(self.buffer_size >= self.batch_size, "buffer_size must be >= batch_size")
@@ -309,15 +310,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
 
 def _check_environment(config: TrainConfig, source: str) -> None:
     """Refuse an unknown id or bad environment parameters before any environment is built."""
-    import gymnasium as gym
+    from iiwa_rl.env_ids import find_env_spec
 
-    import iiwa_rl.envs  # noqa: F401  (registers the project's ids)
-
-    env_id = config.env.id
-    if env_id not in gym.registry:
-        known = sorted(name for name in gym.registry if name.startswith("Iiwa"))
-        raise ConfigError(f"{source}: env.id: unknown environment '{env_id}' (ours: {known})")
-    spec = gym.spec(env_id)
+    try:
+        spec = find_env_spec(config.env.id)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
     entry = spec.entry_point
     if isinstance(entry, str) and entry.startswith("iiwa_rl."):
         module_name, class_name = entry.split(":")

@@ -103,7 +103,7 @@ def export_policy(
     import onnx
     import onnxruntime
 
-    from iiwa_rl.train import build_policy, load_run
+    from iiwa_rl.checkpoint import build_policy, load_run
 
     config, state = load_run(run_dir, checkpoint)
     if not config.env.id.startswith("Iiwa"):
