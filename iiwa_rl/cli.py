@@ -209,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError) as error:
         print(f"iiwa-rl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        # Only raised once the simulation module is loaded, so importing it here is free.
+        from iiwa_rl.sim.client import DisplayUnavailableError
+
+        if not isinstance(error, DisplayUnavailableError):
+            raise
+        print(f"iiwa-rl {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"iiwa-rl {args.command}: interrupted", file=sys.stderr)
         return 130
