@@ -154,7 +154,12 @@ def _legacy_numpy_globals() -> list:
     """What a format-1 file's numpy arrays need from the unpickler: array and scalar
     reconstruction, no code of the file's choosing."""
     core = getattr(np, "_core", None) or np.core
-    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype]
+    numeric = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
+    numeric += ["float16", "float32", "float64"]
+    dtype_classes = {type(np.dtype(name)) for name in numeric}  # numpy >= 1.25: one per dtype
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype] + sorted(
+        dtype_classes - {np.dtype}, key=str
+    )
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
@@ -170,13 +175,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         with torch.serialization.safe_globals(_legacy_numpy_globals()):
             record = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0]
-        if "Weights only load failed" in reason or "Unsupported global" in str(error):
+        text = str(error)
+        if "Unsupported global" in text or "Can only build" in text:
             raise CheckpointError(
                 f"{path}: refused: it holds Python objects beyond tensors and plain data, "
-                "which loading could run as code (an iiwa-rl checkpoint never does)"
+                "which loading could run as code; an iiwa-rl checkpoint never does "
+                f"({_unpickler_reason(text).split('. Please')[0]})"
             ) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({size:,} bytes; truncated, or not a torch "
+            f"file: {_unpickler_reason(text)})"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
@@ -187,6 +196,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     _check_content(state, path)
     state["source"] = str(path)
     return state
+
+
+def _unpickler_reason(text: str) -> str:
+    """torch's weights-only refusal is a paragraph of advice; its own reason is the text
+    after "WeightsUnpickler error:"."""
+    _, found, rest = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (rest if found else text).splitlines() if line.strip()]
+    return lines[0] if lines else "unreadable"
 
 
 def _unwrap(record: Any, path: Path) -> dict:
