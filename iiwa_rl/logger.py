@@ -1,6 +1,6 @@
 """Run logging: CSV files (the source for plots), TensorBoard, and the console progress.
 
-metrics.csv holds one row per update (training figures), eval.csv one row per
+metrics.csv holds one row per update (DDPG: per `ddpg.log_every_steps`), eval.csv one row per
 evaluation. Both are appended as the run goes and truncated back to the checkpoint's
 step on resume, so a resumed run's curves have no duplicated stretch.
 """
@@ -96,15 +96,12 @@ class Progress:
                 mininterval=0.25,
             )
 
-    def update(
-        self, step: int, steps_per_second: float, episode_return: float, success: float
-    ) -> None:
+    def update(self, step: int, episode_return: float, success: float) -> None:
         if self.bar is None:
             return
-        # tqdm's own rate would count from its creation; ours excludes resume start-up.
+        # tqdm shows the rate and the ETA itself; the postfix says how training goes.
         self.bar.set_postfix_str(
-            f"{steps_per_second:,.0f} steps/s, return {episode_return:.2f}, success {success:.1%}",
-            refresh=False,
+            f"return {episode_return:.2f}, success {success:.1%}", refresh=False
         )
         self.bar.update(step - self.bar.n)
 

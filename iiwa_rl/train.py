@@ -183,12 +183,7 @@ class Trainer:
                     }
                     self.metrics_log.write(row)
                     self.tensorboard.write("train", row, self.global_step)
-                    progress.update(
-                        self.global_step,
-                        row["steps_per_second"],
-                        row["episode_return"],
-                        row["success_rate"],
-                    )
+                    progress.update(self.global_step, row["episode_return"], row["success_rate"])
 
             if self.global_step >= next_eval:
                 next_eval += cfg.eval_every_steps

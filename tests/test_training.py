@@ -410,3 +410,25 @@ def test_trainer_runs_on_other_gymnasium_envs(tmp_path, env_id):
     assert result["mean_length"] == 200.0 and np.isfinite(result["mean_return"])
     # ... and so does `iiwa-rl eval` on the run (not only on IIWA environments)
     assert main(["eval", str(tmp_path / "run"), "--episodes", "1", "--json"]) == 0
+
+
+def test_progress_bar_and_quiet_mode():
+    import io
+
+    from iiwa_rl.logger import Progress
+
+    stream = io.StringIO()
+    bar = Progress(1000, "bar", stream=stream, initial=100)  # a resume at step 100
+    bar.update(500, -3.25, 0.5)
+    bar.message("eval @ 500 steps")
+    bar.update(1000, -1.0, 0.9)
+    bar.close()
+    text = stream.getvalue()
+    assert "100/1.00k" in text and "1.00k/1.00k" in text
+    assert "eval @ 500 steps\n" in text and "return -1.00, success 90.0%" in text
+    quiet = io.StringIO()
+    silent = Progress(1000, "quiet", stream=quiet)
+    silent.update(500, -3.25, 0.5)
+    silent.message("eval @ 500 steps")
+    silent.close()
+    assert quiet.getvalue() == "eval @ 500 steps\n"
