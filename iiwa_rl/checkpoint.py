@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from iiwa_rl import run_dir as runs
 from iiwa_rl.schema import ConfigError
 
 FORMAT = "iiwa-rl checkpoint"
@@ -260,8 +261,6 @@ def _check_content(state: dict, path: Path) -> None:
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu"):
     """(config, verified checkpoint state) of a run directory; `checkpoint` is best or
     last (best falls back to last in a run that never evaluated)."""
-    from iiwa_rl import run_dir as runs
-
     run_dir = Path(run_dir)
     config = runs.read_run_config(run_dir)
     path = runs.checkpoint_path(run_dir, checkpoint)

@@ -14,9 +14,9 @@ episode ended) and `terminated` only, so a transition cut by a time limit still
 bootstraps from Q'(s', mu'(s')): the episode would have gone on.
 
 Update-to-data ratio: a transition the actor acted in earns `updates_per_step` gradient
-steps; the warm-up's random-action transitions earn none (SB3's `learning_starts`), so
-the first round after the warm-up is an ordinary one, not a burst of every step owed
-for the warm-up's data.
+steps; the warm-up's random-action transitions earn none (SB3's `learning_starts`), nor
+do those before the replay holds a batch, so the first round after the warm-up is an
+ordinary one, not a burst of every step owed for the warm-up's data.
 
 Speed: every vector step brings N transitions; an update round runs the gradient steps
 those transitions are owed, so the ratio does not depend on N while the per-round Python
@@ -251,9 +251,11 @@ class DDPG(Algorithm):
         )
         self.noise.reset(transition.terminated | transition.truncated)
         count = len(transition.rewards)
-        # act() chose these actions from the same count: random ones earn no updates.
-        if self.env_steps >= self.section.warmup_steps:
-            self.owed_updates += self.section.updates_per_step * count
+        # act() chose these actions from the same count: random ones earn no updates, nor
+        # do any before the replay holds a batch (they would all run at once when it did).
+        cfg = self.section
+        if self.env_steps >= cfg.warmup_steps and self.replay.size >= cfg.batch_size:
+            self.owed_updates += cfg.updates_per_step * count
         self.env_steps += count
         self.vector_steps += 1
 
