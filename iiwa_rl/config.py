@@ -13,9 +13,10 @@ A YAML file has these sections (see configs/*.yaml for complete examples):
     train:      step budget, evaluation, checkpoints, progress display
     eval:       episodes for `iiwa-rl eval`
 
-Everything is checked before any work starts: an unknown key, a wrong type, a bad value,
-an unknown environment id or bad environment parameters raise `ConfigError` naming the
-file and the key.
+Everything is checked before any work starts: an unknown key, a wrong type, a number
+that is not finite or outside the range its field declares (schema.Range), an unknown
+environment id (see env_ids.py for `module:EnvId`) or bad environment parameters raise
+`ConfigError` naming the file and the key.
 """
 
 from __future__ import annotations
