@@ -202,7 +202,9 @@ def cmd_fake_robot(args: argparse.Namespace) -> int:
     from iiwa_rl.sim.robot import HOME_JOINT_POSITIONS
 
     plant = PyBulletPlant(
-        args.period, physics_hz=args.physics_hz, solver_iterations=args.solver_iterations,
+        args.period,
+        physics_hz=args.physics_hz,
+        solver_iterations=args.solver_iterations,
         gui=args.gui,
     )
     initial = HOME_JOINT_POSITIONS if args.q0 is None else np.asarray(args.q0, dtype=float)

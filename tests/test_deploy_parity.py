@@ -31,7 +31,9 @@ def prepared():
 def env(prepared):
     from iiwa_rl.viz.policies import make_env
 
-    environment = make_env(prepared.policy.contract.env_id, prepared.policy.contract.raw["env_kwargs"])
+    environment = make_env(
+        prepared.policy.contract.env_id, prepared.policy.contract.raw["env_kwargs"]
+    )
     yield environment.unwrapped
     environment.close()
 
@@ -107,7 +109,9 @@ def test_env_and_controller_build_the_same_observation_from_the_same_state(prepa
             goal_position=env.goal_position.copy(),
             previous_action=env._previous_action.copy(),
         )
-        np.testing.assert_allclose(controller_builder.build(inputs), env_observation, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            controller_builder.build(inputs), env_observation, rtol=0, atol=1e-9
+        )
         # With the controller's own forward kinematics for the TCP, as on the robot.
         inputs.tcp_position = contract.kinematics.tcp_position(inputs.joint_positions)
         np.testing.assert_allclose(controller_builder.build(inputs), env_observation, atol=1e-6)
@@ -161,3 +165,53 @@ def test_deployed_reach_lands_where_the_env_episode_lands(prepared):
             assert summary.stop_reason == "policy_steps" and summary.policy_steps == steps
     finally:
         env.close()
+
+
+def test_the_simulated_robot_keeps_its_own_clock_when_the_loop_is_late(prepared):
+    """A late loop does not pause the simulated arm: the periods pass, holding the last
+    setpoint, and the next state is the newest one."""
+    import time
+
+    from iiwa_rl.deploy_sim import PyBulletPlant, SimRobot
+
+    contract = prepared.policy.contract
+    plant = PyBulletPlant.for_contract(contract, 0.005)
+    robot = SimRobot(plant, contract.home_joint_positions, real_time=True)
+    try:
+        first = robot.receive_state(1.0)
+        robot.send_setpoint(first.sequence, contract.home_joint_positions + 0.05, False)
+        second = robot.receive_state(1.0)
+        time.sleep(0.0255)  # five periods late
+        third = robot.receive_state(1.0)
+        assert second.sequence == first.sequence + 1
+        assert third.sequence >= second.sequence + 5
+        assert robot.periods_without_answer >= 4
+        assert plant.sim.physics_steps == third.sequence - 1  # one step per period lived
+    finally:
+        robot.close()
+
+
+def test_after_the_stop_the_arm_stands_still(prepared):
+    """The loop brakes to rest and waits for the arm to settle before it stops answering: the
+    simulated arm, left holding the last setpoint, moves less than a millimetre afterwards
+    (it travelled up to 27 mm on when the stream stopped mid-motion)."""
+    from iiwa_deploy import ControlLoop
+
+    from iiwa_rl.deploy_sim import PyBulletPlant, SimRobot
+
+    contract = prepared.policy.contract
+    plant = PyBulletPlant.for_contract(contract, prepared.robot.robot_period_s)
+    robot = SimRobot(plant, contract.home_joint_positions, real_time=False)
+    goal = contract.goal_low + np.array([0.05, 0.05, 0.55])  # far from home: the arm moves
+    try:
+        loop = ControlLoop(
+            prepared.policy, contract, prepared.robot, robot, goal, prepared.steps_per_action
+        )
+        summary = loop.run(max_policy_steps=10)  # stops mid-motion
+        assert summary.braking_travel_rad > 0.0 and not summary.faults
+        tcp_at_stop = plant.tcp_position()
+        for _ in range(200):  # one second holding the last setpoint
+            plant.step(plant.period_s)
+        assert np.linalg.norm(plant.tcp_position() - tcp_at_stop) < 1e-3
+    finally:
+        robot.close()

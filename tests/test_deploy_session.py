@@ -89,9 +89,10 @@ def test_goal_changes_while_running_and_bad_goals_are_ignored(reach_model, caplo
     address = listener.local_address
     new_goal = GOAL + np.array([0.0, 0.05, -0.03])
     outside_box = np.array([2.0, 0.0, 0.5])
-    nan_goal = HEADER.pack(MAGIC, 1, MESSAGE_GOAL, 0, 99, time.monotonic()) + np.array(
-        [np.nan, 0.0, 0.5]
-    ).tobytes()
+    nan_goal = (
+        HEADER.pack(MAGIC, 1, MESSAGE_GOAL, 0, 99, time.monotonic())
+        + np.array([np.nan, 0.0, 0.5]).tobytes()
+    )
 
     def sender():
         time.sleep(0.5)
@@ -136,3 +137,24 @@ def test_success_needs_the_hold_at_the_end(reach_model):
     assert summary.held_s >= summary.success_hold_s == 0.5
     assert summary.final_distance_m <= summary.success_threshold_m
     assert summary.worst_distance_last_second_m >= summary.final_distance_m
+
+
+def test_a_goal_change_leaves_the_callers_goal_array_alone(reach_model):
+    listener = UdpGoalListener(("127.0.0.1", 0))
+    callers_goal = GOAL.copy()
+    try:
+        send_goal(listener.local_address, GOAL + np.array([0.0, 0.05, 0.0]), sequence=1)
+        backend = UdpRobot(("127.0.0.1", 0), PERIOD)
+        fake = FakeRobot(backend.local_address, NumpyPlant(ROBOT.velocity), PERIOD, START)
+        fake.start(duration_s=10.0)
+        try:
+            summary = run_policy(
+                reach_model, backend, goal=callers_goal, duration_s=0.3, goal_source=listener
+            )
+        finally:
+            fake.close()
+            backend.close()
+    finally:
+        listener.close()
+    assert summary.goal_changes == 1
+    np.testing.assert_array_equal(callers_goal, GOAL)

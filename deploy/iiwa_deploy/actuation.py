@@ -149,9 +149,7 @@ class CommandStream:
         """The setpoint for the next robot period."""
         return self.interpolator.step()
 
-    def control_step(
-        self, joint_target: np.ndarray, send: Callable[[np.ndarray], None]
-    ) -> None:
+    def control_step(self, joint_target: np.ndarray, send: Callable[[np.ndarray], None]) -> None:
         """One policy period as the controller loop lives it, for a simulated robot: the first
         `command_delay_periods` setpoints still follow the previous target, then the new one
         takes over; `send(setpoint)` is called once per robot period and must advance the

@@ -457,11 +457,20 @@ def _check_actuation(trained: TrainedActuation, robot: RobotConfig) -> None:
         "(env.kwargs.robot_config)"
     )
     for name, trained_values, robot_values in (
-        ("interpolator velocity (rad/s)", trained.interpolator_velocity, robot.interpolator_velocity),
-        ("interpolator acceleration (rad/s^2)", trained.interpolator_acceleration, robot.acceleration),
+        (
+            "interpolator velocity (rad/s)",
+            trained.interpolator_velocity,
+            robot.interpolator_velocity,
+        ),
+        (
+            "interpolator acceleration (rad/s^2)",
+            trained.interpolator_acceleration,
+            robot.acceleration,
+        ),
     ):
         mismatched = np.flatnonzero(
-            np.abs(trained_values - robot_values) > LIMIT_TOLERANCE * np.maximum(1.0, trained_values)
+            np.abs(trained_values - robot_values)
+            > LIMIT_TOLERANCE * np.maximum(1.0, trained_values)
         )
         if mismatched.size:
             details = ", ".join(

@@ -62,6 +62,11 @@ HOME_MOVE_VELOCITY_FRACTION = 0.25
 HOME_MOVE_ACCELERATION_FRACTION = 0.25
 # Home is reached when every setpoint is there and every measured joint within this (rad).
 HOME_REACHED_TOLERANCE_RAD = 0.005
+# After a stop the loop answers until the setpoints stand still and every measured joint is
+# slower than this (rad/s): the arm, lagging its setpoints, has settled on the last one. A
+# robot that never settles is left after BRAKE_SETTLE_TIMEOUT_S of holding.
+REST_SPEED_RAD_S = 0.005
+BRAKE_SETTLE_TIMEOUT_S = 2.0
 
 
 class Policy(Protocol):
@@ -316,7 +321,8 @@ class ControlLoop:
         goal_source: GoalSource | None = None,
         allow_goal_outside_training: bool = False,
     ) -> None:
-        goal = np.asarray(goal_position, dtype=float)
+        # A copy: goal messages rewrite it in place, and the caller's array is not ours.
+        goal = np.array(goal_position, dtype=float)
         if goal.shape != (3,) or not np.all(np.isfinite(goal)):
             raise ValueError(f"goal must be 3 finite numbers (m), got {goal_position!r}")
         if steps_per_action < 1:
@@ -480,6 +486,8 @@ class ControlLoop:
         last_good_positions: np.ndarray | None = None
         stop_reason = "duration"
         stopping = False  # braking to rest; the loop ends once the stream is at rest
+        stop_began: float | None = None
+        measured_at_rest = False
         braking_from: np.ndarray | None = None
         braking_travel = 0.0
         refusal: str | None = None
@@ -488,11 +496,12 @@ class ControlLoop:
         interrupts = 0
 
         def begin_stop(reason: str) -> None:
-            nonlocal stopping, stop_reason
+            nonlocal stopping, stop_reason, stop_began
             if stopping:
                 return
             stopping = True
             stop_reason = reason
+            stop_began = time.perf_counter()
             if self._stream is not None:
                 self._stream.interpolator.brake()
 
@@ -509,7 +518,10 @@ class ControlLoop:
                     stop_reason = "max_cycles" if not stopping else stop_reason
                     break
                 if stopping and (
-                    self._stream is None or self._stream.interpolator.at_rest or safety.latched
+                    self._stream is None
+                    or safety.latched
+                    or (self._stream.interpolator.at_rest and measured_at_rest)
+                    or now - stop_began > BRAKE_SETTLE_TIMEOUT_S
                 ):
                     break
                 if last_received is None:
@@ -550,6 +562,7 @@ class ControlLoop:
                 state_ok = safety.check_state(positions, velocities)
                 if state_ok:
                     last_good_positions = positions
+                    measured_at_rest = bool(np.max(np.abs(velocities)) < REST_SPEED_RAD_S)
                     if self._stream is None and self._home_move is None:
                         refusal = self._start_pose_refusal(positions)
                         if refusal is not None and not self.move_to_home:
@@ -561,7 +574,9 @@ class ControlLoop:
                             self._begin_home_move(positions)
                         else:
                             self._stream = CommandStream(
-                                self.timing, robot.interpolator_velocity, robot.acceleration,
+                                self.timing,
+                                robot.interpolator_velocity,
+                                robot.acceleration,
                                 positions,
                             )
                             policy_start = received
