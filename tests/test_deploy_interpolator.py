@@ -145,3 +145,38 @@ def test_any_target_sequence_respects_limits_stays_in_bounds_and_arrives(scenari
     low = everything.min(axis=0) - 1e-9
     high = everything.max(axis=0) + 1e-9
     assert np.all(setpoints_array >= low) and np.all(setpoints_array <= high)
+
+
+def _array_step(position, velocity, target, v_max, a_max, period):
+    """The discrete trapezoid written on whole arrays (the interpolator's first form): the
+    per-joint float loop must give exactly these numbers."""
+    speed_step, unit = a_max * period, a_max * period**2
+    remaining = target - position
+    units = np.abs(remaining) / unit
+    whole = np.floor((np.sqrt(1.0 + 8.0 * units) - 1.0) / 2.0)
+    whole = np.where((whole + 1.0) * (whole + 2.0) / 2.0 <= units, whole + 1.0, whole)
+    whole = np.where(whole * (whole + 1.0) / 2.0 > units, whole - 1.0, whole)
+    whole = np.maximum(whole, 0.0)
+    stop = (units + whole * (whole + 1.0) / 2.0) / (whole + 1.0) * speed_step
+    wanted = np.sign(remaining) * np.minimum(stop, v_max)
+    new_velocity = np.clip(wanted, velocity - speed_step, velocity + speed_step)
+    new_velocity = np.clip(new_velocity, -v_max, v_max)
+    travel = new_velocity * period
+    arrives = np.abs(remaining - travel) <= 1e-12 * np.maximum(1.0, np.abs(target))
+    return np.where(arrives, target, position + travel), new_velocity
+
+
+def test_float_loop_equals_the_array_formulation_exactly() -> None:
+    rng = np.random.default_rng(4)
+    v_max = rng.uniform(0.5, 2.5, 7)
+    a_max = rng.uniform(2.0, 15.0, 7)
+    period = 0.005
+    interpolator = JointInterpolator(v_max, a_max, period, np.zeros(7))
+    position, velocity = np.zeros(7), np.zeros(7)
+    for step in range(3000):
+        if step % 8 == 0:
+            target = rng.uniform(-1.0, 1.0, 7) * (rng.random(7) < 0.8)
+            interpolator.set_target(target)
+        position, velocity = _array_step(position, velocity, target, v_max, a_max, period)
+        np.testing.assert_array_equal(interpolator.step(), position)
+        np.testing.assert_array_equal(interpolator.velocity, velocity)

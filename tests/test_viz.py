@@ -169,15 +169,18 @@ def test_recorded_mp4_has_one_frame_per_step_and_moves(tmp_path):
     from iiwa_rl.viz.overlay import TRAIL_COLOR
     from iiwa_rl.viz.record import record_episodes
 
+    # 20 steps: the arm moves at the controller's interpolator speed (half the datasheet's),
+    # and a random policy's trail needs that long to stand out in the frame.
+    steps = 20
     loaded = load_policy(REACH_CONFIG, "random", seed=3)
     output = tmp_path / "rollout.mp4"
-    summary = record_episodes(loaded, output, episodes=2, seed=5, episode_steps=12)
-    assert summary["frames"] == 2 * 12 and summary["lengths"] == [12, 12]
+    summary = record_episodes(loaded, output, episodes=2, seed=5, episode_steps=steps)
+    assert summary["frames"] == 2 * steps and summary["lengths"] == [steps, steps]
 
     reader = imageio.get_reader(str(output))
     try:
-        assert reader.count_frames() == 2 * 12
-        frames = [reader.get_data(i) for i in range(2 * 12)]
+        assert reader.count_frames() == 2 * steps
+        frames = [reader.get_data(i) for i in range(2 * steps)]
     finally:
         reader.close()
     assert frames[0].shape == (480, 640, 3)
@@ -185,7 +188,7 @@ def test_recorded_mp4_has_one_frame_per_step_and_moves(tmp_path):
     assert sum(change > 0.05 for change in changes) >= 15, f"frames barely change: {changes}"
     # The TCP trail is drawn in: its blue is in the last frame of an episode.
     target = np.array([round(255 * c) for c in TRAIL_COLOR])
-    near = np.abs(frames[11].astype(int) - target).max(axis=-1) < 40
+    near = np.abs(frames[steps - 1].astype(int) - target).max(axis=-1) < 40
     assert near.sum() > 20, "no TCP trail in the frame"
 
 
