@@ -164,16 +164,13 @@ def test_committed_urdfs_are_what_build_urdfs_writes():
 
 
 # -------------------------------------------------------------- robot methods
-def test_joint_limits_normalize_and_clip():
+def test_joint_limits_clip():
     limits = JointLimits(
         lower=np.array([-1.0, -2.0]),
         upper=np.array([1.0, 4.0]),
         velocity=np.ones(2),
         effort=np.ones(2),
     )
-    np.testing.assert_allclose(limits.normalize(np.array([-1.0, -2.0])), [-1.0, -1.0])
-    np.testing.assert_allclose(limits.normalize(np.array([1.0, 4.0])), [1.0, 1.0])
-    np.testing.assert_allclose(limits.normalize(np.array([0.0, 1.0])), [0.0, 0.0])
     np.testing.assert_allclose(limits.clip(np.array([5.0, -5.0])), [1.0, -2.0])
     np.testing.assert_allclose(limits.clip(np.array([5.0, -5.0]), margin=0.5), [0.5, -1.5])
     np.testing.assert_allclose(limits.clip(np.array([0.2, 3.0])), [0.2, 3.0])

@@ -187,10 +187,6 @@ class BulletSim:
         self.post_step_hooks: list[Callable[[], None]] = []
         self.physics_steps = 0  # taken so far; tells a hook's reading from a stale one
 
-    @property
-    def time_step(self) -> float:
-        return 1.0 / self.physics_hz
-
     def load_urdf(
         self,
         name: str,

@@ -38,20 +38,11 @@ class JointLimits:
     velocity: np.ndarray
     effort: np.ndarray
 
-    # Both run several times per control step: the constant parts are computed once
-    # (cached_property writes to the instance dict, which a frozen dataclass allows).
-    @functools.cached_property
-    def _middle_and_inverse_half_range(self) -> tuple[np.ndarray, np.ndarray]:
-        return (self.upper + self.lower) / 2.0, 2.0 / (self.upper - self.lower)
-
+    # Runs every robot period: the bounds per margin are computed once (cached_property
+    # writes to the instance dict, which a frozen dataclass allows).
     @functools.cached_property
     def _clip_bounds(self) -> dict[float, tuple[np.ndarray, np.ndarray]]:
         return {}
-
-    def normalize(self, joint_positions: np.ndarray) -> np.ndarray:
-        """Map [lower, upper] to [-1, 1]."""
-        middle, inverse_half_range = self._middle_and_inverse_half_range
-        return (joint_positions - middle) * inverse_half_range
 
     def clip(self, joint_positions: np.ndarray, margin: float = 0.0) -> np.ndarray:
         """Clip into [lower + margin, upper - margin]."""
@@ -180,7 +171,6 @@ class Iiwa14:
         self._state_joint_indices = self.arm_joint_indices + (
             self.finger_joint_indices if with_gripper else []
         )
-        self._last_arm_target = HOME_JOINT_POSITIONS.copy()
         self._damping_matrices: dict[float, np.ndarray] = {}  # d^2 I per damping, for the IK
         # The motor's maxVelocity caps only the speed the motor drives towards; a joint
         # whose motor is at its torque limit is still swung past its speed by the others
@@ -245,11 +235,6 @@ class Iiwa14:
         width = states[7][0] + states[8][0] if self.with_gripper else 0.0
         return positions, np.array(arm_velocities), width
 
-    def applied_torques(self) -> np.ndarray:
-        """Motor torques applied in the last physics step (N m)."""
-        states = self.client.getJointStates(self.body_id, self.arm_joint_indices)
-        return np.array([s[3] for s in states])
-
     def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """TCP position (m) and orientation quaternion (x, y, z, w) in the base frame."""
         state = self.client.getLinkState(
@@ -274,7 +259,6 @@ class Iiwa14:
         self._read_after_step = None  # the teleport outdates it
         for index, position in zip(self.arm_joint_indices, joint_positions, strict=True):
             self.client.resetJointState(self.body_id, index, float(position), 0.0)
-        self._last_arm_target = joint_positions.copy()
         self.command_joint_positions(joint_positions)
         if self.with_gripper:
             width = self.max_gripper_width if gripper_width is None else gripper_width
@@ -292,12 +276,7 @@ class Iiwa14:
             targetPositions=targets.tolist(),
             forces=self._arm_efforts,
         )
-        self._last_arm_target = targets
         return targets
-
-    @property
-    def last_arm_target(self) -> np.ndarray:
-        return self._last_arm_target
 
     def command_gripper_width(self, width: float) -> None:
         """Drive both fingers symmetrically towards a pad distance `width` (m), with the
