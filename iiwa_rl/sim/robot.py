@@ -145,6 +145,8 @@ class Iiwa14:
         )
         # Plain Python lists: the motor loop runs every control step.
         self._arm_efforts = self.limits.effort.tolist()
+        # Extra motor arguments (gains) a randomised episode sets; empty: PyBullet's defaults.
+        self._motor_options: dict[str, list[float]] = {}
         self._arm_speeds = self.limits.velocity.tolist()
         self.last_arm_link_index = links[LAST_ARM_LINK]
         self.link_indices = links
@@ -291,9 +293,27 @@ class Iiwa14:
             pybullet.POSITION_CONTROL,
             targetPositions=targets.tolist(),
             forces=self._arm_efforts,
+            **self._motor_options,
         )
         self._last_arm_target = targets
         return targets
+
+    def set_motor_parameters(
+        self,
+        position_gain: float | None = None,
+        velocity_gain: float | None = None,
+        force_limits: np.ndarray | None = None,
+    ) -> None:
+        """The arm's position motors from the next command on: PyBullet's position and
+        velocity gains (None: its defaults) and torque limits (None: the datasheet's)."""
+        options = {}
+        if position_gain is not None:
+            options["positionGains"] = [float(position_gain)] * 7
+        if velocity_gain is not None:
+            options["velocityGains"] = [float(velocity_gain)] * 7
+        self._motor_options = options
+        efforts = self.limits.effort if force_limits is None else np.asarray(force_limits)
+        self._arm_efforts = [float(v) for v in efforts]
 
     @property
     def last_arm_target(self) -> np.ndarray:
