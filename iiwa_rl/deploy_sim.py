@@ -329,9 +329,7 @@ def env_episode_with_goal(env, act, goal_position, seed: int = 0) -> dict:
     }
 
 
-def deploy_in_sim(
-    prepared, goal_position, policy_steps: int, real_time: bool = True, plant=None
-):
+def deploy_in_sim(prepared, goal_position, policy_steps: int, real_time: bool = True, plant=None):
     """The controller loop against the in-process simulated arm (the training physics, or
     `plant`: the MuJoCo one), from the policy's home pose, for `policy_steps` actions:
     `iiwa-rl deploy --robot sim|mujoco` without the command line. Returns the loop's
