@@ -9,6 +9,12 @@ towards the previous target, as the real loop answers a state before its policy 
 robot configuration (limits, robot period, interpolator limits, target margin) is the
 controller's YAML. The observation is built by the controller's `ObservationBuilder`.
 
+Domain randomisation (`config.randomization`, envs/randomization.py) draws an episode's
+`Perturbation` at reset: the arm's engine parameters (envs/perturbed_robot.py), the command
+delay, and what the controller would measure (`_sensed`: a delayed, biased, noisy joint
+reading and the TCP from the controller's kinematics of it), which the policy sees and the
+next action is mapped from; rewards and success stay on the true state.
+
 Episode semantics:
 - `terminated` is True when the task itself ended: a grasp cube off the table, or grasp
   success when the config asks for it (`end_on_success`; off by default, see
