@@ -217,9 +217,19 @@ def run_mujoco(source: str, suite: SuiteConfig, settings: list[Setting], episode
             f"robustness --engine mujoco: terms.{unsupported[0]} cannot be applied to the MuJoCo "
             f"plant; it takes {', '.join(MUJOCO_TERMS)}"
         )
+    from iiwa_deploy import ContractError
+
     model = Path(source)
     model = model / "policy.onnx" if model.is_dir() else model
-    prepared = prepare_policy(model)
+    if not model.is_file():
+        raise ConfigError(
+            f"{source}: --engine mujoco runs the controller, which takes an export "
+            "(policy.onnx); export a run first with `iiwa-rl export RUN_DIR`"
+        )
+    try:
+        prepared = prepare_policy(model)
+    except ContractError as error:
+        raise ConfigError(f"{source}: the controller refuses it: {error}") from None
     contract = prepared.policy.contract
     _check_task(contract.env_id, suite, source)
     low, high = np.asarray(contract.goal_low), np.asarray(contract.goal_high)

@@ -131,3 +131,13 @@ def test_perturbed_plant_delays_commands_and_observations_by_whole_periods():
     # Setpoint k reaches the plant two periods late; the state read is one period old.
     assert [a[0] for a in inner.applied] == [1.0, 2.0, 3.0, 4.0]
     assert seen == [0.0, 0.0, 0.0, 1.0, 2.0, 3.0]
+
+
+def test_mujoco_engine_asks_for_an_export_not_a_run_directory(tmp_path, capsys):
+    pytest.importorskip("mujoco")
+    suite = write(tmp_path, "task: reach\nepisodes: 1\nterms: {}\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    code = main(["robustness", str(run_dir), "--suite", str(suite), "--engine", "mujoco"])
+    assert code == 2
+    assert "iiwa-rl export RUN_DIR" in capsys.readouterr().err
