@@ -4,7 +4,8 @@ iiwa-rl train CONFIG [--set key=value ...] [--run-dir DIR] [--seed N] [--quiet]
 iiwa-rl train --resume RUN_DIR
 iiwa-rl eval RUN_DIR [--episodes N] [--checkpoint best|last] [--json] [--video PATH]
 iiwa-rl export RUN_DIR [-o policy.onnx]
-iiwa-rl deploy policy.onnx --robot sim|udp [...]
+iiwa-rl deploy policy.onnx --robot sim|mujoco|udp [...]
+iiwa-rl robustness POLICY [POLICY ...] [--suite FILE] [--engine pybullet|mujoco] [--episodes N]
 iiwa-rl view [CONFIG | RUN_DIR | policy.onnx]
 iiwa-rl record [CONFIG | RUN_DIR | policy.onnx] -o rollout.mp4
 iiwa-rl plot RUN_DIR [RUN_DIR ...] -o curves.png
@@ -193,10 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(handler=cmd_plot)
 
     # Commands whose code lives with what they drive.
-    from iiwa_rl import deploy_sim, export
+    from iiwa_rl import deploy_sim, export, robustness
     from iiwa_rl.viz import record, viewer
 
-    for module in (export, deploy_sim, viewer, record):
+    for module in (export, deploy_sim, viewer, record, robustness):
         module.register_cli(commands)
     return parser
 

@@ -324,6 +324,12 @@ def _check_environment(config: TrainConfig, source: str) -> None:
 
         env_class = getattr(importlib.import_module(module_name), class_name)
         env_config = from_mapping(env_class.config_class, config.env.kwargs, "env.kwargs")
+        randomization = getattr(env_config, "randomization", None)
+        if randomization:
+            # Term names and ranges are checked here too, before any environment is built.
+            from iiwa_rl.envs.randomization import Randomizer
+
+            Randomizer(randomization, getattr(env_class, "with_gripper", False))
         reward = getattr(env_config, "reward", None)
         if reward is not None:
             # Reward terms are checked here too, not only when the first environment is built.

@@ -73,6 +73,10 @@ class PyBulletPlant:
         self.sim.step(self.substeps)
         return self.robot.joint_state()
 
+    def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """The arm as it stands now (no period passes)."""
+        return self.robot.joint_state()
+
     def tcp_position(self) -> np.ndarray:
         return self.robot.tcp_pose()[0]
 
@@ -81,7 +85,8 @@ class PyBulletPlant:
 
 
 class SimRobot:
-    """A `RobotBackend` (see iiwa_deploy.robot) backed by `PyBulletPlant`.
+    """A `RobotBackend` (see iiwa_deploy.robot) backed by a simulated plant: `PyBulletPlant`,
+    or any plant with `joint_state()` besides the `Plant` interface (the MuJoCo one).
 
     In real time the simulated robot keeps its own clock, as a robot controller does: every
     period boundary it advances the physics one period with the newest setpoint it has and
@@ -90,7 +95,7 @@ class SimRobot:
     show in its lateness figures). With `real_time=False` each call advances one period at
     once (tests, benchmarks that need no wall clock)."""
 
-    def __init__(self, plant: PyBulletPlant, initial_positions, real_time: bool = True):
+    def __init__(self, plant, initial_positions, real_time: bool = True):
         from iiwa_deploy import RobotState
 
         self._state_type = RobotState
@@ -123,7 +128,7 @@ class SimRobot:
         if self.sequence == 0:
             # The first state is the arm as it stands, before any period has passed (as a
             # training episode's first observation is the state at reset).
-            q, qd = self.plant.robot.joint_state()
+            q, qd = self.plant.joint_state()
         else:
             for _ in range(periods):
                 q, qd = self.plant.step(self.period_s)
@@ -165,6 +170,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if args.robot == "sim":
         plant = PyBulletPlant.for_contract(contract, robot_config.robot_period_s, gui=args.gui)
         robot = SimRobot(plant, contract.home_joint_positions)
+    elif args.robot == "mujoco":
+        from iiwa_rl.sim.mujoco_plant import MujocoPlant
+
+        # The second engine: the same arm from the same URDF, MuJoCo's own servos.
+        robot = SimRobot(MujocoPlant(robot_config.robot_period_s), contract.home_joint_positions)
     else:
         robot = UdpRobot(parse_host_port(args.bind), robot_config.robot_period_s)
         print(f"waiting for the robot's STATE messages on {args.bind}", flush=True)
@@ -232,9 +242,10 @@ def register_cli(commands) -> None:
     deploy.add_argument("model", help="policy.onnx exported by `iiwa-rl export`")
     deploy.add_argument(
         "--robot",
-        choices=["sim", "udp"],
+        choices=["sim", "mujoco", "udp"],
         default="sim",
-        help="sim: the PyBullet arm in real time, in-process; udp: a robot bridge",
+        help="sim: the PyBullet arm in real time, in-process; mujoco: the same arm in MuJoCo "
+        "with MuJoCo's position servos (pip install 'iiwa-rl[mujoco]'); udp: a robot bridge",
     )
     deploy.add_argument("--bind", default="127.0.0.1:30200", help="udp: local HOST:PORT for STATE")
     deploy.add_argument(
@@ -320,14 +331,16 @@ def env_episode_with_goal(env, act, goal_position, seed: int = 0) -> dict:
     }
 
 
-def deploy_in_sim(prepared, goal_position, policy_steps: int, real_time: bool = True):
-    """The controller loop against the in-process simulated arm (the training physics), from
-    the policy's home pose, for `policy_steps` actions: `iiwa-rl deploy --robot sim` without
-    the command line. Returns the loop's summary."""
+def deploy_in_sim(prepared, goal_position, policy_steps: int, real_time: bool = True, plant=None):
+    """The controller loop against the in-process simulated arm (the training physics, or
+    `plant`: the MuJoCo one), from the policy's home pose, for `policy_steps` actions:
+    `iiwa-rl deploy --robot sim|mujoco` without the command line. Returns the loop's
+    summary."""
     from iiwa_deploy import ControlLoop
 
     contract = prepared.policy.contract
-    plant = PyBulletPlant.for_contract(contract, prepared.robot.robot_period_s)
+    if plant is None:
+        plant = PyBulletPlant.for_contract(contract, prepared.robot.robot_period_s)
     robot = SimRobot(plant, contract.home_joint_positions, real_time=real_time)
     try:
         loop = ControlLoop(

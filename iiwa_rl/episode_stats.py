@@ -3,7 +3,8 @@ vector environment finishes, in raw (unscaled) reward units, over the last 100 e
 
 The training loop feeds every vector step in (`record`); a metrics row reads the running
 figures (`row`). Reward terms are whatever the environment reports as `reward/<name>` in
-its step info, so a new task's terms appear in the logs without a change here.
+its step info, so a new task's terms appear in the logs without a change here; so are the
+domain randomisation values (`randomization/<term>`), the episode's draw, read at its end.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class EpisodeStatistics:
             for key, sums in self._episode_terms.items():
                 self.terms.setdefault(key, deque(maxlen=WINDOW)).append(float(sums[i]))
                 sums[i] = 0.0
+            for key, values in step_info.items():
+                if key.startswith("randomization/"):
+                    self.terms.setdefault(key, deque(maxlen=WINDOW)).append(float(values[i]))
             self._episode_return[i] = 0.0
             self.episodes_done += 1
 

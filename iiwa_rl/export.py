@@ -70,7 +70,13 @@ def build_contract(config, env) -> dict:
     contract = {"format_version": 2, "env_id": config.env.id}
     contract.update(base.describe_contract())
     contract["kinematics"] = base.robot.kinematic_chain()
-    contract["env_kwargs"] = to_mapping(base.config)
+    env_kwargs = to_mapping(base.config)
+    # The environment a loader rebuilds from the contract (eval, view, the robustness suite)
+    # is the nominal one; the randomisation it was trained under is kept beside it.
+    randomization = env_kwargs.pop("randomization", None)
+    if randomization:
+        contract["training_randomization"] = randomization
+    contract["env_kwargs"] = env_kwargs
     contract["algorithm"] = config.algorithm
     contract["config_sha256"] = config.sha256()
     contract["versions"] = _versions()

@@ -437,7 +437,14 @@ def test_console_script_exit_code(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+# configs/robustness_*.yaml are `iiwa-rl robustness` suites, not training configs
+# (tests/test_robustness.py loads them).
+TRAINING_CONFIGS = sorted(
+    p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("robustness_")
+)
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_builds_its_trainer(path: Path, tmp_path: Path) -> None:
     """Each file in configs/ validates, and its environment and algorithm come up and act
     (on two environments in-process, to stay quick)."""

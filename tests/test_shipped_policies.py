@@ -19,6 +19,8 @@ POLICIES = Path(__file__).resolve().parents[1] / "assets" / "policies"
 # (its README row quotes the 100-episode figure).
 EXPECTED = {
     "reach": {"env_id": "IiwaReach-v0", "min_success": 1.0},
+    # Trained with domain randomisation (configs/reach_ppo_dr.yaml); judged nominal here.
+    "reach_dr": {"env_id": "IiwaReach-v0", "min_success": 1.0},
     "grasp": {"env_id": "IiwaGrasp-v0", "min_success": 0.8},
 }
 EPISODES, SEED = 10, 20000  # seeds apart from the ones the README's evaluations used

@@ -9,6 +9,12 @@ towards the previous target, as the real loop answers a state before its policy 
 robot configuration (limits, robot period, interpolator limits, target margin) is the
 controller's YAML. The observation is built by the controller's `ObservationBuilder`.
 
+Domain randomisation (`config.randomization`, envs/randomization.py) draws an episode's
+`Perturbation` at reset: the arm's engine parameters (envs/perturbed_robot.py), the command
+delay, and what the controller would measure (`_sensed`: a delayed, biased, noisy joint
+reading and the TCP from the controller's kinematics of it), which the policy sees and the
+next action is mapped from; rewards and success stay on the true state.
+
 Episode semantics:
 - `terminated` is True when the task itself ended: a grasp cube off the table, or grasp
   success when the config asks for it (`end_on_success`; off by default, see
@@ -24,6 +30,7 @@ Episode semantics:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from abc import ABC, abstractmethod
@@ -38,6 +45,7 @@ from iiwa_deploy.config import RobotConfig, load_robot_config
 from iiwa_deploy.observation import ObservationBuilder, ObservationConstants, ObservationInputs
 
 from iiwa_rl.envs.config import IiwaEnvConfig
+from iiwa_rl.envs.randomization import Perturbation, Randomizer
 from iiwa_rl.envs.rewards import RewardFunction, RewardInputs
 from iiwa_rl.schema import ConfigError, from_mapping, to_mapping
 from iiwa_rl.sim import BulletSim, Iiwa14
@@ -100,6 +108,7 @@ class IiwaEnv(gym.Env, ABC):
             self.home_joint_positions,
         )
         self._send_setpoint = self._make_setpoint_sender()
+        self._setup_randomization()
         self.reward_function = RewardFunction(
             cfg.reward.terms, cfg.reward.sparse, self.available_reward_terms, "env.reward.terms"
         )
@@ -228,7 +237,13 @@ class IiwaEnv(gym.Env, ABC):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         cfg = self.config
-        noise = self.np_random.uniform(-cfg.initial_joint_noise, cfg.initial_joint_noise, 7)
+        spread = cfg.initial_joint_noise
+        if self._randomizer is not None:
+            # First, so the start spread term can widen the start draw below.
+            self._perturbation, self._randomization_info = self._randomizer.draw(self.np_random)
+            if self._perturbation.start_pose_spread is not None:
+                spread = self._perturbation.start_pose_spread
+        noise = self.np_random.uniform(-spread, spread, 7)
         robot_config = self.robot_config
         start = np.minimum(
             np.maximum(self.home_joint_positions + noise, robot_config.target_lower),
@@ -237,15 +252,21 @@ class IiwaEnv(gym.Env, ABC):
         self.robot.reset_joint_positions(start)
         self.command_stream.reset(start)
         self._reset_task(self.np_random, options or {})
+        if self._randomizer is not None:
+            self._apply_perturbation(start)
         self._previous_action = np.zeros(self.action_size, dtype=np.float32)
         self._step_count = 0
         self._tcp_trail.clear()
         snapshot = self._snapshot()
-        self._current = snapshot
-        observation = self._observation(snapshot)
+        self._current = self._sensed(snapshot)
+        observation = self._observation(self._current)
         self._last_observation = observation
         self._update_markers(snapshot)
-        self.last_info = {"is_success": False, **self._task_info(snapshot)}
+        self.last_info = {
+            "is_success": False,
+            **self._task_info(snapshot),
+            **self._randomization_info,
+        }
         return observation, dict(self.last_info)
 
     def step(self, action):
@@ -263,22 +284,29 @@ class IiwaEnv(gym.Env, ABC):
         truncated = self._step_count >= self.config.episode_steps
 
         snapshot = self._snapshot(after_step=True)
-        self._current = snapshot
         self._read_task_state()
         if self._blew_up(snapshot):
             # Keep the last good observation: a learner must never see non-finite numbers.
-            info = {"is_success": False, "physics_blowup": True}
+            self._current = snapshot
+            info = {"is_success": False, "physics_blowup": True, **self._randomization_info}
             self.last_info = info
             return self._last_observation.copy(), 0.0, False, True, dict(info)
 
         reward_inputs, failed = self._evaluate(snapshot, action)
         reward, terms = self.reward_function(reward_inputs)
         self._previous_action = action
-        observation = self._observation(snapshot)
+        # What the controller would measure (the true state unless sensing is randomised):
+        # the policy sees it, and the next action is mapped from it.
+        self._current = self._sensed(snapshot)
+        observation = self._observation(self._current)
         self._last_observation = observation
         succeeded = self._episode_succeeded(reward_inputs)
         terminated = failed or (succeeded and self.terminate_on_success)
         info = {"is_success": succeeded, **terms, **self._task_info(snapshot)}
+        if terminated or truncated:
+            # The episode's draw, at its end only: a vector env stacks every info key of
+            # every step, and the trainer reads these from the final step's info.
+            info.update(self._randomization_info)
         self._update_markers(snapshot)
         self.last_info = info
         return observation, float(reward), bool(terminated), bool(truncated), dict(info)
@@ -360,7 +388,95 @@ class IiwaEnv(gym.Env, ABC):
 
     def _drive_joints(self, joint_target: np.ndarray) -> None:
         """One policy period through the controller's command stream to `joint_target`."""
+        if self._randomizer is not None:
+            self._set_command_delay()
         self.command_stream.control_step(joint_target, self._send_setpoint)
+
+    # ------------------------------------------------------- domain randomisation
+    def _setup_randomization(self) -> None:
+        """The configured terms (envs/randomization.py) and what they act through; without
+        any, every path below is skipped and the env is the nominal one, number for number."""
+        timing = self.timing
+        self._perturbation = Perturbation()
+        self._randomization_info: dict[str, float] = {}
+        section = self.config.randomization
+        self._randomizer = (
+            Randomizer(
+                section,
+                self.with_gripper,
+                max_command_delay_periods=timing.steps_per_action
+                - 1
+                - timing.command_delay_periods,
+            )
+            if section
+            else None
+        )
+        if self._randomizer is None:
+            return
+        from iiwa_deploy.kinematics import KinematicChain
+
+        from iiwa_rl.envs.perturbed_robot import PerturbedArm
+
+        self._nominal_timing = timing
+        self._timings: dict[int, ControlTiming] = {}
+        self.perturbed_arm = PerturbedArm(self.robot, self.sim)
+        # The controller's own forward kinematics: a perturbed joint reading gives the TCP
+        # the controller would compute from it.
+        self._kinematics = KinematicChain.from_contract(self.robot.kinematic_chain())
+        self._joint_history: list[tuple[np.ndarray, np.ndarray]] = []
+        send_nominal = self._send_setpoint
+        robot = self.robot
+        history = self._joint_history
+
+        def send_and_record(setpoint: np.ndarray) -> None:
+            send_nominal(setpoint)
+            if self._perturbation.observation_latency_periods:
+                history.append(robot.joint_state())
+                del history[: -self._perturbation.observation_latency_periods - 1]
+
+        self._send_setpoint = send_and_record
+
+    def _apply_perturbation(self, start: np.ndarray) -> None:
+        """Engine parameters and timing of the episode's draw, at reset."""
+        perturbation = self._perturbation
+        self.perturbed_arm.apply(perturbation)
+        self._joint_history[:] = [(start.copy(), np.zeros(7))]
+        self._set_command_delay()
+
+    def _set_command_delay(self) -> None:
+        perturbation = self._perturbation
+        delay = self._nominal_timing.command_delay_periods + perturbation.command_latency_periods
+        if perturbation.command_jitter_periods:
+            delay += int(self.np_random.integers(0, perturbation.command_jitter_periods + 1))
+        timing = self._timings.get(delay)
+        if timing is None:
+            timing = self._timings[delay] = dataclasses.replace(
+                self._nominal_timing, command_delay_periods=delay
+            )
+        self.command_stream.timing = timing
+
+    def _sensed(self, snapshot: RobotSnapshot) -> RobotSnapshot:
+        """The robot state as the controller measures it: `observation_latency` periods
+        old, with the episode's bias and this step's noise; the TCP from the controller's
+        forward kinematics of that reading."""
+        perturbation = self._perturbation
+        if self._randomizer is None or not perturbation.senses_joints:
+            return snapshot
+        q, qd = snapshot.joint_positions, snapshot.joint_velocities
+        if perturbation.observation_latency_periods:
+            q, qd = self._joint_history[0]
+        q = q + perturbation.joint_position_bias
+        qd = qd + perturbation.joint_velocity_bias
+        rng = self.np_random
+        if perturbation.joint_position_noise:
+            q = q + rng.normal(0.0, perturbation.joint_position_noise, 7)
+        if perturbation.joint_velocity_noise:
+            qd = qd + rng.normal(0.0, perturbation.joint_velocity_noise, 7)
+        tcp_position, rotation = self._kinematics.forward(q)
+        orientation = rotation_to_quaternion(rotation)
+        return RobotSnapshot(
+            q, qd, tcp_position, orientation, quaternion_yaw(orientation), snapshot.gripper_width
+        )
 
     def _apply_action(self, action: np.ndarray) -> None:
         # The state read after the last step is still current: nothing moved since.
@@ -456,6 +572,28 @@ class IiwaEnv(gym.Env, ABC):
         from iiwa_rl.sim.robot import ARM_JOINT_NAMES
 
         return ARM_JOINT_NAMES
+
+
+def rotation_to_quaternion(rotation: np.ndarray) -> np.ndarray:
+    """(x, y, z, w) quaternion of a 3x3 rotation matrix (Shepperd's method: the largest
+    of the four candidates keeps the division well conditioned)."""
+    m = rotation
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    candidates = (trace, m[0, 0], m[1, 1], m[2, 2])
+    largest = int(np.argmax(candidates))
+    if largest == 0:
+        s = 2.0 * math.sqrt(1.0 + trace)
+        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4]
+    elif largest == 1:
+        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = [s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
+    elif largest == 2:
+        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = [(m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
+    else:
+        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4, (m[1, 0] - m[0, 1]) / s]
+    return np.array(q)
 
 
 def down_orientation(yaw: float) -> np.ndarray:

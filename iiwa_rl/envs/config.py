@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from iiwa_rl.envs.randomization import RandomizationRange
 from iiwa_rl.schema import check
 from iiwa_rl.sim.robot import HOME_JOINT_POSITIONS
 
@@ -41,6 +42,8 @@ class IiwaEnvConfig:
     solver_iterations: int = 10
     blowup_speed_factor: float = 3.0  # a joint faster than this times its limit = blow-up
     reward: RewardConfig = field(default_factory=RewardConfig)
+    # Domain randomisation terms (envs/randomization.py); none by default.
+    randomization: dict[str, RandomizationRange] = field(default_factory=dict)
 
     def __post_init__(self):
         check(self.physics_hz > 0 and self.control_hz > 0, "physics_hz and control_hz must be > 0")

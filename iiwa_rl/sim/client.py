@@ -185,6 +185,9 @@ class BulletSim:
         # Called after every physics step, by whoever steps the world: a robot enforces
         # limits that PyBullet cannot hold per joint (see Iiwa14._limit_joint_speeds).
         self.post_step_hooks: list[Callable[[], None]] = []
+        # Called before every physics step: external forces (PyBullet clears them after
+        # each step), such as a randomised joint friction.
+        self.pre_step_hooks: list[Callable[[], None]] = []
         self.physics_steps = 0  # taken so far; tells a hook's reading from a stale one
 
     def load_urdf(
@@ -214,8 +217,10 @@ class BulletSim:
             )
 
     def step(self, substeps: int = 1) -> None:
-        hooks = self.post_step_hooks
+        hooks, before = self.post_step_hooks, self.pre_step_hooks
         for _ in range(substeps):
+            for hook in before:
+                hook()
             self.client.stepSimulation()
             self.physics_steps += 1
             for hook in hooks:

@@ -136,6 +136,8 @@ class Iiwa14:
         )
         # Plain Python lists: the motor loop runs every control step.
         self._arm_efforts = self.limits.effort.tolist()
+        # Extra motor arguments (gains) a randomised episode sets; empty: PyBullet's defaults.
+        self._motor_options: dict[str, list[float]] = {}
         self._arm_speeds = self.limits.velocity.tolist()
         self.last_arm_link_index = links[LAST_ARM_LINK]
         self.link_indices = links
@@ -275,8 +277,26 @@ class Iiwa14:
             pybullet.POSITION_CONTROL,
             targetPositions=targets.tolist(),
             forces=self._arm_efforts,
+            **self._motor_options,
         )
         return targets
+
+    def set_motor_parameters(
+        self,
+        position_gain: float | None = None,
+        velocity_gain: float | None = None,
+        force_limits: np.ndarray | None = None,
+    ) -> None:
+        """The arm's position motors from the next command on: PyBullet's position and
+        velocity gains (None: its defaults) and torque limits (None: the datasheet's)."""
+        options = {}
+        if position_gain is not None:
+            options["positionGains"] = [float(position_gain)] * 7
+        if velocity_gain is not None:
+            options["velocityGains"] = [float(velocity_gain)] * 7
+        self._motor_options = options
+        efforts = self.limits.effort if force_limits is None else np.asarray(force_limits)
+        self._arm_efforts = [float(v) for v in efforts]
 
     def command_gripper_width(self, width: float) -> None:
         """Drive both fingers symmetrically towards a pad distance `width` (m), with the

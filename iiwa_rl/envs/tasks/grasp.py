@@ -137,9 +137,25 @@ class IiwaGraspEnv(IiwaEnv):
         # differently on a used env and gymnasium's check_env failed. Costs about 0.2 ms and
         # 0.8 KB that PyBullet never frees per reset (80 MB per 100,000 episodes).
         client.removeBody(self.cube_id)
-        self.cube_id = self._new_cube(
-            (xy[0], xy[1], self.cube_rest_height), client.getQuaternionFromEuler([0.0, 0.0, yaw])
-        )
+        perturbation = self._perturbation
+        orientation = client.getQuaternionFromEuler([0.0, 0.0, yaw])
+        if perturbation.cube_size is None:
+            self.cube_id = self._new_cube((xy[0], xy[1], self.cube_rest_height), orientation)
+        else:
+            # A randomised size needs its own collision shape: loaded from the URDF, scaled.
+            self.cube_rest_height = perturbation.cube_size / 2
+            self.cube_id = self.sim.load_urdf(
+                "cube.urdf",
+                position=(xy[0], xy[1], self.cube_rest_height),
+                orientation=orientation,
+                global_scaling=perturbation.cube_size / 0.045,
+                maximal_coordinates=True,
+            )
+        if perturbation.cube_mass is not None:
+            client.changeDynamics(self.cube_id, -1, mass=perturbation.cube_mass)
+        if perturbation.cube_friction is not None:
+            client.changeDynamics(self.cube_id, -1, lateralFriction=perturbation.cube_friction)
+        self._cube_position_history: list[np.ndarray] = []
         self.robot.command_gripper_width(self.robot.max_gripper_width)
         self._held_steps = 0
         self._succeeded = False
@@ -188,6 +204,11 @@ class IiwaGraspEnv(IiwaEnv):
         position, orientation = self.sim.client.getBasePositionAndOrientation(self.cube_id)
         self._cube_position = np.array(position) - self.robot.base_position
         self._cube_yaw = quaternion_yaw(orientation)
+        latency = self._perturbation.cube_pose_latency_steps
+        if latency:
+            history = self._cube_position_history
+            history.append(self._cube_position)
+            del history[: -latency - 1]
         self._contacts = self.robot.finger_contacts(self.cube_id)
 
     # ----------------------------------------------------------------- actions
@@ -225,9 +246,25 @@ class IiwaGraspEnv(IiwaEnv):
     # -------------------------------------------------------------- observation
     def _task_observation_inputs(self, inputs: ObservationInputs) -> None:
         # The cube was read (_read_task_state) for this very state.
-        inputs.object_position = self._cube_position
+        inputs.object_position = (
+            self._seen_cube_position() if self._perturbation.senses_cube else self._cube_position
+        )
         inputs.object_yaw = self._cube_yaw
         inputs.finger_contacts = self._contacts
+
+    def _seen_cube_position(self) -> np.ndarray:
+        """The cube position as a camera would report it: `cube_pose_latency` steps old,
+        offset by the episode's calibration bias, with this step's noise."""
+        perturbation = self._perturbation
+        position = (
+            self._cube_position_history[0]
+            if perturbation.cube_pose_latency_steps
+            else self._cube_position
+        )
+        position = position + perturbation.cube_position_bias
+        if perturbation.cube_position_noise:
+            position = position + self.np_random.normal(0.0, perturbation.cube_position_noise, 3)
+        return position
 
     def _evaluate(self, robot: RobotSnapshot, action: np.ndarray) -> tuple[RewardInputs, bool]:
         cfg = self.config

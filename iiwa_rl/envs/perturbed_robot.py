@@ -1,0 +1,153 @@
+"""An episode's randomised arm in PyBullet: link masses, a flange payload, joint friction and
+damping, the position motors' gains and torque limits, the finger pads' friction.
+
+Every value is set from the arm's nominal (URDF) figures, read once, so episodes never
+accumulate changes. PyBullet has no per-joint Coulomb friction and no way to move a link's
+centre of mass, so two effects are forces applied before every physics step:
+- joint friction: a torque of the drawn size against each joint's motion, on the child link
+  about the joint axis and the opposite one on the parent;
+- the payload: its mass is added to link 7 (so the arm's weight and translational inertia
+  are right, and its inertia about link 7's centre of mass by the parallel-axis rule); the
+  moment of its weight about that centre of mass, which the move of the mass point would
+  otherwise lose, is applied as a torque on link 7.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pybullet
+
+from iiwa_rl.envs.randomization import Perturbation
+from iiwa_rl.sim.robot import _FLANGE_JOINTS, Iiwa14, _fixed_offset
+
+# PyBullet's position motor gains when a command passes none (setJointMotorControlArray).
+DEFAULT_POSITION_GAIN = 0.1
+DEFAULT_VELOCITY_GAIN = 1.0
+# Below this speed (rad/s) the friction torque fades in (tanh), so a joint at rest is not
+# kicked back and forth; the position motor holds it anyway.
+_FRICTION_SPEED = 0.01
+_GRAVITY_MAGNITUDE = 9.81  # m/s^2, the simulation's (BulletSim)
+
+
+class PerturbedArm:
+    def __init__(self, robot: Iiwa14, sim) -> None:
+        self.robot = robot
+        self.client = sim.client
+        client, body = self.client, robot.body_id
+        self.links = list(robot.arm_joint_indices)  # a joint's child link has its index
+        self.nominal_masses, self.nominal_inertias, self.nominal_coms = [], [], []
+        for link in self.links:
+            info = client.getDynamicsInfo(body, link)
+            self.nominal_masses.append(info[0])
+            self.nominal_inertias.append(np.array(info[2]))
+            self.nominal_coms.append(np.array(info[3]))
+        self.nominal_damping = np.array([client.getJointInfo(body, j)[6] for j in self.links])
+        self.finger_links = list(robot.finger_link_indices) if robot.with_gripper else []
+        self.nominal_finger_friction = [
+            client.getDynamicsInfo(body, f)[1] for f in self.finger_links
+        ]
+        urdf = "iiwa14_gripper.urdf" if robot.with_gripper else "iiwa14.urdf"
+        self.flange_in_link7 = _fixed_offset(urdf, _FLANGE_JOINTS)
+        self._friction_list = [0.0] * 7
+        self._any_friction = False
+        self._payload_offset_list = [0.0, 0.0, 0.0]
+        self._payload_mass = 0.0
+        sim.pre_step_hooks.append(self._apply_forces)
+
+    def apply(self, perturbation: Perturbation) -> None:
+        client, body, robot = self.client, self.robot.body_id, self.robot
+        last = len(self.links) - 1
+        payload = perturbation.payload_mass
+        payload_point = self.flange_in_link7 + np.array([0.0, 0.0, perturbation.payload_com_z])
+        for axis, link in enumerate(self.links):
+            scale = float(perturbation.link_mass_scales[axis])
+            mass = self.nominal_masses[axis] * scale
+            inertia = self.nominal_inertias[axis] * scale
+            if axis == last and payload > 0.0:
+                offset = payload_point - self.nominal_coms[axis]
+                # A point mass's inertia about the centre of mass, diagonal part (the URDF's
+                # link 7 frame is principal; the off-diagonal terms of a payload on the
+                # flange axis are zero).
+                inertia = inertia + payload * (offset @ offset - offset * offset)
+                mass += payload
+                self._payload_offset_list = [float(v) for v in offset]
+            client.changeDynamics(
+                body, link, mass=mass, localInertiaDiagonal=[float(v) for v in inertia]
+            )
+        self._payload_mass = float(payload)
+        damping = (
+            self.nominal_damping
+            if perturbation.joint_damping is None
+            else np.asarray(perturbation.joint_damping)
+        )
+        for joint, value in zip(self.links, damping):
+            client.changeDynamics(body, joint, jointDamping=float(value))
+        self._friction_list = [float(v) for v in perturbation.joint_friction]
+        self._any_friction = any(self._friction_list)
+        nominal_gains = perturbation.stiffness_scale == 1.0 and perturbation.damping_scale == 1.0
+        robot.set_motor_parameters(
+            None if nominal_gains else DEFAULT_POSITION_GAIN * perturbation.stiffness_scale,
+            None if nominal_gains else DEFAULT_VELOCITY_GAIN * perturbation.damping_scale,
+            robot.limits.effort * perturbation.force_limit_scale,
+        )
+        if self.finger_links:
+            for link, nominal in zip(self.finger_links, self.nominal_finger_friction):
+                friction = perturbation.finger_friction
+                client.changeDynamics(
+                    body, link, lateralFriction=nominal if friction is None else float(friction)
+                )
+
+    def _apply_forces(self) -> None:
+        # Plain floats, one torque call per link: this runs before every physics step.
+        friction, payload = self._friction_list, self._payload_mass
+        rubbing = self._any_friction
+        if payload <= 0.0 and not rubbing:
+            return
+        client, body, links = self.client, self.robot.body_id, self.links
+        # The link frames as the last step left them (PyBullet updates them in the step):
+        # forces held for one 5 ms step need no fresher ones.
+        states = client.getLinkStates(body, links)
+        matrix = pybullet.getMatrixFromQuaternion
+        torques = [[0.0, 0.0, 0.0] for _ in links]
+        if rubbing:
+            read = self.robot._read_after_step
+            if read is not None and read[0] == self.robot.sim.physics_steps:
+                velocities = read[2]  # what the speed clamp read after the last step
+            else:
+                arm = self.robot.arm_joint_indices
+                velocities = [s[1] for s in client.getJointStates(body, arm)]
+            tanh = math.tanh
+            for axis in range(len(links)):
+                size = friction[axis]
+                if size == 0.0:
+                    continue
+                # Every iiwa joint turns about its child link's z axis: the 3rd column.
+                r = matrix(states[axis][5])
+                scale = -size * tanh(velocities[axis] / _FRICTION_SPEED)
+                x, y, z = scale * r[2], scale * r[5], scale * r[8]
+                child = torques[axis]
+                child[0] += x
+                child[1] += y
+                child[2] += z
+                if axis > 0:  # the reaction on the parent; the fixed base ignores its own
+                    parent = torques[axis - 1]
+                    parent[0] -= x
+                    parent[1] -= y
+                    parent[2] -= z
+        if payload > 0.0:
+            # The moment of the payload's weight about link 7's centre of mass: lever x
+            # (0, 0, -m g), the lever turned into world axes by the link frame.
+            r = matrix(states[-1][5])
+            ox, oy, oz = self._payload_offset_list
+            lever_x = r[0] * ox + r[1] * oy + r[2] * oz
+            lever_y = r[3] * ox + r[4] * oy + r[5] * oz
+            weight = payload * _GRAVITY_MAGNITUDE
+            last = torques[-1]
+            last[0] -= lever_y * weight
+            last[1] += lever_x * weight
+        torque_on, frame = client.applyExternalTorque, pybullet.WORLD_FRAME
+        for link, torque in zip(links, torques):
+            if torque[0] or torque[1] or torque[2]:
+                torque_on(body, link, torque, frame)
