@@ -237,6 +237,11 @@ class Iiwa14:
         width = states[7][0] + states[8][0] if self.with_gripper else 0.0
         return positions, np.array(arm_velocities), width
 
+    def applied_torques(self) -> np.ndarray:
+        """Motor torques applied in the last physics step (N m)."""
+        states = self.client.getJointStates(self.body_id, self.arm_joint_indices)
+        return np.array([s[3] for s in states])
+
     def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """TCP position (m) and orientation quaternion (x, y, z, w) in the base frame."""
         state = self.client.getLinkState(
