@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 import pybullet
+from iiwa_deploy.actuation import CartesianTargetMapping, GripperCommandMapping
+from iiwa_deploy.kinematics import KinematicChain
 from iiwa_deploy.observation import ObservationInputs
 
 from iiwa_rl.envs.base import IiwaEnv, RobotSnapshot, down_orientation, quaternion_yaw
@@ -117,6 +119,23 @@ class IiwaGraspEnv(IiwaEnv):
             candidates.append(solution)
         self.home_joint_positions = min(candidates, key=lambda q: abs(q[6]))
         self.robot.reset_joint_positions(self.home_joint_positions)
+        # The controller's own mappings (iiwa_deploy.actuation): the numpy IK on the arm's
+        # chain from the URDF, the same chain a contract carries, and the gripper's command.
+        margin = self.robot_config.target_margin_rad
+        self.cartesian_mapping = CartesianTargetMapping(
+            KinematicChain.from_contract(self.robot.kinematic_chain()),
+            cfg.action_scale,
+            cfg.yaw_scale,
+            self._workspace_low,
+            self._workspace_high,
+            # The URDF's limits, as the arm's own clip used them (they equal the robot
+            # configuration's within 1e-4; see IiwaEnv._check_robot_limits).
+            self.robot.limits.lower + margin,
+            self.robot.limits.upper - margin,
+        )
+        self.gripper_mapping = GripperCommandMapping(
+            self.robot.max_gripper_width, self.robot.gripper_speed, self.robot.finger_force
+        )
         # At least hold_time: 0.5 s at 25 Hz is 12.5 steps, so 13.
         self._hold_steps_needed = max(1, math.ceil(cfg.hold_time * cfg.control_hz - 1e-9))
         self._held_steps = 0
@@ -196,30 +215,16 @@ class IiwaGraspEnv(IiwaEnv):
         current = self._current  # measured after the last step; nothing moved since
         q = current.joint_positions
         if cfg.action_mode == "cartesian":
-            target = np.minimum(
-                np.maximum(
-                    current.tcp_position + cfg.action_scale * action[:3], self._workspace_low
-                ),
-                self._workspace_high,
-            )
-            yaw = current.tcp_yaw + cfg.yaw_scale * action[3]
             # One differential-IK step: the target is a few cm away, and the next control
             # step corrects what is left.
-            joint_targets = self.robot.differential_ik(
-                q,
-                current.tcp_position,
-                current.tcp_orientation,
-                target,
-                down_orientation(yaw),
-                margin=self.robot_config.target_margin_rad,
+            joint_targets = self.cartesian_mapping.target(
+                action, q, current.tcp_position, current.tcp_orientation, current.tcp_yaw
             )
         else:
             joint_targets = self.joint_target_mapping.target(action, q)
         # The gripper's command holds for the whole policy period; the arm's target goes
         # through the controller's command stream.
-        self.robot.command_gripper_width(
-            (float(action[-1]) + 1.0) / 2.0 * self.robot.max_gripper_width
-        )
+        self.robot.command_gripper_width(self.gripper_mapping.width(action[-1]))
         self._drive_joints(joint_targets)
 
     # -------------------------------------------------------------- observation
