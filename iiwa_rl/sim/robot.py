@@ -202,6 +202,28 @@ class Iiwa14:
     def max_gripper_width(self) -> float:
         return 2.0 * self.finger_travel if self.with_gripper else 0.0
 
+    @functools.cached_property
+    def _finger_geometry(self) -> tuple[float, float]:
+        """(tip depth below the TCP along the tool axis, finger thickness), m, from the
+        URDF: the finger's collision box, where its joint sits on the palm, and the TCP."""
+        root = ElementTree.parse(asset_path("urdf", "iiwa14_gripper.urdf")).getroot()
+        joint_z = float(
+            root.find(f"joint[@name='{FINGER_JOINT_NAMES[0]}']/origin").get("xyz").split()[2]
+        )
+        collision = root.find("link[@name='gripper_finger_left']/collision")
+        box_z = float(collision.find("origin").get("xyz").split()[2])
+        size = [float(v) for v in collision.find("geometry/box").get("size").split()]
+        tcp_z = float(root.find("joint[@name='tcp_joint']/origin").get("xyz").split()[2])
+        return joint_z + box_z + size[2] / 2.0 - tcp_z, size[1]
+
+    @property
+    def finger_tip_depth(self) -> float:
+        return self._finger_geometry[0]
+
+    @property
+    def finger_thickness(self) -> float:
+        return self._finger_geometry[1]
+
     @property
     def gripper_speed(self) -> float:
         """How fast the pad distance can change (m/s): both fingers at their motor speed."""

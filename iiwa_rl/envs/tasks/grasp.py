@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pybullet
 from iiwa_deploy.actuation import CartesianTargetMapping, GripperCommandMapping
+from iiwa_deploy.grasp import FELL_OFF_BELOW_M, grasp_failure_reason
 from iiwa_deploy.kinematics import KinematicChain
 from iiwa_deploy.observation import ObservationInputs
 
@@ -251,7 +252,7 @@ class IiwaGraspEnv(IiwaEnv):
             finger_contacts=self._contacts,
             lift_target=cfg.lift_height,
         )
-        self._fell_off = bool(self._cube_position[2] < -0.05)
+        self._fell_off = bool(self._cube_position[2] < -FELL_OFF_BELOW_M)
         return inputs, self._fell_off
 
     def _task_blew_up(self) -> bool:
@@ -270,6 +271,37 @@ class IiwaGraspEnv(IiwaEnv):
             "cube_fell_off": self._fell_off,
         }
 
+    # ------------------------------------------------------------- description
+    def describe_contract(self) -> dict:
+        """Adds the `grasp` section the controller reads (iiwa_deploy.grasp.GraspTask)."""
+        contract = super().describe_contract()
+        cfg, robot = self.config, self.robot
+        _, table_top = self.sim.client.getAABB(self.table_id)
+        # The finger tips in the TCP frame: the fingers' far end along the tool axis, at the
+        # full opening (the widest the gripper ever is), from the URDF's link geometry.
+        tip_depth = robot.finger_tip_depth
+        tip_side = robot.max_gripper_width / 2.0 + robot.finger_thickness
+        contract["grasp"] = {
+            "workspace_low": list(cfg.workspace_low),
+            "workspace_high": list(cfg.workspace_high),
+            "yaw_scale": cfg.yaw_scale,
+            "gripper": {
+                "max_width_m": robot.max_gripper_width,
+                "speed_m_s": robot.gripper_speed,
+                "force_n": robot.finger_force,
+            },
+            "table_height_m": float(table_top[2]) - float(robot.base_position[2]),
+            "finger_tip_points_m": [[0.0, tip_side, tip_depth], [0.0, -tip_side, tip_depth]],
+            "object_size_m": cfg.cube_size,
+            "object_rest_height_m": self.cube_rest_height,
+            "object_area_low": list(cfg.cube_low),
+            "object_area_high": list(cfg.cube_high),
+            "object_yaw_range_rad": cfg.cube_yaw_range,
+            "lift_height_m": cfg.lift_height,
+            "hold_s": cfg.hold_time,
+        }
+        return contract
+
     # ---------------------------------------------------------------- rendering
     def camera_target(self):
         # Framed to keep a cube lifted 40 cm in view (the learned policy lifts that high).
@@ -278,24 +310,6 @@ class IiwaGraspEnv(IiwaEnv):
 
 # A cube faster than this (m/s) means the physics blew up.
 _CUBE_BLOWUP_SPEED = 20.0
-# A lift below this never counts as "lifted" when classifying failures (m).
-_LIFTED = 0.02
-
-
-def failure_reason(final_info: dict) -> str | None:
-    """Why a grasp episode failed, from its last info; None for a success.
-
-    missed: both fingers never touched the cube; not lifted: grasped but never raised
-    2 cm; dropped: raised, then lost (or knocked off the table); timed out: raised and
-    still held, but not high enough for long enough before the time limit."""
-    if final_info.get("is_success"):
-        return None
-    if final_info.get("cube_fell_off"):
-        return "dropped"
-    if not final_info.get("ever_grasped"):
-        return "missed"
-    if final_info.get("max_cube_lift", 0.0) < _LIFTED:
-        return "not lifted"
-    if final_info.get("cube_lift", 0.0) < _LIFTED:
-        return "dropped"
-    return "timed out"
+# The classification is the controller's own (iiwa_deploy.grasp): a deployed grasp is
+# judged in the same words.
+failure_reason = grasp_failure_reason
