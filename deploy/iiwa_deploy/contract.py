@@ -294,9 +294,7 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
     else:
         goal_sampling = _get(data, "goal_sampling", "")
         goal_low = _vector(_get(goal_sampling, "low", ".goal_sampling"), 3, ".goal_sampling.low")
-        goal_high = _vector(
-            _get(goal_sampling, "high", ".goal_sampling"), 3, ".goal_sampling.high"
-        )
+        goal_high = _vector(_get(goal_sampling, "high", ".goal_sampling"), 3, ".goal_sampling.high")
         if np.any(goal_low > goal_high):
             raise ContractError("contract.goal_sampling: low must not exceed high")
         threshold = _number(_get(data, "success_threshold_m", ""), ".success_threshold_m")

@@ -351,7 +351,11 @@ def chain_jacobian(chain: KinematicChain, joint_positions: np.ndarray) -> np.nda
         r00, r01, r02, r10, r11, r12, r20, r21, r22 = rotation
         ax, ay, az = (float(v) for v in axis)
         axes.append(
-            (r00 * ax + r01 * ay + r02 * az, r10 * ax + r11 * ay + r12 * az, r20 * ax + r21 * ay + r22 * az)
+            (
+                r00 * ax + r01 * ay + r02 * az,
+                r10 * ax + r11 * ay + r12 * az,
+                r20 * ax + r21 * ay + r22 * az,
+            )
         )
         origins.append((px, py, pz))
         if about_z:
