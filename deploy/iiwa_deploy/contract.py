@@ -238,8 +238,9 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
                 if grasp is None and name in GRASP_BUILDABLE_OBSERVATION_TERMS
                 else ""
             )
+            source = "joint state" if grasp is None else "the robot state and the object pose"
             raise ContractError(
-                f"contract{where}: observation piece '{name}' cannot be built "
+                f"contract{where}: observation piece '{name}' cannot be built from {source} "
                 f"on the controller; this runtime builds only: {', '.join(buildable)}{hint}"
             )
         expected_size = OBSERVATION_TERMS[name].resolved_size(joint_count, action_size)
