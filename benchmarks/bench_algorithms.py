@@ -83,7 +83,8 @@ def ddpg_ours(
     shutil.rmtree(run_dir, ignore_errors=True)
     trainer = Trainer(config, run_dir)
     trainer.train()
-    metrics = read_csv(run_dir / "metrics.csv")  # one row per update round, after warm-up
+    # A row every ddpg.log_every_steps from the first round after the warm-up on.
+    metrics = read_csv(run_dir / "metrics.csv")
     steps_done = float(metrics["step"][-1] - metrics["step"][0])
     seconds = float(metrics["wall_time"][-1] - metrics["wall_time"][0])
     return {
@@ -263,7 +264,8 @@ def run_ours(algorithm: str, steps: int, seed: int, eval_points: int, out: Path)
     import gymnasium as gym
 
     from iiwa_rl.config import load_config
-    from iiwa_rl.train import Trainer, deterministic_policy, run_episodes, summarize_episodes
+    from iiwa_rl.evaluation import deterministic_policy, run_episodes, summarize_episodes
+    from iiwa_rl.train import Trainer
 
     every = max(1, steps // eval_points)
     config = load_config(
@@ -327,7 +329,7 @@ def run_sb3_ppo(steps: int, seed: int, eval_points: int) -> dict:
 
     import iiwa_rl.envs  # noqa: F401
     from iiwa_rl.config import load_config
-    from iiwa_rl.train import run_episodes, summarize_episodes
+    from iiwa_rl.evaluation import run_episodes, summarize_episodes
 
     torch.set_num_threads(1)
     config = load_config(ROOT / "configs/reach_ppo.yaml")

@@ -41,8 +41,8 @@ def inference_latency(model_path: str, run_dir: str, calls: int) -> dict:
     from iiwa_deploy import load_robot_config
     from iiwa_deploy.policy import load_policy
 
+    from iiwa_rl.checkpoint import build_policy, load_run
     from iiwa_rl.export import DeployablePolicy
-    from iiwa_rl.train import build_policy, load_run
 
     policy, _ = load_policy(model_path, load_robot_config())
     size = policy.contract.observation_size

@@ -100,7 +100,7 @@ def steps_per_second(env, steps: int) -> float:
 
 def policy_success(policy_path: str, rate: float, iterations: int, episodes: int) -> float:
     from iiwa_rl.config import EvalSection
-    from iiwa_rl.train import run_episodes, summarize_episodes
+    from iiwa_rl.evaluation import run_episodes, summarize_episodes
     from iiwa_rl.viz.policies import load_policy, make_env
 
     loaded = load_policy(policy_path)

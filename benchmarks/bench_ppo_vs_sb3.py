@@ -74,13 +74,8 @@ def run_ours(config_path: str, steps: int, seed: int, out: Path) -> dict:
 def evaluate_run_dir(run_dir: Path) -> dict:
     import gymnasium as gym
 
-    from iiwa_rl.train import (
-        build_policy,
-        deterministic_policy,
-        load_run,
-        run_episodes,
-        summarize_episodes,
-    )
+    from iiwa_rl.checkpoint import build_policy, load_run
+    from iiwa_rl.evaluation import deterministic_policy, run_episodes, summarize_episodes
 
     config, state = load_run(run_dir, "last")
     actor, normalizer = build_policy(config, state)
@@ -100,7 +95,7 @@ def run_sb3(config_path: str, steps: int, seed: int, vec: str) -> dict:
 
     import iiwa_rl.envs  # noqa: F401
     from iiwa_rl.config import load_config
-    from iiwa_rl.train import run_episodes, summarize_episodes
+    from iiwa_rl.evaluation import run_episodes, summarize_episodes
 
     config = load_config(config_path)
     env_cfg = config.env

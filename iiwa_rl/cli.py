@@ -28,19 +28,16 @@ def _default_run_dir(config_path: str, seed: int) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from iiwa_rl.config import config_from_dict, load_config
+    from iiwa_rl.config import load_config
+    from iiwa_rl.run_dir import CONFIG_FILE, check_resumable
     from iiwa_rl.train import Trainer
 
     if args.resume:
-        import yaml
-
         run_dir = Path(args.resume)
-        config_path = run_dir / "config.yaml"
-        if not config_path.exists():
-            raise ConfigError(f"{run_dir}: not a run directory (no config.yaml to resume)")
-        config = config_from_dict(yaml.safe_load(config_path.read_text()), str(config_path))
-        if args.quiet:
-            config.train.progress = "quiet"
+        check_resumable(run_dir)
+        # The run's own config, validated like any other (a damaged one is named, not a
+        # traceback); --quiet is the only thing a resume may change.
+        config = load_config(run_dir / CONFIG_FILE, ["train.progress=quiet"] if args.quiet else [])
         trainer = Trainer(config, run_dir, resume=True)
     else:
         if not args.config:
@@ -55,6 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(config, run_dir)
     print(f"run directory: {trainer.run_dir}  (device: {trainer.device})", flush=True)
     summary = trainer.train()
+    draw_learning_curve(trainer.run_dir)
     print(
         f"done after {summary['step']:,} steps ({summary['stop_reason']}): "
         f"success {summary['success_rate']:.1%} over {summary['episodes']} evaluation episodes"
@@ -62,9 +60,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def draw_learning_curve(run_dir: Path) -> None:
+    """RUN_DIR/learning_curve.png from the run's logs (here, not in the trainer: training
+    needs no plotting library)."""
+    from iiwa_rl.viz.plots import plot_runs
+
+    try:
+        plot_runs([run_dir], run_dir / "learning_curve.png")
+    except ValueError as error:  # too few rows for a curve (a very short run)
+        print(f"no learning curve: {error}")
+
+
+def _seed(text: str) -> int:
+    """argparse type of --seed: the range every seed in a config has."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from iiwa_rl.config import EvalSection
-    from iiwa_rl.train import run_episodes, summarize_episodes
+    from iiwa_rl.evaluation import run_episodes, summarize_episodes
     from iiwa_rl.viz.policies import PolicyLoadError, load_policy, make_env, source_kind
 
     source = Path(args.run_dir)
@@ -121,6 +141,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iiwa-rl", description="RL for the KUKA LBR iiwa 14")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -133,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--run-dir", help="where to write the run (default runs/<config>-seed<N>-<time>)"
     )
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=_seed)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     train.add_argument("--quiet", action="store_true", help="no live progress bar")
     train.set_defaults(handler=cmd_train)
@@ -142,10 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="evaluate a run's or an exported policy deterministically"
     )
     evaluate.add_argument("run_dir", help="a run directory, a policy.onnx or a folder holding one")
-    evaluate.add_argument("--episodes", type=int, default=100)
+    evaluate.add_argument("--episodes", type=_positive, default=100)
     evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best")
     evaluate.add_argument(
-        "--seed", type=int, help="first episode's seed (default: config eval.seed)"
+        "--seed", type=_seed, help="first episode's seed (default: config eval.seed)"
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--video", metavar="PATH", help="record the episodes (.mp4 or .gif)")
@@ -177,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, FileNotFoundError, FileExistsError) as error:
+        print(f"iiwa-rl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        # Only raised once the simulation module is loaded, so importing it here is free.
+        from iiwa_rl.sim.client import DisplayUnavailableError
+
+        if not isinstance(error, DisplayUnavailableError):
+            raise
         print(f"iiwa-rl {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

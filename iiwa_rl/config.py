@@ -13,47 +13,81 @@ A YAML file has these sections (see configs/*.yaml for complete examples):
     train:      step budget, evaluation, checkpoints, progress display
     eval:       episodes for `iiwa-rl eval`
 
-Everything is checked before any work starts: an unknown key, a wrong type, a bad value,
-an unknown environment id or bad environment parameters raise `ConfigError` naming the
-file and the key.
+Everything is checked before any work starts: an unknown key, a wrong type, a number
+that is not finite or outside the range its field declares (schema.Range), an unknown
+environment id (see env_ids.py for `module:EnvId`) or bad environment parameters raise
+`ConfigError` naming the file and the key.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 
-from iiwa_rl.schema import ConfigError, check, from_mapping, to_mapping
+from iiwa_rl.schema import (
+    ConfigError,
+    Discount,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    Seed,
+    UnitInterval,
+    check,
+    from_mapping,
+    to_mapping,
+)
+
+OpenUnitInterval = Annotated[float, Range(gt=0, lt=1)]
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML 1.1's safe loader, except that `1e-3` is a number: PyYAML reads a float
+    without a dot as a string, and `learning_rate: 1e-3` would be refused as text."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    """A config's YAML text as plain data (see `_ConfigLoader`)."""
+    return yaml.load(text, Loader=_ConfigLoader)
 
 
 @dataclass
 class EnvSection:
     id: str = "IiwaReach-v0"
-    num_envs: int = 16
+    num_envs: PositiveInt = 16
     # sync: in-process; async: a process per env; batched: `workers` processes stepping
     # num_envs / workers envs each (fastest on a few cores).
     vector_mode: Literal["sync", "async", "batched"] = "sync"
-    workers: int | None = None  # batched mode; default: one per CPU core
+    workers: PositiveInt | None = None  # batched mode; default: one per CPU core
     kwargs: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        check(self.num_envs >= 1, "num_envs must be >= 1")
-        check(self.workers is None or self.workers >= 1, "workers must be >= 1")
 
 
 @dataclass
 class NormalizeSection:
     observations: bool = True  # running mean/std, saved with the model, baked into exports
     rewards: bool = True  # divide by the running std of the discounted return
-    clip: float = 10.0  # normalised observations and scaled rewards are clipped to +-clip
-
-    def __post_init__(self):
-        check(self.clip > 0, "clip must be > 0")
+    clip: PositiveFloat = 10.0  # normalised observations and scaled rewards are clipped to +-clip
 
 
 @dataclass
@@ -70,123 +104,105 @@ class LogStdSection:
 
 @dataclass
 class NetworkSection:
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    hidden_sizes: list[PositiveInt] = field(default_factory=lambda: [64, 64])
     activation: Literal["tanh", "relu", "elu", "silu"] = "tanh"
     init: Literal["orthogonal", "default"] = "orthogonal"
     log_std: LogStdSection = field(default_factory=LogStdSection)  # Gaussian actors only
 
     def __post_init__(self):
         check(len(self.hidden_sizes) >= 1, "hidden_sizes needs at least one layer")
-        check(all(size >= 1 for size in self.hidden_sizes), "hidden_sizes must be >= 1")
 
 
 @dataclass
 class PPOSection:
-    rollout_steps: int = 128  # steps per environment between updates
-    epochs: int = 10
-    minibatch_size: int = 512
-    learning_rate: float = 3e-4
+    rollout_steps: PositiveInt = 128  # steps per environment between updates
+    epochs: PositiveInt = 10
+    minibatch_size: PositiveInt = 512
+    learning_rate: PositiveFloat = 3e-4
     lr_schedule: Literal["constant", "linear"] = "linear"
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    clip_value: float | None = None  # clip the value update like the policy's; None: off
-    value_coef: float = 0.5
-    entropy_coef: float = 0.0
-    max_grad_norm: float = 0.5
-    target_kl: float | None = None  # stop the epochs early past this approximate KL
+    gamma: Discount = 0.99
+    gae_lambda: UnitInterval = 0.95
+    clip_range: OpenUnitInterval = 0.2
+    clip_value: PositiveFloat | None = None  # clip the value update like the policy's; None: off
+    value_coef: NonNegativeFloat = 0.5
+    entropy_coef: NonNegativeFloat = 0.0  # a negative one would reward collapsing the std
+    max_grad_norm: PositiveFloat = 0.5
+    target_kl: PositiveFloat | None = None  # stop the epochs early past this approximate KL
     normalize_advantages: bool = True
-
-    def __post_init__(self):
-        check(self.rollout_steps >= 1 and self.epochs >= 1, "rollout_steps and epochs must be >= 1")
-        check(self.minibatch_size >= 1, "minibatch_size must be >= 1")
-        check(self.learning_rate > 0, "learning_rate must be > 0")
-        check(
-            0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "gamma in (0,1], gae_lambda in [0,1]"
-        )
-        check(0 < self.clip_range < 1, "clip_range must be in (0, 1)")
-        check(self.max_grad_norm > 0, "max_grad_norm must be > 0")
 
 
 @dataclass
 class TRPOSection:
-    rollout_steps: int = 128
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    max_kl: float = 0.01  # trust-region radius delta on the mean KL
-    damping: float = 0.1  # added to the Fisher matrix: F + damping * I
-    cg_iterations: int = 10
-    cg_tolerance: float = 1e-10
-    line_search_steps: int = 10
-    line_search_shrink: float = 0.5
-    value_learning_rate: float = 1e-3
-    value_epochs: int = 10
-    value_minibatch_size: int = 512
-    max_grad_norm: float = 0.5  # for the value function's regression
+    rollout_steps: PositiveInt = 128
+    gamma: Discount = 0.99
+    gae_lambda: UnitInterval = 0.95
+    max_kl: PositiveFloat = 0.01  # trust-region radius delta on the mean KL
+    damping: NonNegativeFloat = 0.1  # added to the Fisher matrix: F + damping * I
+    cg_iterations: PositiveInt = 10
+    cg_tolerance: NonNegativeFloat = 1e-10  # 0: always run all cg_iterations
+    line_search_steps: PositiveInt = 10
+    line_search_shrink: OpenUnitInterval = 0.5
+    value_learning_rate: PositiveFloat = 1e-3
+    value_epochs: PositiveInt = 10
+    value_minibatch_size: PositiveInt = 512
+    max_grad_norm: PositiveFloat = 0.5  # for the value function's regression
     normalize_advantages: bool = True
-
-    def __post_init__(self):
-        check(self.max_kl > 0 and self.damping >= 0, "max_kl > 0 and damping >= 0")
-        check(self.cg_iterations >= 1 and self.line_search_steps >= 1, "iterations must be >= 1")
-        check(0 < self.line_search_shrink < 1, "line_search_shrink must be in (0, 1)")
-        check(self.rollout_steps >= 1, "rollout_steps must be >= 1")
 
 
 @dataclass
 class DDPGSection:
-    buffer_size: int = 1_000_000
-    batch_size: int = 256
-    gamma: float = 0.99
-    tau: float = 0.005  # Polyak averaging rate of the target networks
-    actor_learning_rate: float = 1e-3
-    critic_learning_rate: float = 1e-3
-    warmup_steps: int = 10_000  # uniform random actions before the actor acts
-    update_every: int = 1  # environment steps (per env vector step) between update rounds
-    updates_per_step: float = 1.0  # gradient steps per environment step (update-to-data ratio)
+    buffer_size: PositiveInt = 1_000_000
+    batch_size: PositiveInt = 256
+    gamma: Discount = 0.99
+    tau: Annotated[float, Range(gt=0, le=1)] = 0.005  # Polyak rate of the target networks
+    actor_learning_rate: PositiveFloat = 1e-3
+    critic_learning_rate: PositiveFloat = 1e-3
+    # Uniform random actions for this many environment steps before the actor acts. They
+    # fill the replay but earn no gradient steps (SB3's `learning_starts`): counted, they
+    # would all be run in one burst on random data when the warm-up ends.
+    warmup_steps: NonNegativeInt = 10_000
+    update_every: PositiveInt = 1  # vector steps between update rounds
+    # Gradient steps per environment step after the warm-up (the update-to-data ratio).
+    updates_per_step: PositiveFloat = 1.0
     noise: Literal["gaussian", "ornstein_uhlenbeck"] = "gaussian"
-    noise_std: float = 0.2  # initial std of the exploration noise (action units)
-    noise_final_std: float = 0.05
-    noise_decay_steps: int = 500_000  # linear decay from noise_std to noise_final_std
-    ou_theta: float = 0.15
-    policy_delay: int = 1  # actor and targets update every this many critic updates
+    noise_std: NonNegativeFloat = 0.2  # initial std of the exploration noise (action units)
+    noise_final_std: NonNegativeFloat = 0.05
+    noise_decay_steps: PositiveInt = 500_000  # linear decay from noise_std to noise_final_std
+    # Ornstein-Uhlenbeck mean reversion per step: 0 would never revert, above 1 overshoots.
+    ou_theta: Annotated[float, Range(gt=0, le=1)] = 0.15
+    policy_delay: PositiveInt = 1  # actor and targets update every this many critic updates
+    # Environment steps between metrics rows. An update round runs every `update_every`
+    # vector steps, far too often for a row each; a row averages the rounds since the
+    # last one. 0: a row per update round.
+    log_every_steps: NonNegativeInt = 1000
 
     def __post_init__(self):
-        check(self.buffer_size >= self.batch_size >= 1, "buffer_size >= batch_size >= 1")
-        check(0 < self.tau <= 1, "tau must be in (0, 1]")
-        check(self.updates_per_step > 0 and self.update_every >= 1, "bad update schedule")
-        check(self.noise_std >= 0 and self.noise_final_std >= 0, "noise stds must be >= 0")
+        check(self.buffer_size >= self.batch_size, "buffer_size must be >= batch_size")
 
 
 @dataclass
 class TrainSection:
-    total_steps: int = 1_000_000  # environment steps, summed over the vector envs
-    max_wall_seconds: float | None = None  # stop (and save) after this much time
-    eval_every_steps: int = 100_000
-    eval_episodes: int = 20
-    checkpoint_every_steps: int = 50_000
+    total_steps: PositiveInt = 1_000_000  # environment steps, summed over the vector envs
+    max_wall_seconds: PositiveFloat | None = None  # stop (and save) after this much time
+    eval_every_steps: PositiveInt = 100_000
+    eval_episodes: PositiveInt = 20
+    checkpoint_every_steps: PositiveInt = 50_000
     progress: Literal["auto", "bar", "quiet"] = "auto"
-    torch_threads: int = 1  # more threads oversubscribe a small machine: measured 10x slower
-
-    def __post_init__(self):
-        check(self.total_steps >= 1, "total_steps must be >= 1")
-        check(self.eval_every_steps >= 1 and self.checkpoint_every_steps >= 1, "intervals >= 1")
-        check(self.eval_episodes >= 1, "eval_episodes must be >= 1")
-        check(self.torch_threads >= 1, "torch_threads must be >= 1")
+    torch_threads: PositiveInt = (
+        1  # more threads oversubscribe a small machine: measured 10x slower
+    )
 
 
 @dataclass
 class EvalSection:
-    episodes: int = 100
-    seed: int = 10_000  # evaluation episodes use seeds disjoint from training's
-
-    def __post_init__(self):
-        check(self.episodes >= 1, "episodes must be >= 1")
+    episodes: PositiveInt = 100
+    seed: Seed = 10_000  # evaluation episodes use seeds disjoint from training's
 
 
 @dataclass
 class TrainConfig:
     algorithm: Literal["ppo", "trpo", "ddpg"] = "ppo"
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     env: EnvSection = field(default_factory=EnvSection)
     normalize: NormalizeSection = field(default_factory=NormalizeSection)
@@ -227,7 +243,7 @@ def parse_overrides(overrides: list[str], where: str = "--set") -> dict:
         if not all(parts):
             raise ConfigError(f"{where} {item!r}: empty key part")
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError as error:
             raise ConfigError(f"{where} {item!r}: value is not valid YAML: {error}") from None
         node = result
@@ -264,10 +280,20 @@ def config_from_dict(data: dict, source: str = "<config>") -> TrainConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read, merge `--set` overrides into, and validate a YAML training config."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a directory, not a config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not a text file (byte {error.start} is not UTF-8); a config is YAML text"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read: {error.strerror}") from None
+    try:
+        data = parse_yaml(text) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
@@ -285,15 +311,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
 
 def _check_environment(config: TrainConfig, source: str) -> None:
     """Refuse an unknown id or bad environment parameters before any environment is built."""
-    import gymnasium as gym
+    from iiwa_rl.env_ids import find_env_spec
 
-    import iiwa_rl.envs  # noqa: F401  (registers the project's ids)
-
-    env_id = config.env.id
-    if env_id not in gym.registry:
-        known = sorted(name for name in gym.registry if name.startswith("Iiwa"))
-        raise ConfigError(f"{source}: env.id: unknown environment '{env_id}' (ours: {known})")
-    spec = gym.spec(env_id)
+    try:
+        spec = find_env_spec(config.env.id)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
     entry = spec.entry_point
     if isinstance(entry, str) and entry.startswith("iiwa_rl."):
         module_name, class_name = entry.split(":")

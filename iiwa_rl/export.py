@@ -103,12 +103,12 @@ def export_policy(
     import onnx
     import onnxruntime
 
-    from iiwa_rl.train import build_policy, load_run
+    from iiwa_rl.checkpoint import build_policy, load_run
 
     config, state = load_run(run_dir, checkpoint)
+    actor, normalizer = build_policy(config, state)  # a checkpoint's faults first, by file
     if not config.env.id.startswith("Iiwa"):
         raise ExportError(f"export writes IIWA policies; {config.env.id} has no robot contract")
-    actor, normalizer = build_policy(config, state)
     scale, offset = normalizer.scale_and_offset()
     module = DeployablePolicy(actor, scale, offset, normalizer.clip, normalizer.enabled).eval()
 

@@ -1,6 +1,6 @@
 """Run logging: CSV files (the source for plots), TensorBoard, and the console progress.
 
-metrics.csv holds one row per update (training figures), eval.csv one row per
+metrics.csv holds one row per update (DDPG: per `ddpg.log_every_steps`), eval.csv one row per
 evaluation. Both are appended as the run goes and truncated back to the checkpoint's
 step on resume, so a resumed run's curves have no duplicated stretch.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import math
 import sys
-import time
 from pathlib import Path
 
 
@@ -77,49 +76,43 @@ class TensorBoardLog:
             self.writer.close()
 
 
-def _clock(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "--:--"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
 class Progress:
-    """A one-line live bar on a terminal; in quiet mode (logs, CI) a line per evaluation."""
+    """A live tqdm bar on a terminal; in quiet mode (logs, CI) a line per evaluation only."""
 
-    def __init__(self, total_steps: int, mode: str = "auto", stream=None):
+    def __init__(self, total_steps: int, mode: str = "auto", stream=None, initial: int = 0):
         self.stream = stream or sys.stderr
-        self.total = total_steps
         self.live = mode == "bar" or (mode == "auto" and self.stream.isatty())
-        self._last_draw = 0.0
+        self.bar = None
+        if self.live:
+            from tqdm import tqdm
 
-    def update(
-        self, step: int, steps_per_second: float, episode_return: float, success: float
-    ) -> None:
-        if not self.live:
+            self.bar = tqdm(
+                total=total_steps,
+                initial=initial,  # a resumed run's bar starts where the checkpoint was
+                unit="step",
+                unit_scale=True,
+                file=self.stream,
+                dynamic_ncols=True,
+                mininterval=0.25,
+            )
+
+    def update(self, step: int, episode_return: float, success: float) -> None:
+        if self.bar is None:
             return
-        now = time.monotonic()
-        if now - self._last_draw < 0.25 and step < self.total:
-            return
-        self._last_draw = now
-        fraction = min(step / self.total, 1.0)
-        bar = "#" * int(fraction * 24)
-        eta = (self.total - step) / steps_per_second if steps_per_second > 0 else math.inf
-        line = (
-            f"\r[{bar:<24}] {step:>10,}/{self.total:,} steps | {steps_per_second:7,.0f} steps/s"
-            f" | ETA {_clock(eta)} | return {episode_return:8.2f} | success {success:6.1%}"
+        # tqdm shows the rate and the ETA itself; the postfix says how training goes.
+        self.bar.set_postfix_str(
+            f"return {episode_return:.2f}, success {success:.1%}", refresh=False
         )
-        self.stream.write(line)
-        self.stream.flush()
+        self.bar.update(step - self.bar.n)
 
     def message(self, text: str) -> None:
-        if self.live:
-            self.stream.write("\r" + " " * 110 + "\r")
-        self.stream.write(text + "\n")
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)  # above the bar, which redraws below
+        else:
+            self.stream.write(text + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        if self.live:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,22 +1,88 @@
 """Typed configuration: plain dataclasses filled from YAML mappings, checked strictly.
 
 `from_mapping(SomeConfig, data, where)` builds a dataclass from a mapping and refuses an
-unknown key, a missing required key, a value of the wrong type, or one its
-`__post_init__` rejects, with an error that names where the value came from (file and
-dotted key path), what was expected and what was found.
+unknown key, a missing required key, a value of the wrong type, a number that is not
+finite (every float: NaN or infinity is never a meaningful setting), a number outside the
+range its annotation declares, or one its `__post_init__` rejects, with an error that
+names where the value came from (file and dotted key path), what was expected and what
+was found.
+
+Ranges are declared on the field's type, so a reader sees them where the field is:
+
+    learning_rate: Annotated[float, Range(gt=0)] = 3e-4
+    gamma: Discount = 0.99          # an alias for Annotated[float, Range(gt=0, le=1)]
+
+`__post_init__` is left with what involves several fields (min < max, buffer >= batch).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message says where and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed interval of a number: `gt`/`ge` bound it below (exclusive/inclusive),
+    `lt`/`le` above. Used as ``Annotated[float, Range(gt=0, le=1)]``."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return (
+            (self.gt is None or value > self.gt)
+            and (self.ge is None or value >= self.ge)
+            and (self.lt is None or value < self.lt)
+            and (self.le is None or value <= self.le)
+        )
+
+    def describe(self) -> str:
+        """'> 0', '>= 1', 'in (0, 1]', ... as a reader of the error message expects."""
+
+        def show(bound: float) -> str:
+            return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+        low, low_open = (self.gt, True) if self.gt is not None else (self.ge, False)
+        high, high_open = (self.lt, True) if self.lt is not None else (self.le, False)
+        if low is not None and high is not None:
+            opening, closing = "(" if low_open else "[", ")" if high_open else "]"
+            return f"in {opening}{show(low)}, {show(high)}{closing}"
+        if low is not None:
+            return f"{'>' if low_open else '>='} {show(low)}"
+        if high is not None:
+            return f"{'<' if high_open else '<='} {show(high)}"
+        return "any number"
+
+
+# The ranges the configs use again and again.
+PositiveInt = Annotated[int, Range(ge=1)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+UnitInterval = Annotated[float, Range(ge=0, le=1)]  # a fraction, both ends allowed
+Discount = Annotated[float, Range(gt=0, le=1)]  # gamma: 0 would ignore every future reward
+# numpy's and torch's generators both take any seed in [0, 2**32); beyond, one of them
+# overflows and negative seeds are refused by numpy.
+Seed = Annotated[int, Range(ge=0, lt=2**32)]
+
+
+def _out_of_range(where: str, value: Any, allowed: Range) -> ConfigError:
+    # "ppo: gamma must be in (0, 1], got 1.5": the section, then the key's own name, the
+    # same shape as a __post_init__ message, so the two kinds of check read alike.
+    section, _, name = where.rpartition(".")
+    subject = f"{section}: {name}" if section else name
+    return ConfigError(f"{subject} must be {allowed.describe()}, got {value!r}")
 
 
 def _describe(value: Any) -> str:
@@ -27,6 +93,14 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
     origin = get_origin(annotation)
     if annotation is Any:
         return value
+    if origin is Annotated:
+        base, *extras = get_args(annotation)
+        converted = _convert(base, value, where)
+        for allowed in extras:
+            if isinstance(allowed, Range) and converted is not None:
+                if not allowed.contains(converted):
+                    raise _out_of_range(where, converted, allowed)
+        return converted
     if origin in (Union, types.UnionType):
         options = get_args(annotation)
         if value is None and type(None) in options:
@@ -58,7 +132,13 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float (10**400)
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
@@ -97,7 +177,7 @@ def from_mapping(cls: type, data: Any, where: str) -> Any:
     if unknown:
         key = f"{where}.{unknown[0]}" if where else str(unknown[0])
         raise ConfigError(f"{key}: unknown key; expected one of: {', '.join(sorted(fields))}")
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     kwargs = {}
     for name, field in fields.items():
         key_where = f"{where}.{name}" if where else name

@@ -183,6 +183,123 @@ def test_bad_config_is_refused_with_file_and_key(tmp_path, name, data, expected)
         assert part in message, (part, message)
 
 
+# Values the validator once let through (issue 20): each trained, or failed only once
+# training had started. (override, what the message must contain)
+OUT_OF_RANGE = [
+    ("algorithm=trpo", "trpo.gamma=1.5", "trpo: gamma must be in (0, 1], got 1.5"),
+    ("algorithm=ddpg", "ddpg.gamma=1.5", "ddpg: gamma must be in (0, 1], got 1.5"),
+    ("algorithm=ddpg", "ddpg.gamma=-0.5", "ddpg: gamma must be in (0, 1], got -0.5"),
+    (
+        "algorithm=ddpg",
+        "ddpg.critic_learning_rate=-1e-3",
+        "ddpg: critic_learning_rate must be > 0, got -0.001",
+    ),
+    ("algorithm=ddpg", "ddpg.noise_decay_steps=0", "ddpg: noise_decay_steps must be >= 1, got 0"),
+    ("algorithm=ddpg", "ddpg.policy_delay=0", "ddpg: policy_delay must be >= 1, got 0"),
+    ("algorithm=trpo", "trpo.value_epochs=0", "trpo: value_epochs must be >= 1, got 0"),
+    (None, "train.max_wall_seconds=-5", "train: max_wall_seconds must be > 0, got -5.0"),
+    (None, "ppo.learning_rate=.inf", "ppo.learning_rate: expected a finite number, got inf"),
+    (None, "ppo.entropy_coef=.nan", "ppo.entropy_coef: expected a finite number, got nan"),
+    (None, "ppo.value_coef=.nan", "ppo.value_coef: expected a finite number, got nan"),
+    (
+        "algorithm=ddpg",
+        "ddpg.actor_learning_rate=.nan",
+        "ddpg.actor_learning_rate: expected a finite number, got nan",
+    ),
+    (
+        "algorithm=trpo",
+        "trpo.value_learning_rate=.nan",
+        "trpo.value_learning_rate: expected a finite number, got nan",
+    ),
+    (None, "seed=-1", "seed must be in [0, 4294967296), got -1"),
+    (None, f"seed={2**70}", "seed must be in [0, 4294967296)"),
+    (None, "eval.seed=-3", "eval: seed must be in [0, 4294967296), got -3"),
+    (None, "env.workers=0", "env: workers must be >= 1, got 0"),
+    (None, "policy.hidden_sizes=[64, 0]", "policy: hidden_sizes[1] must be >= 1, got 0"),
+    (None, "env.kwargs.control_hz=.nan", "env.kwargs.control_hz: expected a finite number"),
+]
+
+
+@pytest.mark.parametrize(
+    "algorithm,override,expected", OUT_OF_RANGE, ids=[case[1] for case in OUT_OF_RANGE]
+)
+def test_every_number_is_checked_for_finiteness_and_range(algorithm, override, expected):
+    # The reach config is PPO; another algorithm's section replaces the ppo one.
+    data = _reach_data()
+    if algorithm:
+        del data["ppo"]
+    overrides = [algorithm, override] if algorithm else [override]
+    with pytest.raises(ConfigError) as error:
+        load_config(_write_tmp(data), overrides)
+    message = str(error.value)
+    assert expected in message, message
+    assert message.startswith(str(_write_tmp.last)), message
+
+
+def _write_tmp(data) -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    _write_tmp.last = path
+    return path
+
+
+def _number_fields(cls, prefix=""):
+    """(dotted key, annotation) of every number in a config dataclass, nested sections
+    included: what the generic finiteness check must cover."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for item in dataclasses.fields(cls):
+        annotation = hints[item.name]
+        if dataclasses.is_dataclass(annotation):
+            yield from _number_fields(annotation, f"{prefix}{item.name}.")
+        elif float in _base_types(annotation):
+            yield f"{prefix}{item.name}", annotation
+
+
+def _base_types(annotation) -> set:
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _base_types(typing.get_args(annotation)[0])
+    if origin in (typing.Union, __import__("types").UnionType):
+        return set().union(*(_base_types(a) for a in typing.get_args(annotation)))
+    return {annotation}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_no_float_field_accepts_nan_or_infinity(bad):
+    keys = list(_number_fields(TrainConfig))
+    assert len(keys) > 30  # every section's numbers, not a handful
+    for key, _ in keys:
+        section = key.split(".")[0]
+        data: dict = {}
+        if section in ("trpo", "ddpg"):
+            data["algorithm"] = section
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = bad
+        with pytest.raises(ConfigError, match="expected a finite number") as error:
+            config_from_dict(data)
+        assert key in str(error.value), (key, str(error.value))
+
+
+def test_a_binary_config_file_is_refused(tmp_path):
+    path = tmp_path / "policy.pt"
+    path.write_bytes(b"PK\x03\x04\x00\xff\xfe binary \x80\x81")
+    with pytest.raises(ConfigError, match="not a text file") as error:
+        load_config(path)
+    assert str(error.value).startswith(str(path))
+    with pytest.raises(ConfigError, match="a directory, not a config file"):
+        load_config(tmp_path)
+
+
 def test_missing_file_and_invalid_yaml(tmp_path):
     missing = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError, match="config file not found") as error:
@@ -335,3 +452,10 @@ def test_every_shipped_config_builds_its_trainer(path: Path, tmp_path: Path) -> 
         trainer.envs.step(trainer.scale_action(actions))
     finally:
         trainer.envs.close()
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    # PyYAML alone reads `1e-3` as the string '1e-3'; a config means the number.
+    path = _write(tmp_path, "ppo:\n  learning_rate: 1e-3\n")
+    assert load_config(path, ["ppo.max_grad_norm=2e-1"]).ppo.learning_rate == 0.001
+    assert load_config(path, ["ppo.max_grad_norm=2e-1"]).ppo.max_grad_norm == 0.2

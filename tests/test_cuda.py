@@ -13,8 +13,9 @@ import torch
 
 from iiwa_rl.algos.base import Transition
 from iiwa_rl.algos.ppo import PPO
+from iiwa_rl.checkpoint import build_policy, load_run
 from iiwa_rl.config import NetworkSection, TrainConfig, load_config
-from iiwa_rl.train import Trainer, build_policy, load_run, resolve_device
+from iiwa_rl.train import Trainer, resolve_device
 
 DEVICE = "cuda"
 REACH = Path(__file__).resolve().parents[1] / "configs" / "reach_ppo.yaml"
@@ -124,8 +125,7 @@ def test_ppo_updates_on_cuda(monkeypatch):
         torch.testing.assert_close(restored.actor.deterministic(observations), acting)
 
 
-def test_cuda_run_checkpoint_loads_on_cpu(tmp_path, monkeypatch):
-    monkeypatch.setattr(Trainer, "_plot", lambda self: None)
+def test_cuda_run_checkpoint_loads_on_cpu(tmp_path):
     config = load_config(
         REACH,
         [

@@ -111,7 +111,14 @@ def _ddpg(**ddpg) -> DDPG:
             "env": {"id": "Pendulum-v1", "num_envs": 2},
             "policy": {"hidden_sizes": [8]},
             "critic": {"hidden_sizes": [8]},
-            "ddpg": {"buffer_size": 1000, "batch_size": 4, "warmup_steps": 0, **ddpg},
+            # log_every_steps 0: every update round returns its metrics
+            "ddpg": {
+                "buffer_size": 1000,
+                "batch_size": 4,
+                "warmup_steps": 0,
+                "log_every_steps": 0,
+                **ddpg,
+            },
         }
     )
     return DDPG(config, 3, 1, 2, torch.device("cpu"), seed=0)
@@ -183,12 +190,51 @@ def test_warmup_then_noisy_actor_and_update_to_data_ratio():
         algorithm.observe(Transition(obs, stored, {}, np.zeros(2, np.float32), no, no, obs, obs))
         if algorithm.ready_to_update():
             rounds.append(algorithm.update(0.0)["gradient_steps"])
-    # Ready every 2nd vector step once 4 env steps are in; 0.5 updates per transition.
-    assert rounds == [2.0, 4.0, 6.0]
+    # Ready every 2nd vector step once the actor has acted; 0.5 updates per transition the
+    # actor acted in: the 4 warm-up transitions (random actions) earn none.
+    assert rounds == [2.0, 4.0]
+    assert algorithm.gradient_steps == 0.5 * (6 * 2 - 4)
     assert algorithm.noise_std() == pytest.approx(0.3 - 0.2 * 12 / 100)
     deterministic, _, _ = algorithm.act(obs, deterministic=True)
     with torch.no_grad():
         assert np.allclose(deterministic, algorithm.actor(torch.from_numpy(obs)).numpy())
+
+
+def test_warmup_owes_no_burst_of_gradient_steps():
+    """The first round after a long warm-up runs what one round's data earns, not one
+    gradient step per warm-up transition (issue 20: 10,000 at once with rl-zoo3's
+    Pendulum settings)."""
+    algorithm = _ddpg(warmup_steps=100, updates_per_step=1.0, batch_size=2)
+    obs = np.zeros((2, 3), np.float32)
+    no = np.zeros(2, dtype=bool)
+    rounds = []
+    for _ in range(60):  # 120 transitions: 100 of warm-up, 20 from the actor
+        _, stored, _ = algorithm.act(obs)
+        algorithm.observe(Transition(obs, stored, {}, np.zeros(2, np.float32), no, no, obs, obs))
+        if algorithm.ready_to_update():
+            rounds.append(algorithm.update(0.0)["gradient_steps"])
+    assert rounds[0] == 2.0  # one vector step of 2 transitions
+    assert algorithm.gradient_steps == 20 == len(rounds) * 2
+
+
+def test_metrics_are_reported_per_interval_averaged_over_rounds():
+    algorithm = _ddpg(batch_size=2, log_every_steps=8)
+    obs = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    no = np.zeros(2, dtype=bool)
+    reports = []
+    for _ in range(12):  # 24 transitions, a round (2 gradient steps) per vector step
+        _, stored, _ = algorithm.act(obs)
+        rewards = np.ones(2, np.float32)
+        algorithm.observe(Transition(obs, stored, {}, rewards, no, no, obs, obs))
+        if algorithm.ready_to_update():
+            reports.append(algorithm.update(0.0))
+    reported = [r for r in reports if r is not None]
+    assert len(reports) == 12
+    # The first round reports, then one round in every 8 environment steps (4 rounds).
+    assert [i for i, r in enumerate(reports) if r is not None] == [0, 4, 8]
+    assert [r["gradient_steps"] for r in reported] == [2.0, 10.0, 18.0]
+    for report in reported:
+        assert np.isfinite(report["critic_loss"]) and np.isfinite(report["actor_loss"])
 
 
 def test_schedule_and_ornstein_uhlenbeck_noise():

@@ -407,6 +407,9 @@ def test_flying_cube_is_a_blowup():
         ("IiwaReach-v0", {"action_mode": "cartesian"}, "action_mode"),
         ("IiwaReach-v0", {"physics_hz": 250.0, "control_hz": 20.0}, "multiple"),
         ("IiwaGrasp-v0", {"physics_hz": 100.0, "control_hz": 30.0}, "multiple"),
+        # The arm takes one controller setpoint per 5 ms robot period: 150 Hz cannot.
+        ("IiwaReach-v0", {"physics_hz": 150.0, "control_hz": 25.0}, "robot period"),
+        ("IiwaReach-v0", {"robot_config": "/nonexistent.yaml"}, "robot_config"),
         ("IiwaGrasp-v0", {"cube_size": 0.2}, "cube_size"),
         ("IiwaReach-v0", {"reward": {"terms": {"tcp_distance": {"weight": "big"}}}}, "weight"),
         ("IiwaReach-v0", {"reward": {"terms": {"cube_lift": {"weight": 1.0}}}}, "cube_lift"),
@@ -421,14 +424,15 @@ def test_bad_config_is_a_config_error_naming_the_key(env_id, kwargs, message):
 def test_config_keywords_reach_the_env():
     env = make(
         "IiwaGrasp-v0",
-        physics_hz=120.0,
+        physics_hz=400.0,
         control_hz=20.0,
         action_mode="joint_delta",
         config={"episode_steps": 7},
     )
     try:
-        assert env.sim.physics_hz == 120.0
-        assert env.config.substeps == 6
+        assert env.sim.physics_hz == 400.0
+        assert env.config.substeps == 20
+        assert env.physics_steps_per_period == 2 and env.timing.steps_per_action == 10
         assert env.action_space.shape == (8,)
         env.reset(seed=0)
         for step in range(1, 8):

@@ -216,13 +216,15 @@ def test_each_task_refuses_terms_it_cannot_compute(env_id, bad_term):
 @pytest.fixture
 def reach_at_pose():
     """A reach env whose robot rests at a fixed configuration: home = that pose, no reset
-    noise, and joint_offset actions of 0 hold it there."""
+    noise, and joint_offset actions of 0 hold it there; success is judged on the step alone
+    (no hold time)."""
     pose = [0.3, 0.5, -0.2, -1.4, 0.1, 1.0, 0.2]
     env = gym.make(
         "IiwaReach-v0",
         home_joint_positions=pose,
         initial_joint_noise=0.0,
         action_mode="joint_offset",
+        hold_time=0.0,
     ).unwrapped
     yield env, np.array(pose)
     env.close()
@@ -263,6 +265,7 @@ def test_reach_sparse_reward_at_and_away_from_the_goal():
         home_joint_positions=[0.0, 0.4, 0.0, -1.5, 0.0, 1.0, 0.0],
         initial_joint_noise=0.0,
         action_mode="joint_offset",
+        hold_time=0.0,
         reward={"sparse": True, "terms": {"tcp_distance": {"weight": -1.0}}},
     ).unwrapped
     try:
@@ -310,3 +313,15 @@ def test_grasp_cube_off_the_table_ends_the_episode_as_a_failure():
         assert info["reward/success"] == 0.0
     finally:
         env.close()
+
+
+def test_reach_success_needs_the_hold_time_on_the_goal(reach_at_pose):
+    env, _ = reach_at_pose
+    env.config.hold_time = 0.2  # 5 steps at 25 Hz, counted from the next reset
+    env._setup_scene()
+    env.reset(seed=0)
+    env.goal_position = _settled_tcp(env)
+    verdicts = [env.step(np.zeros(7, dtype=np.float32))[4]["is_success"] for _ in range(6)]
+    assert verdicts == [False, False, False, False, True, True]
+    env.goal_position = env.goal_position + np.array([0.0, 0.0, 0.05])  # off the goal: reset
+    assert env.step(np.zeros(7, dtype=np.float32))[4]["is_success"] is False

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from iiwa_rl.config import load_config
+from iiwa_rl.evaluation import run_episodes, summarize_episodes
 from iiwa_rl.schema import to_mapping
-from iiwa_rl.train import run_episodes, summarize_episodes
 from iiwa_rl.viz.policies import load_policy, make_env, read_contract
 
 POLICIES = Path(__file__).resolve().parents[1] / "assets" / "policies"

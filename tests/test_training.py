@@ -19,17 +19,12 @@ import pytest
 import torch
 
 import iiwa_rl.envs  # noqa: F401  (registers the Iiwa ids)
+from iiwa_rl.checkpoint import build_policy, load_checkpoint, load_run
 from iiwa_rl.cli import main
 from iiwa_rl.config import config_from_dict, load_config
-from iiwa_rl.train import (
-    ActionScaler,
-    ObservationFlattener,
-    Trainer,
-    build_policy,
-    load_run,
-    run_episodes,
-    summarize_episodes,
-)
+from iiwa_rl.evaluation import run_episodes, summarize_episodes
+from iiwa_rl.spaces import ActionScaler, ObservationFlattener
+from iiwa_rl.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 REACH = REPO / "configs" / "reach_ppo.yaml"
@@ -223,7 +218,7 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
                 )
             assert time.monotonic() < deadline, "no advancing checkpoint within 120 s"
             if last.exists():
-                step = torch.load(last, weights_only=False)["global_step"]
+                step = load_checkpoint(last)["global_step"]
                 if first_step is None:
                     first_step = step
                 elif step > first_step:
@@ -235,7 +230,7 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
         train.wait()
         log.close()
     assert train.returncode == -signal.SIGKILL
-    checkpoint = torch.load(last, weights_only=False)
+    checkpoint = load_checkpoint(last)
     resumed_from = checkpoint["global_step"]
     assert 0 < resumed_from < total
     assert resumed_from % 2560 == 0
@@ -245,10 +240,10 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
 
     # The resume goes through the same command line, in this process (one start-up less)
     # and without the final learning-curve plot (seconds of matplotlib, tested elsewhere).
-    monkeypatch.setattr(Trainer, "_plot", lambda self: None)
+    monkeypatch.setattr("iiwa_rl.cli.draw_learning_curve", lambda run_dir: None)
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
-    final = torch.load(last, weights_only=False)
+    final = load_checkpoint(last)
     assert total <= final["global_step"] < total + num_envs
     assert final["wall_time"] > checkpoint["wall_time"]
     assert final["episodes_done"] > checkpoint["episodes_done"]
@@ -303,9 +298,8 @@ def _before_and_after_training(config_path, overrides, run_dir, episodes, seed):
 
 
 @pytest.mark.slow
-def test_ppo_learns_to_reach(tmp_path, monkeypatch):
+def test_ppo_learns_to_reach(tmp_path):
     """60k steps (about a minute) bring the TCP from ~28 cm to within ~10 cm of the goal."""
-    monkeypatch.setattr(Trainer, "_plot", lambda self: None)
     before, after = _before_and_after_training(
         REACH, ["train.total_steps=60000"], tmp_path / "run", episodes=20, seed=777
     )
@@ -316,11 +310,10 @@ def test_ppo_learns_to_reach(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ppo_grasp_training_improves_its_reward(tmp_path, monkeypatch):
+def test_ppo_grasp_training_improves_its_reward(tmp_path):
     """A short run of the shipped grasp config learns the first part of the task: the
     gripper goes to the cube (not the full grasp; that takes configs/grasp_ppo.yaml's
     budget)."""
-    monkeypatch.setattr(Trainer, "_plot", lambda self: None)
     before, after = _before_and_after_training(
         GRASP,
         ["env.num_envs=16", "train.total_steps=40960"],
@@ -396,8 +389,7 @@ def test_observation_flattener_and_action_scaler():
 
 
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", DICT_ID])
-def test_trainer_runs_on_other_gymnasium_envs(tmp_path, monkeypatch, env_id):
-    monkeypatch.setattr(Trainer, "_plot", lambda self: None)
+def test_trainer_runs_on_other_gymnasium_envs(tmp_path, env_id):
     config = _pendulum_config(env_id)
     trainer = Trainer(config, tmp_path / "run")
     assert trainer.observation_size == 3 and trainer.action_size == 1
@@ -418,3 +410,25 @@ def test_trainer_runs_on_other_gymnasium_envs(tmp_path, monkeypatch, env_id):
     assert result["mean_length"] == 200.0 and np.isfinite(result["mean_return"])
     # ... and so does `iiwa-rl eval` on the run (not only on IIWA environments)
     assert main(["eval", str(tmp_path / "run"), "--episodes", "1", "--json"]) == 0
+
+
+def test_progress_bar_and_quiet_mode():
+    import io
+
+    from iiwa_rl.logger import Progress
+
+    stream = io.StringIO()
+    bar = Progress(1000, "bar", stream=stream, initial=100)  # a resume at step 100
+    bar.update(500, -3.25, 0.5)
+    bar.message("eval @ 500 steps")
+    bar.update(1000, -1.0, 0.9)
+    bar.close()
+    text = stream.getvalue()
+    assert "100/1.00k" in text and "1.00k/1.00k" in text
+    assert "eval @ 500 steps\n" in text and "return -1.00, success 90.0%" in text
+    quiet = io.StringIO()
+    silent = Progress(1000, "quiet", stream=quiet)
+    silent.update(500, -3.25, 0.5)
+    silent.message("eval @ 500 steps")
+    silent.close()
+    assert quiet.getvalue() == "eval @ 500 steps\n"

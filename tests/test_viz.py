@@ -190,7 +190,7 @@ def test_recorded_mp4_has_one_frame_per_step_and_moves(tmp_path):
 
 
 def test_gif_and_eval_hook_recorder_count_episodes(tmp_path):
-    from iiwa_rl.train import run_episodes
+    from iiwa_rl.evaluation import run_episodes
     from iiwa_rl.viz.record import VideoRecorder
 
     env = make_env("IiwaReach-v0", {"episode_steps": 4}, render_mode="rgb_array")

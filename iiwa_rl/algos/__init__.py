@@ -7,12 +7,9 @@ from iiwa_rl.algos.ddpg import DDPG
 from iiwa_rl.algos.ppo import PPO
 from iiwa_rl.algos.trpo import TRPO
 
+# By config `algorithm`; a new algorithm is a class here, a name in TrainConfig.algorithm's
+# Literal and its config section (config.py), which is what validates it.
 ALGORITHMS: dict[str, type[Algorithm]] = {"ppo": PPO, "trpo": TRPO, "ddpg": DDPG}
-
-
-def register(name: str, algorithm: type[Algorithm]) -> None:
-    ALGORITHMS[name] = algorithm
-
 
 __all__ = [
     "ALGORITHMS",
@@ -22,5 +19,4 @@ __all__ = [
     "Algorithm",
     "OnPolicyAlgorithm",
     "Transition",
-    "register",
 ]

@@ -68,8 +68,10 @@ class Algorithm(ABC):
         """Whether `update` should run now."""
 
     @abstractmethod
-    def update(self, progress: float) -> dict[str, float]:
-        """One update; `progress` in [0, 1] drives schedules. Returns metrics to log."""
+    def update(self, progress: float) -> dict[str, float] | None:
+        """One update; `progress` in [0, 1] drives schedules. Returns the metrics to log,
+        or None where the algorithm logs less often than it updates (DDPG updates every
+        few environment steps and reports every `ddpg.log_every_steps`)."""
 
     @abstractmethod
     def deterministic_actor(self) -> nn.Module:

@@ -13,11 +13,16 @@ Time limits: the replay stores the true successor (the final observation where a
 episode ended) and `terminated` only, so a transition cut by a time limit still
 bootstraps from Q'(s', mu'(s')): the episode would have gone on.
 
+Update-to-data ratio: a transition the actor acted in earns `updates_per_step` gradient
+steps; the warm-up's random-action transitions earn none (SB3's `learning_starts`), nor
+do those before the replay holds a batch, so the first round after the warm-up is an
+ordinary one, not a burst of every step owed for the warm-up's data.
+
 Speed: every vector step brings N transitions; an update round runs the gradient steps
-those transitions are owed (`updates_per_step` per transition), so the update-to-data
-ratio does not depend on N while the per-round Python and environment overheads are
-shared by N transitions. Inside a round everything stays in torch on the training
-device: no host synchronisation until the round's metrics are read once at the end.
+those transitions are owed, so the ratio does not depend on N while the per-round Python
+and environment overheads are shared by N transitions. Inside a round everything stays
+in torch on the training device, and the losses are summed there across rounds: the
+host reads them once per metrics row (every `log_every_steps`), not once per round.
 """
 
 from __future__ import annotations
@@ -141,6 +146,50 @@ class ExplorationNoise:
         self.state[done] = 0.0
 
 
+class _LossWindow:
+    """Sums of the losses since the last metrics row, kept on the training device so a
+    round adds to them without a host synchronisation."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        # critic loss, Q mean, actor loss; and how many of each went in
+        self.sums = torch.zeros(3, device=self.device)
+        self.critic_count = self.actor_count = 0
+
+    def add_round(
+        self,
+        critic_losses: list[torch.Tensor],
+        q_means: list[torch.Tensor],
+        actor_losses: list[torch.Tensor],
+    ) -> None:
+        """One round's per-step values: a few ops per round, none per gradient step."""
+        if not critic_losses:
+            return
+        zero = torch.zeros((), device=self.device)
+        self.sums += torch.stack(
+            [
+                torch.stack(critic_losses).sum(),
+                torch.stack(q_means).sum(),
+                torch.stack(actor_losses).sum() if actor_losses else zero,
+            ]
+        )
+        self.critic_count += len(critic_losses)
+        self.actor_count += len(actor_losses)
+
+    def means_and_reset(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.critic_count:
+            critic, q, actor = self.sums.tolist()  # the one device-to-host transfer
+            metrics.update(critic_loss=critic / self.critic_count, q_mean=q / self.critic_count)
+            if self.actor_count:
+                metrics["actor_loss"] = actor / self.actor_count
+        self._reset()
+        return metrics
+
+
 class DDPG(Algorithm):
     def __init__(self, config, observation_size, action_size, num_envs, device, seed):
         super().__init__(config, observation_size, action_size, num_envs, device, seed)
@@ -167,6 +216,8 @@ class DDPG(Algorithm):
         self.vector_steps = 0
         self.gradient_steps = 0
         self.owed_updates = 0.0  # gradient steps earned by data but not yet run
+        self._metrics_window = _LossWindow(device)
+        self._next_report_step = 0  # env_steps at which update() next returns metrics
 
     # ------------------------------------------------------------------ acting
     def noise_std(self) -> float:
@@ -199,20 +250,27 @@ class DDPG(Algorithm):
             transition.terminated,
         )
         self.noise.reset(transition.terminated | transition.truncated)
-        self.env_steps += len(transition.rewards)
+        count = len(transition.rewards)
+        # act() chose these actions from the same count: random ones earn no updates, nor
+        # do any before the replay holds a batch (they would all run at once when it did).
+        cfg = self.section
+        if self.env_steps >= cfg.warmup_steps and self.replay.size >= cfg.batch_size:
+            self.owed_updates += cfg.updates_per_step * count
+        self.env_steps += count
         self.vector_steps += 1
-        self.owed_updates += self.section.updates_per_step * len(transition.rewards)
 
     def ready_to_update(self) -> bool:
         cfg = self.section
         return (
             self.vector_steps % cfg.update_every == 0
-            and self.env_steps >= cfg.warmup_steps
+            and self.owed_updates >= 1.0
             and self.replay.size >= cfg.batch_size
         )
 
     # ------------------------------------------------------------------ learning
-    def update(self, progress: float) -> dict[str, float]:
+    def update(self, progress: float) -> dict[str, float] | None:
+        """Run the owed gradient steps; return the metrics averaged since the last report
+        once `log_every_steps` environment steps have passed, else None."""
         cfg = self.section
         steps = int(self.owed_updates)
         self.owed_updates -= steps
@@ -243,24 +301,16 @@ class DDPG(Algorithm):
                 polyak_update(self.target_critic_flat, self.critic_flat, cfg.tau)
                 polyak_update(self.target_actor_flat, self.actor_flat, cfg.tau)
 
-        metrics = {
+        self._metrics_window.add_round(critic_losses, q_values, actor_losses)
+        if self.env_steps < self._next_report_step:
+            return None
+        self._next_report_step = self.env_steps + cfg.log_every_steps
+        return {
             "noise_std": self.noise_std(),
             "gradient_steps": float(self.gradient_steps),
             "replay_size": float(self.replay.size),
+            **self._metrics_window.means_and_reset(),
         }
-        if critic_losses:
-            # One device-to-host transfer for the round's numbers.
-            means = torch.stack(
-                [
-                    torch.stack(critic_losses).mean(),
-                    torch.stack(q_values).mean(),
-                    torch.stack(actor_losses).mean() if actor_losses else torch.zeros(()),
-                ]
-            ).tolist()
-            metrics.update(critic_loss=means[0], q_mean=means[1])
-            if actor_losses:
-                metrics["actor_loss"] = means[2]
-        return metrics
 
     def deterministic_actor(self) -> nn.Module:
         return self.actor

@@ -136,11 +136,15 @@ class RewardFunction:
         self.sparse = sparse
         # (info key "reward/<name>", weight, term function, its parameters)
         self.terms: list[tuple[str, float, Callable[..., float], dict]] = []
-        for name, spec in terms.items():
-            term_where = f"{where}.{name}"
-            if name not in REWARD_TERMS:
+        for key_name, spec in terms.items():
+            term_where = f"{where}.{key_name}"
+            # "term/label" is a second instance of a term with its own parameters, e.g. a
+            # fine-grained `tcp_distance_tanh/fine` beside the coarse `tcp_distance_tanh`.
+            name, _, label = key_name.partition("/")
+            if name not in REWARD_TERMS or (_ and not label):
                 raise ConfigError(
-                    f"{term_where}: unknown reward term; known terms: {', '.join(REWARD_TERMS)}"
+                    f"{term_where}: unknown reward term; known terms: {', '.join(REWARD_TERMS)} "
+                    "(a second instance of a term is named term/label)"
                 )
             if name not in available:
                 raise ConfigError(f"{term_where}: this task cannot compute the term '{name}'")
@@ -157,7 +161,7 @@ class RewardFunction:
                     )
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ConfigError(f"{term_where}.{key}: expected a number, got {value!r}")
-            self.terms.append((f"reward/{name}", float(spec["weight"]), fn, params))
+            self.terms.append((f"reward/{key_name}", float(spec["weight"]), fn, params))
 
     def __call__(self, inputs: RewardInputs) -> tuple[float, dict[str, float]]:
         """Total reward and each weighted term (logged even when the reward is sparse)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,60 @@ def _resolved_urdf(path: Path) -> str:
     return str(target)
 
 
+class DisplayUnavailableError(RuntimeError):
+    """The PyBullet GUI was asked for where no display can be opened."""
+
+
+def _check_display() -> None:
+    """Raise DisplayUnavailableError unless an X display can be opened.
+
+    On Linux the PyBullet GUI opens an X display, and where it cannot ("cannot connect to
+    X server") it ends the whole Python process, which no caller can catch: gymnasium's
+    check_env with render checks kills its caller. So the display is opened first with
+    libX11's own XOpenDisplay, which returns NULL instead of exiting. macOS and Windows
+    use their own window systems and are not checked."""
+    if not sys.platform.startswith("linux"):
+        return
+    display = os.environ.get("DISPLAY")
+    advice = "run with a display, under xvfb-run, or use render_mode='rgb_array' (headless)"
+    if not display:
+        raise DisplayUnavailableError(
+            f"render_mode='human' opens the PyBullet GUI, which needs an X display, and "
+            f"DISPLAY is not set: {advice}"
+        )
+    libx11 = _load_libx11()
+    if libx11 is None:
+        raise DisplayUnavailableError(
+            f"render_mode='human' opens the PyBullet GUI, which needs libX11, and it is not "
+            f"installed: {advice}"
+        )
+    handle = libx11.XOpenDisplay(display.encode())
+    if not handle:
+        raise DisplayUnavailableError(
+            f"render_mode='human' opens the PyBullet GUI, and the X display DISPLAY={display} "
+            f"cannot be opened (no X server there?): {advice}"
+        )
+    libx11.XCloseDisplay(handle)
+
+
+def _load_libx11():
+    import ctypes
+    import ctypes.util
+
+    for name in ("libX11.so.6", ctypes.util.find_library("X11")):
+        if not name:
+            continue
+        try:
+            library = ctypes.CDLL(name)
+        except OSError:
+            continue
+        library.XOpenDisplay.restype = ctypes.c_void_p
+        library.XOpenDisplay.argtypes = [ctypes.c_char_p]
+        library.XCloseDisplay.argtypes = [ctypes.c_void_p]
+        return library
+    return None
+
+
 class BulletSim:
     """A PyBullet world stepped at a fixed physics rate.
 
@@ -111,6 +166,8 @@ class BulletSim:
     ):
         if physics_hz <= 0:
             raise ValueError(f"physics_hz must be positive, got {physics_hz}")
+        if gui:
+            _check_display()  # before PyBullet, which would exit the process instead
         self.gui = gui
         self.physics_hz = float(physics_hz)
         options = "--width=1024 --height=768" if gui else ""

@@ -79,11 +79,14 @@ def make_env(env_id: str, env_kwargs: dict[str, Any], render_mode: str | None = 
     environment (e.g. Pendulum-v1) takes them as keywords, the only way it accepts them."""
     import gymnasium as gym
 
-    import iiwa_rl.envs  # noqa: F401  (registers the environment ids)
+    from iiwa_rl.env_ids import find_env_spec
 
-    if str(gym.spec(env_id).entry_point).startswith("iiwa_rl."):
-        return gym.make(env_id, render_mode=render_mode, config=dict(env_kwargs))
-    return gym.make(env_id, render_mode=render_mode, **env_kwargs)
+    # render_mode only when one is asked for: some environments refuse an explicit None
+    # (panda-gym: "The 'render' argument is must be in {'rgb_array', 'human'}").
+    rendering = {} if render_mode is None else {"render_mode": render_mode}
+    if str(find_env_spec(env_id).entry_point).startswith("iiwa_rl."):
+        return gym.make(env_id, **rendering, config=dict(env_kwargs))
+    return gym.make(env_id, **rendering, **env_kwargs)
 
 
 # ----------------------------------------------------------------------- sources
@@ -152,7 +155,8 @@ def _no_actor(env) -> Actor:
 
 
 def _from_run(run_dir: Path, checkpoint: str) -> LoadedPolicy:
-    from iiwa_rl.train import build_policy, deterministic_policy, load_run
+    from iiwa_rl.checkpoint import build_policy, load_run
+    from iiwa_rl.evaluation import deterministic_policy
 
     config, state = load_run(run_dir, checkpoint)
     actor, normalizer = build_policy(config, state)

@@ -1,0 +1,91 @@
+"""Evaluation: deterministic episodes of a policy on one environment, and their summary.
+
+Used by the trainer's scheduled evaluations, `iiwa-rl eval`, the viewer and the
+benchmarks, so every number called "success rate" comes from the same loop and seeds:
+episode i of an evaluation is seeded `seed + i`, whatever the number of training envs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from iiwa_rl.spaces import ActionScaler, ObservationFlattener
+
+
+@dataclass
+class EpisodeResult:
+    episode_return: float
+    length: int
+    is_success: bool
+    final_info: dict = field(default_factory=dict)
+
+
+def deterministic_policy(actor, normalizer, device: torch.device | str = "cpu"):
+    """raw observation batch -> deterministic action batch, with frozen normalisation:
+    how a trained actor is run for evaluation, viewing and benchmarks."""
+
+    @torch.no_grad()
+    def act(raw_observation: np.ndarray) -> np.ndarray:
+        normalized = torch.from_numpy(normalizer(raw_observation)).to(device)
+        return actor.deterministic(normalized).cpu().numpy()
+
+    return act
+
+
+def run_episodes(
+    act: Callable[[np.ndarray], np.ndarray],
+    env,
+    episodes: int,
+    seed: int,
+    on_step: Callable[[object], None] | None = None,
+) -> list[EpisodeResult]:
+    """Run `episodes` episodes of `act` (raw observation batch [1, obs] -> action batch) on
+    one environment, episode i seeded `seed + i`, so results do not depend on how many
+    environments training used."""
+    results = []
+    flatten = ObservationFlattener(env.observation_space)
+    scale = ActionScaler(env.action_space)
+    for episode in range(episodes):
+        observation, _ = env.reset(seed=seed + episode)
+        total, length = 0.0, 0
+        while True:
+            action = scale(act(flatten.batch([observation]))[0])
+            observation, reward, terminated, truncated, info = env.step(action)
+            if on_step is not None:
+                on_step(env)
+            total += float(reward)
+            length += 1
+            if terminated or truncated:
+                results.append(
+                    EpisodeResult(total, length, bool(info.get("is_success", False)), dict(info))
+                )
+                break
+    return results
+
+
+def summarize_episodes(results: list[EpisodeResult]) -> dict[str, float]:
+    summary = {
+        "episodes": len(results),
+        "success_rate": float(np.mean([r.is_success for r in results])),
+        "mean_return": float(np.mean([r.episode_return for r in results])),
+        "mean_length": float(np.mean([r.length for r in results])),
+    }
+    for key in ("tcp_distance", "tcp_to_cube_distance", "max_cube_lift", "cube_lift"):
+        values = [r.final_info[key] for r in results if key in r.final_info]
+        if values:
+            summary[f"final_{key}" if not key.startswith("max") else key] = float(np.mean(values))
+    if any("max_cube_lift" in r.final_info for r in results):
+        from iiwa_rl.envs.tasks.grasp import failure_reason
+
+        # Success latches; this says how many still hold the cube high when the episode ends.
+        summary["held_at_end"] = float(
+            np.mean([r.final_info.get("held_steps", 0) > 0 for r in results])
+        )
+        for reason in ("missed", "not lifted", "dropped", "timed out"):
+            count = sum(failure_reason(r.final_info) == reason for r in results)
+            summary[f"failed_{reason.replace(' ', '_')}"] = count
+    return summary
