@@ -56,7 +56,7 @@ class CartesianLimits:
     low: tuple[float, float, float] = (0.25, -0.45, 0.0)
     high: tuple[float, float, float] = (0.85, 0.45, 0.65)
     table_height_m: float = 0.0
-    table_clearance_m: float = 0.0
+    table_clearance_m: float = -0.02  # see robot_iiwa14.yaml for why it is negative
 
     def __post_init__(self) -> None:
         for name in ("low", "high"):

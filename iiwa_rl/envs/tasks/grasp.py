@@ -150,6 +150,16 @@ class IiwaGraspEnv(IiwaEnv):
         cfg = self.config
         xy = rng.uniform(cfg.cube_low, cfg.cube_high)
         yaw = rng.uniform(-cfg.cube_yaw_range, cfg.cube_yaw_range)
+        # Drawn even when given, so a given pose leaves the rest of the episode's draws alone
+        # (a benchmark replays the same cube poses in the env and through the controller).
+        if options.get("cube_position") is not None:
+            xy = np.asarray(options["cube_position"], dtype=float)
+            if xy.shape != (2,) or not np.all(np.isfinite(xy)):
+                raise ValueError(f"options['cube_position'] must be 2 finite numbers (x, y), got {xy}")
+        if options.get("cube_yaw") is not None:
+            yaw = float(options["cube_yaw"])
+            if not math.isfinite(yaw):
+                raise ValueError(f"options['cube_yaw'] must be a finite angle, got {yaw}")
         client = self.sim.client
         # A new cube each episode, not the old one teleported: a moved body keeps state that
         # no reset call clears (its contacts with the table, and more: saveState/restoreState
