@@ -399,15 +399,53 @@ def cmd_fake_robot(args: argparse.Namespace) -> int:
 
     from iiwa_rl.sim.robot import HOME_JOINT_POSITIONS
 
-    plant = PyBulletPlant(
-        args.period, physics_hz=args.physics_hz, solver_iterations=args.solver_iterations,
-        gui=args.gui,
-    )
-    initial = HOME_JOINT_POSITIONS if args.q0 is None else np.asarray(args.q0, dtype=float)
-    with FakeRobot(parse_host_port(args.controller), plant, args.period, initial) as robot:
+    camera = None
+    object_address = None
+    if args.model is not None:
+        # The scene and physics of a policy's contract: for a grasp, the env's table, cube
+        # and gripper, the cube placed (--cube or drawn with --seed), and a simulated camera.
+        from iiwa_deploy.cli import resolve_model_path
+        from iiwa_deploy.contract import read_contract
+        from iiwa_deploy.policy import create_session
+
+        path = resolve_model_path(args.model)
+        contract = read_contract(create_session(path), path)
+        plant = PyBulletPlant.for_contract(contract, args.period, gui=args.gui)
+        initial = contract.home_joint_positions
+        if contract.grasp is not None:
+            xy, yaw = _cube_pose(args, contract.grasp)
+            plant.place_object(xy, yaw, seed=args.seed)
+            camera = SimulatedPoseSensor(
+                plant.object_pose,
+                pose_noise_from(args),
+                source_id=args.source_id,
+                seed=args.seed,
+            )
+            object_address = parse_host_port(args.object_to)
+    else:
+        plant = PyBulletPlant(
+            args.period,
+            physics_hz=args.physics_hz,
+            solver_iterations=args.solver_iterations,
+            gui=args.gui,
+        )
+        initial = HOME_JOINT_POSITIONS
+    if args.q0 is not None:
+        initial = np.asarray(args.q0, dtype=float)
+    with FakeRobot(
+        parse_host_port(args.controller),
+        plant,
+        args.period,
+        initial,
+        pose_sensor=camera,
+        object_address=object_address,
+        # A grasp scene starts as the env's reset left it (arm at home, cube placed).
+        reset_plant=plant.grasp_env is None or args.q0 is not None,
+    ) as robot:
         print(
             f"fake robot (PyBullet) at {robot.local_address}, period {args.period * 1000:g} ms, "
-            f"sending to {args.controller}",
+            f"sending to {args.controller}"
+            + (f", object poses to {args.object_to}" if camera is not None else ""),
             flush=True,
         )
         robot.run(duration_s=args.duration)
@@ -479,6 +517,16 @@ def register_cli(commands) -> None:
         "--q0", type=float, nargs=7, help="start joint positions, rad (default: the home pose)"
     )
     fake.add_argument("--gui", action="store_true")
+    fake.add_argument(
+        "--model",
+        help="build the scene and physics from this policy's contract (a grasp: table, cube, "
+        "gripper, and a simulated camera sending the cube pose to --object-to)",
+    )
+    fake.add_argument(
+        "--object-to", default="127.0.0.1:30202", help="grasp: the controller's --object-bind"
+    )
+    fake.add_argument("--source-id", type=int, default=1, help="grasp: the camera's source id")
+    _add_perception_arguments(fake)
     fake.set_defaults(handler=cmd_fake_robot)
 
     goal = commands.add_parser(
