@@ -53,7 +53,7 @@ class CartesianLimits:
     `table_clearance_m` above the table plane at `table_height_m` (a negative clearance
     allows that much commanded press into the table)."""
 
-    low: tuple[float, float, float] = (0.25, -0.45, 0.0)
+    low: tuple[float, float, float] = (0.25, -0.45, -0.02)
     high: tuple[float, float, float] = (0.85, 0.45, 0.65)
     table_height_m: float = 0.0
     table_clearance_m: float = -0.02  # see robot_iiwa14.yaml for why it is negative
@@ -83,7 +83,7 @@ class PerceptionLimits:
 
     source_ids: tuple[int, ...] = (1,)
     max_pose_age_s: float = 0.2
-    max_pose_jump_m: float = 0.05
+    max_pose_jump_m: float = 0.1  # see robot_iiwa14.yaml for the measurement
     first_pose_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
