@@ -414,3 +414,65 @@ def test_grasp_over_loopback_udp_lifts_the_cube():
     assert summary.grasp["outcome"] == "lifted and held" and summary.success, summary.format()
     assert fake.record.setpoints_received > steps * 6
     assert true_lift >= contract.grasp.lift_height_m
+
+
+def test_controller_builds_the_grasp_observation_the_env_builds(grasp_env, grasp_contract):
+    """Same robot and cube state: the controller's grasp observation (forward kinematics,
+    the STATE's gripper, the object pose) equals the env's to float32 rounding."""
+    from iiwa_deploy.grasp_loop import GraspSession, needs_finger_contacts
+    from iiwa_deploy.kinematics import quaternion_from_euler
+    from iiwa_deploy.observation import ObservationBuilder, ObservationConstants, ObservationInputs
+    from iiwa_deploy.protocol import (
+        GRIPPER_CONTACT_LEFT,
+        GRIPPER_CONTACT_RIGHT,
+        GRIPPER_CONTACTS_MEASURED,
+    )
+    from iiwa_deploy.robot import RobotState
+
+    env, contract = grasp_env, grasp_contract
+    session = GraspSession(
+        contract, ROBOT, SafetyMonitor(ROBOT), NoPoses(), needs_finger_contacts(contract)
+    )
+    builder = ObservationBuilder(
+        contract.observation_term_layout(),
+        ObservationConstants(
+            contract.lower,
+            contract.upper,
+            contract.velocity,
+            contract.grasp.gripper.max_width_m,
+            contract.grasp.object_rest_height_m,
+        ),
+    )
+    rng = np.random.default_rng(8)
+    for episode in range(6):
+        env.reset(seed=episode)
+        for _ in range(int(rng.integers(1, 40))):
+            env.step(rng.uniform(-1, 1, 5).astype(np.float32))
+        snapshot = env._current
+        left, right = env._contacts
+        status = GRIPPER_READY | GRIPPER_CONTACTS_MEASURED
+        status |= (GRIPPER_CONTACT_LEFT if left else 0) | (GRIPPER_CONTACT_RIGHT if right else 0)
+        state = RobotState(
+            1,
+            0.0,
+            snapshot.joint_positions,
+            snapshot.joint_velocities,
+            protocol_version=2,
+            gripper=GripperState(snapshot.gripper_width, 0.0, status),
+        )
+        session.on_state(state)
+        cube = ObjectPose(
+            1,
+            1,
+            env._cube_position.copy(),
+            np.array(quaternion_from_euler(0, 0, env._cube_yaw)),
+            0.0,
+            0.0,
+        )
+        inputs = ObservationInputs(
+            joint_positions=snapshot.joint_positions,
+            joint_velocities=snapshot.joint_velocities,
+            previous_action=env._previous_action.copy(),
+        )
+        session.fill_inputs(inputs, snapshot.joint_positions, cube)
+        np.testing.assert_allclose(builder.build(inputs), env._observation(snapshot), atol=2e-6)
