@@ -91,27 +91,51 @@ def run_udp(prepared, poses, steps, noise, model_path) -> list[dict]:
         objects = UdpObjectListener(("127.0.0.1", object_port))
         fake = subprocess.Popen(
             [
-                sys.executable, "-m", "iiwa_rl.cli", "fake-robot",
-                "--model", str(model_path),
-                "--controller", f"127.0.0.1:{port}", "--period", str(period),
-                "--object-to", f"127.0.0.1:{object_port}",
-                "--cube", str(xy[0]), str(xy[1]), str(yaw), "--seed", str(index),
-                "--pose-noise", str(noise.position_std_m),
-                "--pose-latency", str(noise.latency_s),
-                "--pose-rate", str(noise.rate_hz),
-                "--duration", str(steps * contract.control_period_s + 30.0),
+                sys.executable,
+                "-m",
+                "iiwa_rl.cli",
+                "fake-robot",
+                "--model",
+                str(model_path),
+                "--controller",
+                f"127.0.0.1:{port}",
+                "--period",
+                str(period),
+                "--object-to",
+                f"127.0.0.1:{object_port}",
+                "--cube",
+                str(xy[0]),
+                str(xy[1]),
+                str(yaw),
+                "--seed",
+                str(index),
+                "--pose-noise",
+                str(noise.position_std_m),
+                "--pose-latency",
+                str(noise.latency_s),
+                "--pose-rate",
+                str(noise.rate_hz),
+                "--duration",
+                str(steps * contract.control_period_s + 30.0),
             ],
             stdout=subprocess.DEVNULL,
             cwd=ROOT,
         )
         try:
             loop = ControlLoop(
-                prepared.policy, contract, prepared.robot, backend, np.zeros(3),
-                prepared.steps_per_action, object_source=objects,
+                prepared.policy,
+                contract,
+                prepared.robot,
+                backend,
+                np.zeros(3),
+                prepared.steps_per_action,
+                object_source=objects,
             )
             cycles = steps * prepared.steps_per_action + 1000
             rows.append(
-                _row(loop.run(max_policy_steps=steps, max_cycles=cycles, first_state_timeout_s=30.0))
+                _row(
+                    loop.run(max_policy_steps=steps, max_cycles=cycles, first_state_timeout_s=30.0)
+                )
             )
         finally:
             backend.close()

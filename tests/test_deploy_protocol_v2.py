@@ -276,4 +276,3 @@ def test_object_listener_hands_out_poses_and_drops_malformed_ones() -> None:
         assert abs(poses[0].yaw - 0.3) < 1e-12 and poses[0].latency_s == 0.04
     finally:
         listener.close()
-
