@@ -6,7 +6,11 @@ lives on the training side; the runtime itself, deploy/iiwa_deploy, never import
   hands the loop a fresh state; the loop's setpoint becomes the joints' position target
   (with the datasheet torque and speed limits, as in training).
 - `PyBulletPlant`: the same simulated arm behind the deploy runtime's `Plant` interface,
-  so `iiwa-rl fake-robot` can play the robot's side of the UDP bridge.
+  so `iiwa-rl fake-robot` can play the robot's side of the UDP bridge. For a grasp policy
+  it is the grasp environment's own scene (table, cube, gripper), built from the contract's
+  env_kwargs by the environment itself, with the gripper behind the plant's gripper
+  interface and the cube's true pose for a simulated camera
+  (iiwa_deploy.perception.SimulatedPoseSensor: noise, per-episode bias, latency).
 
 `iiwa-rl deploy policy.onnx --robot sim|udp` runs a policy through the real-time loop.
 """
@@ -17,19 +21,38 @@ import argparse
 import time
 
 import numpy as np
+from iiwa_deploy.perception import SimulatedPoseSensor
 
+from iiwa_rl.envs.base import quaternion_yaw
 from iiwa_rl.sim import BulletSim, Iiwa14
 
 # The training default (iiwa_rl.envs.config): one physics step per 5 ms robot period.
 DEFAULT_PHYSICS_HZ = 200.0
 DEFAULT_SOLVER_ITERATIONS = 10
+# Robot periods a deployed grasp may take beyond its policy steps: the wait for the first
+# object pose and the braking stop (5 s at 5 ms).
+GRASP_EXTRA_CYCLES = 1000
+
+
+def _substeps(physics_hz: float, period_s: float) -> int:
+    per_period = physics_hz * period_s
+    if round(per_period) < 1 or abs(per_period - round(per_period)) > 1e-6:
+        raise ValueError(
+            f"physics at {physics_hz} Hz is not a whole number of steps per robot period "
+            f"of {period_s} s"
+        )
+    return int(round(per_period))
 
 
 class PyBulletPlant:
     """The simulated arm stepped by whoever owns the clock (the deploy `Plant` interface):
     `reset(q0)`, `apply(setpoint)`, `step(dt) -> (q, qd)`. Physics rate and solver
     iterations are the training env's (a contract's `simulation` section), so a setpoint
-    moves this arm exactly as it moved the arm the policy learned on."""
+    moves this arm exactly as it moved the arm the policy learned on.
+
+    With a grasp scene (`grasp_env`, see `for_contract`) it also has the gripper
+    (`apply_gripper(command)`, `gripper_state()`) and the cube (`place_object(xy, yaw)`,
+    `object_pose()`)."""
 
     def __init__(
         self,
@@ -38,20 +61,32 @@ class PyBulletPlant:
         solver_iterations: int = DEFAULT_SOLVER_ITERATIONS,
         with_gripper: bool = False,
         gui: bool = False,
+        grasp_env=None,
     ):
-        per_period = physics_hz * period_s
-        if round(per_period) < 1 or abs(per_period - round(per_period)) > 1e-6:
-            raise ValueError(
-                f"physics at {physics_hz} Hz is not a whole number of steps per robot period "
-                f"of {period_s} s"
-            )
-        self.substeps = int(round(per_period))
         self.period_s = period_s
+        self.grasp_env = grasp_env
+        if grasp_env is not None:
+            # The env's own scene: its simulation, arm, table and cube.
+            self.substeps = _substeps(grasp_env.config.physics_hz, period_s)
+            self.sim, self.robot = grasp_env.sim, grasp_env.robot
+            return
+        self.substeps = _substeps(physics_hz, period_s)
         self.sim = BulletSim(gui=gui, physics_hz=physics_hz, solver_iterations=solver_iterations)
         self.robot = Iiwa14(self.sim, with_gripper=with_gripper)
 
     @classmethod
     def for_contract(cls, contract, period_s: float, gui: bool = False) -> PyBulletPlant:
+        """The plant a policy was trained on: a grasp contract gets the grasp environment's
+        scene, built by the environment from the contract's env_kwargs (no start spread: the
+        controller starts from home)."""
+        if contract.grasp is not None:
+            from iiwa_rl.viz.policies import make_env
+
+            env_kwargs = {**contract.raw["env_kwargs"], "initial_joint_noise": 0.0}
+            env = make_env(contract.env_id, env_kwargs, render_mode="human" if gui else None)
+            plant = cls(period_s, grasp_env=env.unwrapped)
+            plant._gym_env = env
+            return plant
         simulation = contract.simulation
         return cls(
             period_s,
@@ -59,6 +94,56 @@ class PyBulletPlant:
             solver_iterations=int(simulation.get("solver_iterations", DEFAULT_SOLVER_ITERATIONS)),
             gui=gui,
         )
+
+    # ------------------------------------------------------------------ grasp scene
+    def place_object(self, xy, yaw: float, seed: int = 0) -> None:
+        """A new episode of the grasp scene: the arm at rest at home, the gripper open, the
+        cube at (x, y) on the table turned by `yaw` (the env's own reset)."""
+        if self.grasp_env is None:
+            raise ValueError("this plant has no grasp scene (built for a reach contract)")
+        self.grasp_env.reset(
+            seed=seed, options={"cube_position": np.asarray(xy, dtype=float), "cube_yaw": yaw}
+        )
+
+    def object_pose(self) -> tuple[np.ndarray, float]:
+        """The cube's true position (base frame, m) and yaw (rad)."""
+        env = self.grasp_env
+        position, orientation = self.sim.client.getBasePositionAndOrientation(env.cube_id)
+        return np.array(position) - self.robot.base_position, quaternion_yaw(orientation)
+
+    def apply_gripper(self, command) -> None:
+        """A GripperCommand (width m, speed m/s, force N)."""
+        self.robot.command_gripper(command.width_m, command.speed_m_s, command.force_n)
+
+    def gripper_state(self):
+        """The gripper as a version 2 STATE reports it; the simulated fingers sense
+        contacts (as tactile pads would), and the force is the finger motors' own."""
+        from iiwa_deploy.protocol import (
+            GRIPPER_CONTACT_LEFT,
+            GRIPPER_CONTACT_RIGHT,
+            GRIPPER_CONTACTS_MEASURED,
+            GRIPPER_FORCE_VALID,
+            GRIPPER_MOVING,
+            GRIPPER_OBJECT_DETECTED,
+            GRIPPER_READY,
+            GripperState,
+        )
+
+        robot = self.robot
+        fingers = self.sim.client.getJointStates(robot.body_id, robot.finger_joint_indices)
+        width = fingers[0][0] + fingers[1][0]
+        force = max(abs(fingers[0][3]), abs(fingers[1][3]))
+        left, right = robot.finger_contacts(self.grasp_env.cube_id)
+        status = GRIPPER_READY | GRIPPER_FORCE_VALID | GRIPPER_CONTACTS_MEASURED
+        if left:
+            status |= GRIPPER_CONTACT_LEFT
+        if right:
+            status |= GRIPPER_CONTACT_RIGHT
+        if left and right:
+            status |= GRIPPER_OBJECT_DETECTED
+        if abs(fingers[0][1]) + abs(fingers[1][1]) > 1e-3:
+            status |= GRIPPER_MOVING
+        return GripperState(float(width), float(force), status)
 
     def reset(self, initial_positions: np.ndarray) -> None:
         self.robot.reset_joint_positions(np.asarray(initial_positions, dtype=float))
@@ -81,7 +166,11 @@ class PyBulletPlant:
         return self.robot.tcp_pose()[0]
 
     def close(self) -> None:
-        self.sim.close()
+        gym_env = getattr(self, "_gym_env", None)
+        if gym_env is not None:
+            gym_env.close()
+        else:
+            self.sim.close()
 
 
 class SimRobot:
@@ -93,15 +182,21 @@ class SimRobot:
     sends a state. When the loop is late, the periods it missed still pass: the arm goes on
     tracking the last setpoint, and the loop gets the newest state (the missed boundaries
     show in its lateness figures). With `real_time=False` each call advances one period at
-    once (tests, benchmarks that need no wall clock)."""
+    once (tests, benchmarks that need no wall clock).
 
-    def __init__(self, plant, initial_positions, real_time: bool = True):
+    With a grasp plant it speaks protocol version 2 (the gripper in every state, the
+    gripper command with every setpoint), and `camera` (a SimulatedPoseSensor on the
+    simulated clock) is the object pose source the loop polls."""
+
+    def __init__(self, plant, initial_positions, real_time: bool = True, camera=None):
         from iiwa_deploy import RobotState
 
         self._state_type = RobotState
         self.plant = plant
         self.period_s = float(plant.period_s)
-        self.plant.reset(np.asarray(initial_positions, dtype=float))
+        if plant.grasp_env is None:
+            self.plant.reset(np.asarray(initial_positions, dtype=float))
+        self.camera = camera
         self.real_time = real_time
         self.sequence = 0
         self._next_tick: float | None = None
@@ -134,12 +229,29 @@ class SimRobot:
                 q, qd = self.plant.step(self.period_s)
             self.periods_without_answer += periods - 1
         self.sequence += periods
-        return self._state_type(self.sequence, time.perf_counter(), q.copy(), qd.copy())
+        if getattr(self.plant, "grasp_env", None) is None:
+            return self._state_type(self.sequence, time.perf_counter(), q.copy(), qd.copy())
+        if self.camera is not None:
+            self.camera.advance(self.sequence * self.period_s)
+        return self._state_type(
+            self.sequence,
+            time.perf_counter(),
+            q.copy(),
+            qd.copy(),
+            protocol_version=2,
+            gripper=self.plant.gripper_state(),
+        )
+
+    def poll(self):
+        """The camera's new object poses (the loop's object pose source)."""
+        return [] if self.camera is None else self.camera.poll()
 
     def send_setpoint(
-        self, answer_to_sequence: int, joint_positions: np.ndarray, fault: bool
+        self, answer_to_sequence: int, joint_positions: np.ndarray, fault: bool, gripper=None
     ) -> None:
         self.plant.apply(joint_positions)
+        if gripper is not None:
+            self.plant.apply_gripper(gripper)
         self.setpoints_received += 1
         self.fault_reported = self.fault_reported or fault
 
@@ -149,7 +261,12 @@ class SimRobot:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from iiwa_deploy import ContractError, UdpRobot, load_robot_config, prepare_policy, run_prepared
-    from iiwa_deploy.cli import EXIT_REFUSED, exit_code, goal_listener_from
+    from iiwa_deploy.cli import (
+        EXIT_REFUSED,
+        exit_code,
+        goal_listener_from,
+        object_listener_from,
+    )
     from iiwa_deploy.config import ConfigError as RobotConfigError
     from iiwa_deploy.loop import DEFAULT_FIRST_STATE_TIMEOUT_S
     from iiwa_deploy.robot import parse_host_port
@@ -167,9 +284,33 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print(f"iiwa-rl deploy: refused: {error}")
         return EXIT_REFUSED
     contract = prepared.policy.contract
+    grasp = contract.grasp
+    duration, policy_steps = args.duration, args.policy_steps
+    if grasp is None and duration is None:
+        duration = DEFAULT_REACH_DURATION_S
+    if grasp is not None and duration is None and policy_steps is None:
+        # One training episode's worth of actions: its outcome is the env's.
+        policy_steps = int(contract.raw["env_kwargs"]["episode_steps"])
+    objects = None
     if args.robot == "sim":
         plant = PyBulletPlant.for_contract(contract, robot_config.robot_period_s, gui=args.gui)
-        robot = SimRobot(plant, contract.home_joint_positions)
+        camera = None
+        if grasp is not None:
+            xy, yaw = _cube_pose(args, grasp)
+            plant.place_object(xy, yaw, seed=args.seed)
+            camera = SimulatedPoseSensor(
+                plant.object_pose,
+                pose_noise_from(args),
+                source_id=robot_config.perception.source_ids[0],
+                seed=args.seed,
+            )
+            print(
+                f"cube at x {xy[0]:.3f} y {xy[1]:.3f} m, yaw {yaw:.3f} rad; camera "
+                f"{pose_noise_from(args)}",
+                flush=True,
+            )
+        robot = SimRobot(plant, contract.home_joint_positions, camera=camera)
+        objects = robot if grasp is not None else None
     elif args.robot == "mujoco":
         from iiwa_rl.sim.mujoco_plant import MujocoPlant
 
@@ -178,6 +319,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     else:
         robot = UdpRobot(parse_host_port(args.bind), robot_config.robot_period_s)
         print(f"waiting for the robot's STATE messages on {args.bind}", flush=True)
+        objects = object_listener_from(args)
     goals = goal_listener_from(args)
     if goals is not None:
         host, port = goals.local_address
@@ -186,23 +328,77 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         summary = run_prepared(
             prepared,
             robot,
-            duration_s=args.duration,
+            duration_s=duration,
             max_cycles=args.max_cycles,
             stop_on_success=args.stop_on_success,
             csv_path=args.csv,
             first_state_timeout_s=args.first_state_timeout or DEFAULT_FIRST_STATE_TIMEOUT_S,
-            max_policy_steps=args.policy_steps,
+            max_policy_steps=policy_steps,
             move_to_home=args.move_to_home,
             goal_source=goals,
             allow_goal_outside_training=args.allow_goal_outside_training,
+            object_source=objects,
         )
     finally:
         if goals is not None:
             goals.close()
+        if objects is not None and objects is not robot:
+            objects.close()
         robot.close()
     print(summary.format())
     # The exit codes of `python -m iiwa_deploy run`: a supervisor reads both the same way.
     return exit_code(summary)
+
+
+DEFAULT_REACH_DURATION_S = 5.0
+
+
+def _cube_pose(args: argparse.Namespace, grasp) -> tuple[np.ndarray, float]:
+    """--cube X Y YAW, or a pose drawn from the training area with --seed."""
+    if args.cube is not None:
+        x, y, yaw = args.cube
+        return np.array([x, y]), float(yaw)
+    rng = np.random.default_rng(args.seed)
+    xy = rng.uniform(grasp.object_area_low, grasp.object_area_high)
+    return xy, float(rng.uniform(-grasp.object_yaw_range_rad, grasp.object_yaw_range_rad))
+
+
+def pose_noise_from(args: argparse.Namespace):
+    from iiwa_deploy.perception import PoseNoise
+
+    return PoseNoise(
+        position_std_m=args.pose_noise,
+        yaw_std_rad=args.pose_yaw_noise,
+        bias_m=args.pose_bias,
+        latency_s=args.pose_latency,
+        rate_hz=args.pose_rate,
+    )
+
+
+def _add_perception_arguments(parser) -> None:
+    """The simulated camera of the grasp (the stand-in for a pose estimator)."""
+    parser.add_argument(
+        "--cube",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "YAW"),
+        help="grasp: the cube's position on the table (m) and yaw (rad); default: drawn "
+        "from the training area with --seed",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="grasp: cube pose and camera noise")
+    parser.add_argument(
+        "--pose-noise", type=float, default=0.0, help="camera position noise, m (std)"
+    )
+    parser.add_argument(
+        "--pose-yaw-noise", type=float, default=0.0, help="camera yaw noise, rad (std)"
+    )
+    parser.add_argument(
+        "--pose-bias", type=float, default=0.0, help="camera bias per episode, up to m per axis"
+    )
+    parser.add_argument(
+        "--pose-latency", type=float, default=0.0, help="camera capture-to-delivery delay, s"
+    )
+    parser.add_argument("--pose-rate", type=float, default=30.0, help="camera rate, Hz")
 
 
 def cmd_fake_robot(args: argparse.Namespace) -> int:
@@ -211,17 +407,53 @@ def cmd_fake_robot(args: argparse.Namespace) -> int:
 
     from iiwa_rl.sim.robot import HOME_JOINT_POSITIONS
 
-    plant = PyBulletPlant(
+    camera = None
+    object_address = None
+    if args.model is not None:
+        # The scene and physics of a policy's contract: for a grasp, the env's table, cube
+        # and gripper, the cube placed (--cube or drawn with --seed), and a simulated camera.
+        from iiwa_deploy.cli import resolve_model_path
+        from iiwa_deploy.contract import read_contract
+        from iiwa_deploy.policy import create_session
+
+        path = resolve_model_path(args.model)
+        contract = read_contract(create_session(path), path)
+        plant = PyBulletPlant.for_contract(contract, args.period, gui=args.gui)
+        initial = contract.home_joint_positions
+        if contract.grasp is not None:
+            xy, yaw = _cube_pose(args, contract.grasp)
+            plant.place_object(xy, yaw, seed=args.seed)
+            camera = SimulatedPoseSensor(
+                plant.object_pose,
+                pose_noise_from(args),
+                source_id=args.source_id,
+                seed=args.seed,
+            )
+            object_address = parse_host_port(args.object_to)
+    else:
+        plant = PyBulletPlant(
+            args.period,
+            physics_hz=args.physics_hz,
+            solver_iterations=args.solver_iterations,
+            gui=args.gui,
+        )
+        initial = HOME_JOINT_POSITIONS
+    if args.q0 is not None:
+        initial = np.asarray(args.q0, dtype=float)
+    with FakeRobot(
+        parse_host_port(args.controller),
+        plant,
         args.period,
-        physics_hz=args.physics_hz,
-        solver_iterations=args.solver_iterations,
-        gui=args.gui,
-    )
-    initial = HOME_JOINT_POSITIONS if args.q0 is None else np.asarray(args.q0, dtype=float)
-    with FakeRobot(parse_host_port(args.controller), plant, args.period, initial) as robot:
+        initial,
+        pose_sensor=camera,
+        object_address=object_address,
+        # A grasp scene starts as the env's reset left it (arm at home, cube placed).
+        reset_plant=plant.grasp_env is None or args.q0 is not None,
+    ) as robot:
         print(
             f"fake robot (PyBullet) at {robot.local_address}, period {args.period * 1000:g} ms, "
-            f"sending to {args.controller}",
+            f"sending to {args.controller}"
+            + (f", object poses to {args.object_to}" if camera is not None else ""),
             flush=True,
         )
         robot.run(duration_s=args.duration)
@@ -256,7 +488,12 @@ def register_cli(commands) -> None:
         help="TCP goal in the base frame, m (default: centre of the training box)",
     )
     deploy.add_argument("--allow-goal-outside-training", action="store_true")
-    deploy.add_argument("--duration", type=float, default=5.0, help="seconds to run (default 5)")
+    deploy.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds to run (default: 5 for a reach; a grasp runs one episode's policy steps)",
+    )
     deploy.add_argument("--max-cycles", type=int)
     deploy.add_argument("--period", type=float, help="robot period in s (default: robot config's)")
     deploy.add_argument("--robot-config", help="robot YAML (default: the shipped iiwa 14 R820)")
@@ -269,6 +506,7 @@ def register_cli(commands) -> None:
         "`python -m iiwa_deploy run`)",
     )
     deploy.add_argument("--gui", action="store_true", help="sim: show the PyBullet GUI")
+    _add_perception_arguments(deploy)
     _add_session_arguments(deploy)
     deploy.set_defaults(handler=cmd_deploy)
 
@@ -288,6 +526,16 @@ def register_cli(commands) -> None:
         "--q0", type=float, nargs=7, help="start joint positions, rad (default: the home pose)"
     )
     fake.add_argument("--gui", action="store_true")
+    fake.add_argument(
+        "--model",
+        help="build the scene and physics from this policy's contract (a grasp: table, cube, "
+        "gripper, and a simulated camera sending the cube pose to --object-to)",
+    )
+    fake.add_argument(
+        "--object-to", default="127.0.0.1:30202", help="grasp: the controller's --object-bind"
+    )
+    fake.add_argument("--source-id", type=int, default=1, help="grasp: the camera's source id")
+    _add_perception_arguments(fake)
     fake.set_defaults(handler=cmd_fake_robot)
 
     goal = commands.add_parser(
@@ -354,3 +602,65 @@ def deploy_in_sim(prepared, goal_position, policy_steps: int, real_time: bool = 
         return loop.run(max_policy_steps=policy_steps)
     finally:
         robot.close()
+
+
+def env_grasp_episode(env, act, cube_xy, cube_yaw: float, seed: int = 0) -> dict:
+    """One grasp episode of `env` (an IiwaGrasp env) with the cube placed at (x, y, yaw) and
+    the deterministic policy `act(observation) -> action`: the env's own verdict."""
+    from iiwa_rl.envs.tasks.grasp import failure_reason
+
+    observation, info = env.reset(
+        seed=seed, options={"cube_position": np.asarray(cube_xy, dtype=float), "cube_yaw": cube_yaw}
+    )
+    truncated = terminated = False
+    while not (truncated or terminated):
+        observation, _, terminated, truncated, info = env.step(act(observation))
+    return {
+        "success": bool(info["is_success"]),
+        "outcome": failure_reason(info) or "lifted and held",
+        "max_lift_m": float(info["max_cube_lift"]),
+    }
+
+
+def grasp_in_sim(
+    prepared,
+    cube_xy,
+    cube_yaw: float,
+    policy_steps: int,
+    noise=None,
+    real_time: bool = True,
+    seed: int = 0,
+):
+    """The controller loop against the in-process grasp scene (training physics), the cube
+    placed at (x, y, yaw), its pose seen through a simulated camera with `noise`
+    (iiwa_deploy.perception.PoseNoise): `iiwa-rl deploy <grasp> --robot sim` without the
+    command line. Returns the loop's summary."""
+    from iiwa_deploy import ControlLoop
+    from iiwa_deploy.perception import PoseNoise, SimulatedPoseSensor
+
+    contract = prepared.policy.contract
+    plant = PyBulletPlant.for_contract(contract, prepared.robot.robot_period_s)
+    try:
+        plant.place_object(cube_xy, cube_yaw, seed=seed)
+        camera = SimulatedPoseSensor(
+            plant.object_pose,
+            noise or PoseNoise(),
+            source_id=prepared.robot.perception.source_ids[0],
+            seed=seed,
+        )
+        robot = SimRobot(plant, contract.home_joint_positions, real_time=real_time, camera=camera)
+        loop = ControlLoop(
+            prepared.policy,
+            contract,
+            prepared.robot,
+            robot,
+            np.zeros(3),
+            prepared.steps_per_action,
+            object_source=robot,
+        )
+        # A latched fault holds the arm and stops the policy: the cycle budget (the episode,
+        # the wait for the first pose, the braking stop) ends such a run too.
+        cycles = policy_steps * prepared.steps_per_action + GRASP_EXTRA_CYCLES
+        return loop.run(max_policy_steps=policy_steps, max_cycles=cycles)
+    finally:
+        plant.close()

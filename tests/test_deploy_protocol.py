@@ -86,7 +86,8 @@ def test_byte_layout_matches_the_documented_struct() -> None:
     [
         (b"", "shorter than the header"),
         (b"XXXX" + state_bytes()[4:], "wrong magic"),
-        (state_bytes()[:4] + bytes([2]) + state_bytes()[5:], "protocol version 2"),
+        (state_bytes()[:4] + bytes([3]) + state_bytes()[5:], "protocol version 3"),
+        (state_bytes()[:4] + bytes([2]) + state_bytes()[5:], "expected 216"),
         (state_bytes()[:5] + bytes([9]) + state_bytes()[6:], "message type 9"),
         (state_bytes()[:-1], "expected 192"),
         (state_bytes() + b"\0", "expected 192"),

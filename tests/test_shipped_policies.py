@@ -61,17 +61,17 @@ def test_shipped_policy_still_does_its_task(name):
     assert summary["success_rate"] >= EXPECTED[name]["min_success"]
 
 
-def test_controller_runtime_takes_the_reach_policy_and_refuses_the_grasp_policy():
+def test_controller_runtime_takes_the_reach_and_the_grasp_policy():
     from iiwa_deploy.config import load_robot_config
-    from iiwa_deploy.contract import ContractError
     from iiwa_deploy.policy import load_policy as load_on_controller
 
     robot = load_robot_config()
     _, steps = load_on_controller(POLICIES / "reach" / "policy.onnx", robot, warmup_runs=1)
     assert steps >= 1
-    # The grasp policy needs the cube's pose and a gripper: refused with the reason.
-    with pytest.raises(ContractError, match="cube's pose and the gripper"):
-        load_on_controller(POLICIES / "grasp" / "policy.onnx", robot, warmup_runs=1)
+    # The grasp: Cartesian actions, the cube's pose and the gripper (protocol version 2).
+    grasp, steps = load_on_controller(POLICIES / "grasp" / "policy.onnx", robot, warmup_runs=1)
+    assert steps >= 1 and grasp.contract.action_mode == "cartesian"
+    assert grasp.contract.grasp is not None
 
 
 def test_eval_command_takes_an_exported_policy_and_refuses_a_bare_config(capsys):
@@ -93,10 +93,12 @@ def test_deploy_command_runs_reach_and_exits_like_the_controller_runtime(capsys)
 
     from iiwa_rl.cli import main
 
-    reach, grasp = POLICIES / "reach" / "policy.onnx", POLICIES / "grasp" / "policy.onnx"
+    reach = POLICIES / "reach" / "policy.onnx"
     assert main(["deploy", str(reach), "--robot", "sim", "--duration", "0.5"]) == 0
     assert "faults: none" in capsys.readouterr().out
-    assert main(["deploy", str(grasp), "--robot", "sim"]) == EXIT_REFUSED
+    # The grasp runs too now (tests/test_deploy_grasp.py); a model that is not there is
+    # refused before anything starts.
+    assert main(["deploy", str(POLICIES / "missing.onnx"), "--robot", "sim"]) == EXIT_REFUSED
     assert "refused" in capsys.readouterr().out
     silent = ["--robot", "udp", "--bind", "127.0.0.1:0", "--first-state-timeout", "0.3"]
     assert main(["deploy", str(reach), *silent]) == EXIT_FAULT

@@ -22,8 +22,16 @@ from .config import ConfigError, RobotConfig, load_robot_config
 from .contract import ContractError, PolicyContract, read_contract
 from .fake_robot import FakeRobot, NumpyPlant
 from .loop import DEFAULT_FIRST_STATE_TIMEOUT_S, ControlLoop, GoalSource, LoopSummary
+from .perception import ObjectPoseSource
 from .policy import OnnxPolicy, create_session, load_policy
-from .robot import RobotBackend, UdpGoalListener, UdpRobot, parse_host_port, send_goal
+from .robot import (
+    RobotBackend,
+    UdpGoalListener,
+    UdpObjectListener,
+    UdpRobot,
+    parse_host_port,
+    send_goal,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +75,14 @@ class PreparedPolicy:
     goal: np.ndarray
 
 
+def resolve_model_path(model_path: str | Path) -> Path:
+    """A policy.onnx, or a directory holding one (assets/policies/grasp)."""
+    path = Path(model_path)
+    if path.is_dir() and (path / "policy.onnx").is_file():
+        return path / "policy.onnx"
+    return path
+
+
 def prepare_policy(
     model_path: str | Path,
     robot_config: RobotConfig | str | Path | None = None,
@@ -75,7 +91,7 @@ def prepare_policy(
 ) -> PreparedPolicy:
     """Every refusal (ContractError/ConfigError) happens here, before any socket is opened."""
     robot = _resolve_robot_config(robot_config)
-    policy, steps_per_action = load_policy(model_path, robot)
+    policy, steps_per_action = load_policy(resolve_model_path(model_path), robot)
     chosen_goal = choose_goal(policy.contract, goal, allow_goal_outside_training)
     return PreparedPolicy(policy, robot, steps_per_action, chosen_goal)
 
@@ -92,6 +108,7 @@ def run_prepared(
     move_to_home: bool = False,
     goal_source: GoalSource | None = None,
     allow_goal_outside_training: bool = False,
+    object_source: ObjectPoseSource | None = None,
 ) -> LoopSummary:
     robot = prepared.robot
     if abs(robot_backend.period_s - robot.robot_period_s) > 1e-9:
@@ -109,6 +126,7 @@ def run_prepared(
         move_to_home=move_to_home,
         goal_source=goal_source,
         allow_goal_outside_training=allow_goal_outside_training,
+        object_source=object_source,
     )
     return loop.run(
         duration_s=duration_s,
@@ -229,6 +247,29 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST",
         help="host allowed to send goals (repeatable; default 127.0.0.1)",
     )
+    parser.add_argument(
+        "--object-bind",
+        default=None,
+        metavar="HOST:PORT",
+        help="grasp: listen for the object pose (OBJECT messages from a pose estimator) on "
+        "this UDP address",
+    )
+    parser.add_argument(
+        "--object-sender",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="host allowed to send object poses (repeatable; default 127.0.0.1); which "
+        "estimator ids count is the robot configuration's perception.source_ids",
+    )
+
+
+def object_listener_from(args: argparse.Namespace) -> UdpObjectListener | None:
+    if args.object_bind is None:
+        return None
+    return UdpObjectListener(
+        parse_host_port(args.object_bind), args.object_sender or ("127.0.0.1",)
+    )
 
 
 def goal_listener_from(args: argparse.Namespace) -> UdpGoalListener | None:
@@ -266,6 +307,7 @@ def _command_run(args: argparse.Namespace) -> int:
     robot = prepared.robot
     backend = UdpRobot(parse_host_port(args.bind), robot.robot_period_s)
     goals = goal_listener_from(args)
+    objects = object_listener_from(args)
     fake: FakeRobot | None = None
     try:
         if args.robot == "fake":
@@ -294,12 +336,15 @@ def _command_run(args: argparse.Namespace) -> int:
             move_to_home=args.move_to_home,
             goal_source=goals,
             allow_goal_outside_training=args.allow_goal_outside_training,
+            object_source=objects,
         )
     finally:
         if fake is not None:
             fake.close()
         if goals is not None:
             goals.close()
+        if objects is not None:
+            objects.close()
         backend.close()
     print(summary.format())
     return exit_code(summary)

@@ -25,6 +25,83 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class GripperLimits:
+    """The parallel gripper's limits (YAML `gripper`): the controller never commands more
+    opening, speed or force than these, and a measured force above `max_force_n` times
+    `force_tolerance_factor` latches a fault."""
+
+    max_width_m: float = 0.08
+    max_speed_m_s: float = 0.2
+    max_force_n: float = 40.0
+    force_tolerance_factor: float = 1.25
+
+    def __post_init__(self) -> None:
+        for name in ("max_width_m", "max_speed_m_s", "max_force_n"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0.0):
+                raise ConfigError(f"gripper.{name}: must be a positive number, got {value}")
+        if not (math.isfinite(self.force_tolerance_factor) and self.force_tolerance_factor >= 1):
+            raise ConfigError(
+                f"gripper.force_tolerance_factor: must be >= 1, got {self.force_tolerance_factor}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class CartesianLimits:
+    """The cell around a gripper (YAML `workspace`, base frame, m): every setpoint's TCP,
+    through forward kinematics, stays inside the box, and the TCP and the finger tips stay
+    `table_clearance_m` above the table plane at `table_height_m` (a negative clearance
+    allows that much commanded press into the table)."""
+
+    low: tuple[float, float, float] = (0.25, -0.45, -0.02)
+    high: tuple[float, float, float] = (0.85, 0.45, 0.65)
+    table_height_m: float = 0.0
+    table_clearance_m: float = -0.02  # see robot_iiwa14.yaml for why it is negative
+
+    def __post_init__(self) -> None:
+        for name in ("low", "high"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise ConfigError(f"workspace.{name}: expected 3 finite numbers (m)")
+            object.__setattr__(self, name, values)
+        if not all(lo < hi for lo, hi in zip(self.low, self.high, strict=True)):
+            raise ConfigError(
+                f"workspace.low {list(self.low)} must be below workspace.high "
+                f"{list(self.high)} on every axis"
+            )
+        for name in ("table_height_m", "table_clearance_m"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"workspace.{name}: must be a finite number (m)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PerceptionLimits:
+    """The object pose source (YAML `perception`): OBJECT messages are taken only from
+    `source_ids`; a pose older than `max_pose_age_s` (its latency plus its time since
+    arrival) or one that moved more than `max_pose_jump_m` from the previous one holds the
+    arm (latched); `first_pose_timeout_s` is how long the policy waits for the first pose."""
+
+    source_ids: tuple[int, ...] = (1,)
+    max_pose_age_s: float = 0.2
+    max_pose_jump_m: float = 0.1  # see robot_iiwa14.yaml for the measurement
+    first_pose_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        ids = tuple(self.source_ids)
+        if not ids or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in ids
+        ):
+            raise ConfigError(
+                f"perception.source_ids: expected a non-empty list of 32-bit ids, got {ids!r}"
+            )
+        object.__setattr__(self, "source_ids", ids)
+        for name in ("max_pose_age_s", "max_pose_jump_m", "first_pose_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0.0):
+                raise ConfigError(f"perception.{name}: must be a positive number, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
 class RobotConfig:
     """Joint limits, timing and safety settings of the robot the loop drives.
 
@@ -46,6 +123,9 @@ class RobotConfig:
     position_tolerance_rad: float
     velocity_tolerance_factor: float
     stale_timeout_s: float
+    gripper: GripperLimits = GripperLimits()
+    workspace: CartesianLimits = CartesianLimits()
+    perception: PerceptionLimits = PerceptionLimits()
 
     def __post_init__(self) -> None:
         joint_count = len(self.joint_names)
@@ -169,6 +249,9 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
             "expected_control_period_s",
             "interpolator",
             "safety",
+            "gripper",
+            "workspace",
+            "perception",
         },
         "",
     )
@@ -196,6 +279,7 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
         "safety",
     )
     expected_period = data.get("expected_control_period_s")
+    gripper, workspace, perception = _cell_sections(data)
     limit_vectors = {
         key: _as_vector(_take(limits, key, "joint_limits."), f"joint_limits.{key}", joint_count)
         for key in ("lower", "upper", "velocity", "effort")
@@ -234,6 +318,44 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
             safety.get("velocity_tolerance_factor", 1.1), "safety.velocity_tolerance_factor"
         ),
         stale_timeout_s=_as_number(safety.get("stale_timeout_s", 0.1), "safety.stale_timeout_s"),
+        gripper=gripper,
+        workspace=workspace,
+        perception=perception,
+    )
+
+
+def _section(data: Mapping[str, Any], name: str, cls: type) -> dict[str, Any]:
+    """The YAML section `name` as keyword arguments of `cls` (missing keys keep defaults)."""
+    raw = data.get(name) or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{name}: expected a mapping")
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    _reject_unknown(raw, set(fields), name)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        default = fields[key].default
+        where = f"{name}.{key}"
+        if isinstance(default, tuple):
+            if not isinstance(value, Sequence) or isinstance(value, str):
+                raise ConfigError(f"{where}: expected a list, got {value!r}")
+            if default and isinstance(default[0], int):
+                if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                    raise ConfigError(f"{where}: expected whole numbers, got {value!r}")
+                values[key] = tuple(value)
+            else:
+                values[key] = tuple(_as_number(v, f"{where}[{i}]") for i, v in enumerate(value))
+        else:
+            values[key] = _as_number(value, where)
+    return values
+
+
+def _cell_sections(
+    data: Mapping[str, Any],
+) -> tuple[GripperLimits, CartesianLimits, PerceptionLimits]:
+    return (
+        GripperLimits(**_section(data, "gripper", GripperLimits)),
+        CartesianLimits(**_section(data, "workspace", CartesianLimits)),
+        PerceptionLimits(**_section(data, "perception", PerceptionLimits)),
     )
 
 

@@ -17,10 +17,20 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .actuation import JOINT_ACTION_MODES
+from .actuation import CARTESIAN_ACTION_MODE, CARTESIAN_ACTION_SIZE, JOINT_ACTION_MODES
 from .config import RobotConfig
+from .grasp import GraspTask, parse_grasp_task
 from .kinematics import KinematicChain
-from .observation import GOAL, JOINT_STATE, OBSERVATION_TERMS, PREVIOUS_ACTION, TCP_POSE
+from .observation import (
+    FINGER_CONTACTS,
+    GOAL,
+    GRIPPER,
+    JOINT_STATE,
+    OBJECT_POSE,
+    OBSERVATION_TERMS,
+    PREVIOUS_ACTION,
+    TCP_POSE,
+)
 
 CONTRACT_METADATA_KEY = "iiwa_rl_contract"
 # 2: the policy was trained through the controller's own actuation (interpolator, timing);
@@ -28,7 +38,7 @@ CONTRACT_METADATA_KEY = "iiwa_rl_contract"
 SUPPORTED_FORMAT_VERSION = 2
 OBSERVATION_INPUT_NAME = "observation"
 ACTION_OUTPUT_NAME = "action"
-ACTION_MODES = JOINT_ACTION_MODES
+ACTION_MODES = (*JOINT_ACTION_MODES, CARTESIAN_ACTION_MODE)
 
 # What the controller has a source for: measured joint state, forward kinematics, the goal
 # and its own previous action. A term reading anything else (an object pose, the gripper)
@@ -36,6 +46,14 @@ ACTION_MODES = JOINT_ACTION_MODES
 CONTROLLER_OBSERVATION_INPUTS = frozenset({JOINT_STATE, TCP_POSE, GOAL, PREVIOUS_ACTION})
 BUILDABLE_OBSERVATION_TERMS = tuple(
     name for name, term in OBSERVATION_TERMS.items() if term.inputs <= CONTROLLER_OBSERVATION_INPUTS
+)
+# A grasp contract (one with a `grasp` section) adds what protocol version 2 carries: the
+# object pose (OBJECT messages from a pose estimator) and the gripper (its width and, from a
+# gripper that senses them, the finger contacts, in the STATE). The loop checks at the first
+# state that the robot really sends them.
+GRASP_OBSERVATION_INPUTS = CONTROLLER_OBSERVATION_INPUTS | {OBJECT_POSE, GRIPPER, FINGER_CONTACTS}
+GRASP_BUILDABLE_OBSERVATION_TERMS = tuple(
+    name for name, term in OBSERVATION_TERMS.items() if term.inputs <= GRASP_OBSERVATION_INPUTS
 )
 
 # Contracts carry limits as floats that went through a JSON round trip and maybe a degree to
@@ -97,6 +115,11 @@ class PolicyContract:
     simulation: Mapping[str, Any]
     config_sha256: str
     versions: Mapping[str, str]
+    grasp: GraspTask | None = None  # the grasp's section; None for a reach
+
+    @property
+    def joint_count(self) -> int:
+        return len(self.joint_names)
 
     @property
     def goal_center(self) -> np.ndarray:
@@ -157,16 +180,20 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
         raise ContractError(f"contract.action.size: must be positive, got {action_size}")
     mode = _get(action, "mode", ".action")
     if mode not in ACTION_MODES:
-        hint = (
-            " (a Cartesian grasp policy also needs the cube's pose and the gripper, which "
-            "this joint-position runtime has no input or output for; run it in the simulator "
-            "with `iiwa-rl view` or `iiwa-rl eval`)"
-            if mode == "cartesian"
-            else ""
-        )
         raise ContractError(
             f"contract.action.mode: unknown action mode {mode!r}; this runtime supports "
-            f"{', '.join(ACTION_MODES)}{hint}"
+            f"{', '.join(ACTION_MODES)}"
+        )
+    grasp = None
+    if "grasp" in data:
+        try:
+            grasp = parse_grasp_task(data["grasp"])
+        except ValueError as error:
+            raise ContractError(str(error)) from None
+    if mode == CARTESIAN_ACTION_MODE and grasp is None:
+        raise ContractError(
+            "contract.grasp: a cartesian policy needs the grasp section (workspace box, yaw "
+            "scale, gripper); re-export it with this version of `iiwa-rl export`"
         )
     scale = _number(_get(action, "scale", ".action"), ".action.scale")
     if scale <= 0.0:
@@ -180,11 +207,13 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
         raise ContractError(
             f"contract.action.joint_names: expected a list of names, got {joint_names!r}"
         )
-    if len(joint_names) != action_size:
+    joint_count = len(joint_names)
+    expected_action = CARTESIAN_ACTION_SIZE if mode == CARTESIAN_ACTION_MODE else joint_count
+    if action_size != expected_action:
         raise ContractError(
-            f"contract.action.joint_names: {len(joint_names)} names for action size {action_size}"
+            f"contract.action.size: {action_size} for mode {mode!r} with {joint_count} joints; "
+            f"expected {expected_action}"
         )
-    joint_count = action_size
     home = _vector(
         _get(action, "home_joint_positions", ".action"), joint_count, ".action.home_joint_positions"
     )
@@ -200,11 +229,19 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
         where = f".observation.layout[{index}]"
         name = _get(raw_piece, "name", where)
         size = _integer(_get(raw_piece, "size", where), f"{where}.size")
-        if name not in BUILDABLE_OBSERVATION_TERMS:
+        buildable = (
+            GRASP_BUILDABLE_OBSERVATION_TERMS if grasp is not None else BUILDABLE_OBSERVATION_TERMS
+        )
+        if name not in buildable:
+            hint = (
+                " (object and gripper terms need a grasp contract, one with a grasp section)"
+                if grasp is None and name in GRASP_BUILDABLE_OBSERVATION_TERMS
+                else ""
+            )
+            source = "joint state" if grasp is None else "the robot state and the object pose"
             raise ContractError(
-                f"contract{where}: observation piece '{name}' cannot be built from joint state "
-                f"on the controller; this runtime builds only: "
-                f"{', '.join(BUILDABLE_OBSERVATION_TERMS)}"
+                f"contract{where}: observation piece '{name}' cannot be built from {source} "
+                f"on the controller; this runtime builds only: {', '.join(buildable)}{hint}"
             )
         expected_size = OBSERVATION_TERMS[name].resolved_size(joint_count, action_size)
         if size != expected_size:
@@ -251,18 +288,22 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
             f"action.joint_names {list(joint_names)}"
         )
 
-    goal_sampling = _get(data, "goal_sampling", "")
-    goal_low = _vector(_get(goal_sampling, "low", ".goal_sampling"), 3, ".goal_sampling.low")
-    goal_high = _vector(_get(goal_sampling, "high", ".goal_sampling"), 3, ".goal_sampling.high")
-    if np.any(goal_low > goal_high):
-        raise ContractError("contract.goal_sampling: low must not exceed high")
-    threshold = _number(_get(data, "success_threshold_m", ""), ".success_threshold_m")
-    if threshold <= 0.0:
-        raise ContractError(f"contract.success_threshold_m: must be positive, got {threshold}")
-
-    hold = _number(_get(data, "success_hold_s", ""), ".success_hold_s")
-    if hold < 0.0:
-        raise ContractError(f"contract.success_hold_s: must be >= 0, got {hold}")
+    if grasp is not None and "goal_sampling" not in data:
+        # A grasp has no goal; its success test is the grasp section's (lift, hold).
+        goal_low = goal_high = np.zeros(3)
+        threshold, hold = grasp.lift_height_m, grasp.hold_s
+    else:
+        goal_sampling = _get(data, "goal_sampling", "")
+        goal_low = _vector(_get(goal_sampling, "low", ".goal_sampling"), 3, ".goal_sampling.low")
+        goal_high = _vector(_get(goal_sampling, "high", ".goal_sampling"), 3, ".goal_sampling.high")
+        if np.any(goal_low > goal_high):
+            raise ContractError("contract.goal_sampling: low must not exceed high")
+        threshold = _number(_get(data, "success_threshold_m", ""), ".success_threshold_m")
+        if threshold <= 0.0:
+            raise ContractError(f"contract.success_threshold_m: must be positive, got {threshold}")
+        hold = _number(_get(data, "success_hold_s", ""), ".success_hold_s")
+        if hold < 0.0:
+            raise ContractError(f"contract.success_hold_s: must be >= 0, got {hold}")
     actuation = _parse_actuation(_get(data, "actuation", ""), joint_count)
     start = data.get("start", {})
     noise = _number(
@@ -302,6 +343,7 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
         versions={str(k): str(v) for k, v in versions.items()}
         if isinstance(versions, Mapping)
         else {},
+        grasp=grasp,
     )
 
 
@@ -486,6 +528,41 @@ def _check_actuation(trained: TrainedActuation, robot: RobotConfig) -> None:
         )
 
 
+def _check_grasp_cell(task: GraspTask, robot: RobotConfig) -> None:
+    """The gripper and the cell must be the ones the grasp was trained in: the same full
+    opening; a speed and force the gripper limits allow (a weaker grip is another plant);
+    the trained TCP target box inside the cell's workspace box."""
+    trained, limits = task.gripper, robot.gripper
+    if abs(trained.max_width_m - limits.max_width_m) > LIMIT_TOLERANCE:
+        raise ContractError(
+            f"gripper.max_width_m is {limits.max_width_m} m; the policy was trained with a "
+            f"gripper opening {trained.max_width_m} m"
+        )
+    for name, wanted, allowed in (
+        ("speed (m/s)", trained.speed_m_s, limits.max_speed_m_s),
+        ("force (N)", trained.force_n, limits.max_force_n),
+    ):
+        if wanted > allowed * (1.0 + LIMIT_TOLERANCE):
+            raise ContractError(
+                f"the policy was trained with a gripper {name} of {wanted:g}; the robot "
+                f"configuration allows {allowed:g} (gripper section): it would grip differently "
+                "from training"
+            )
+    cell = robot.workspace
+    low, high = np.asarray(cell.low), np.asarray(cell.high)
+    if np.any(task.workspace_low < low - 1e-9) or np.any(task.workspace_high > high + 1e-9):
+        raise ContractError(
+            f"the policy's TCP target box {task.workspace_low.tolist()} .. "
+            f"{task.workspace_high.tolist()} m is not inside the robot configuration's "
+            f"workspace box {list(cell.low)} .. {list(cell.high)} m"
+        )
+    if abs(task.table_height_m - cell.table_height_m) > 1e-3:
+        raise ContractError(
+            f"workspace.table_height_m is {cell.table_height_m} m; the policy was trained with "
+            f"the table at {task.table_height_m} m (base frame)"
+        )
+
+
 def check_compatibility(contract: PolicyContract, robot: RobotConfig) -> int:
     """Refuse a policy that does not fit this robot; returns robot periods per policy step."""
     if contract.joint_names != robot.joint_names:
@@ -506,6 +583,8 @@ def check_compatibility(contract: PolicyContract, robot: RobotConfig) -> int:
         "effort", contract.effort, robot.effort, robot.joint_names, EFFORT_TOLERANCE_NM
     )
     _check_actuation(contract.actuation, robot)
+    if contract.grasp is not None:
+        _check_grasp_cell(contract.grasp, robot)
     if (
         robot.expected_control_period_s is not None
         and abs(contract.control_period_s - robot.expected_control_period_s)

@@ -11,6 +11,11 @@ Plant interface (kept small so a PyBullet plant on the training side can impleme
     reset(q0)           put the arm at rest at joint positions q0 (rad)
     apply(setpoint_q)   the position setpoint to track from now on (rad)
     step(dt) -> (q, qd) advance dt seconds; return measured positions (rad) and speeds (rad/s)
+
+A plant with a gripper also has `apply_gripper(command)` and `gripper_state()`: the fake robot
+then speaks protocol version 2 (the gripper in each STATE, the gripper command of each
+SETPOINT applied). With a `pose_sensor` (perception.SimulatedPoseSensor) and an
+`object_address` it also plays the pose estimator, sending OBJECT datagrams there.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .actuation import GripperCommand
 from .config import RobotConfig, load_robot_config
 from .protocol import (
     SETPOINT_FAULT_LATCHED,
@@ -32,6 +38,7 @@ from .protocol import (
     ProtocolError,
     decode_setpoint,
     encode_state,
+    encode_state_v2,
 )
 
 DEFAULT_INITIAL_POSITIONS = (0.0, 0.35, 0.0, -1.2, 0.0, 0.6, 0.0)
@@ -138,13 +145,24 @@ class FakeRobot:
         initial_positions: Sequence[float] = DEFAULT_INITIAL_POSITIONS,
         faults: FaultInjection | None = None,
         bind_address: tuple[str, int] = ("127.0.0.1", 0),
+        pose_sensor=None,
+        object_address: tuple[str, int] | None = None,
+        reset_plant: bool = True,
     ) -> None:
         self.controller_address = controller_address
         self.plant = plant
+        self.with_gripper = hasattr(plant, "gripper_state")
+        self.pose_sensor = pose_sensor
+        self._object_sender = None
+        if pose_sensor is not None and object_address is not None:
+            from .robot import UdpObjectSender
+
+            self._object_sender = UdpObjectSender(object_address)
         self.period_s = float(period_s)
         self.faults = faults or FaultInjection()
         self.record = FakeRobotRecord()
-        self.plant.reset(np.asarray(initial_positions, dtype=float))
+        if reset_plant:
+            self.plant.reset(np.asarray(initial_positions, dtype=float))
         self.joint_positions = np.asarray(initial_positions, dtype=float).copy()
         self.joint_velocities = np.zeros_like(self.joint_positions)
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -188,6 +206,11 @@ class FakeRobot:
                 newest = message
         if newest is not None:
             self.plant.apply(newest.joint_positions)
+            if newest.gripper is not None and self.with_gripper:
+                command = newest.gripper
+                self.plant.apply_gripper(
+                    GripperCommand(command.width_m, command.speed_m_s, command.force_n)
+                )
 
     def tick(self) -> None:
         """One robot period: apply the newest setpoint, advance the plant, send a STATE."""
@@ -198,18 +221,37 @@ class FakeRobot:
         faults = self.faults
         if faults.silent(cycle) or _every(faults.drop_every, cycle):
             return
+        if self.pose_sensor is not None:
+            self.pose_sensor.advance(cycle * self.period_s)
+            for pose in self.pose_sensor.poll():
+                if self._object_sender is not None:
+                    self._object_sender.send(pose)
         nan_state = cycle in faults.nan_at_cycles
         positions = self.joint_positions.copy()
         if nan_state:
             positions[0] = float("nan")
-        datagram = encode_state(
-            cycle,
-            time.monotonic(),
-            positions,
-            self.joint_velocities,
-            flags=STATE_COMMANDING_ACTIVE,
-            check_finite=not nan_state,
-        )
+        if self.with_gripper:
+            gripper = self.plant.gripper_state()
+            datagram = encode_state_v2(
+                cycle,
+                time.monotonic(),
+                positions,
+                self.joint_velocities,
+                gripper.width_m,
+                gripper.force_n,
+                gripper.status,
+                flags=STATE_COMMANDING_ACTIVE,
+                check_finite=not nan_state,
+            )
+        else:
+            datagram = encode_state(
+                cycle,
+                time.monotonic(),
+                positions,
+                self.joint_velocities,
+                flags=STATE_COMMANDING_ACTIVE,
+                check_finite=not nan_state,
+            )
         if _every(faults.malformed_every, cycle):
             self._send(datagram[: len(datagram) // 2])
         if _every(faults.reorder_every, cycle) and self._held_back is None:
@@ -259,6 +301,8 @@ class FakeRobot:
     def close(self) -> None:
         self.stop()
         self._socket.close()
+        if self._object_sender is not None:
+            self._object_sender.close()
 
     def __enter__(self) -> FakeRobot:
         return self

@@ -242,3 +242,182 @@ class KinematicChain:
 
 def iiwa14_r820_chain() -> KinematicChain:
     return KinematicChain.from_contract(IIWA14_R820_KINEMATICS)
+
+
+# ------------------------------------------------------------------ orientation helpers
+# Quaternions are (x, y, z, w), as PyBullet writes them. Plain floats: these run once per
+# policy step on four numbers, where numpy's call overhead is most of the cost.
+Quaternion = tuple[float, float, float, float]
+
+
+def quaternion_multiply(a, b) -> Quaternion:
+    """Hamilton product of (x, y, z, w) quaternions."""
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return (
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+        aw * bw - ax * bx - ay * by - az * bz,
+    )
+
+
+def rotation_error_floats(current, target) -> tuple[float, float, float]:
+    """Rotation vector (axis times angle, rad, base frame) turning `current` into `target`,
+    the shorter way round."""
+    cx, cy, cz, cw = map(float, current)
+    x, y, z, w = quaternion_multiply(tuple(map(float, target)), (-cx, -cy, -cz, cw))
+    if w < 0.0:
+        x, y, z, w = -x, -y, -z, -w
+    sine = math.sqrt(x * x + y * y + z * z)
+    scale = 2.0 if sine < 1e-9 else 2.0 * math.atan2(sine, w) / sine
+    return x * scale, y * scale, z * scale
+
+
+def quaternion_from_euler(roll: float, pitch: float, yaw: float) -> Quaternion:
+    """The quaternion of R = Rz(yaw) Ry(pitch) Rx(roll), in the operation order of
+    Bullet's setEulerZYX (what pybullet.getQuaternionFromEuler returns), so that both sides
+    of the IK parity test start from the same bits."""
+    half_yaw, half_pitch, half_roll = float(yaw) * 0.5, float(pitch) * 0.5, float(roll) * 0.5
+    cos_yaw, sin_yaw = math.cos(half_yaw), math.sin(half_yaw)
+    cos_pitch, sin_pitch = math.cos(half_pitch), math.sin(half_pitch)
+    cos_roll, sin_roll = math.cos(half_roll), math.sin(half_roll)
+    return (
+        sin_roll * cos_pitch * cos_yaw - cos_roll * sin_pitch * sin_yaw,
+        cos_roll * sin_pitch * cos_yaw + sin_roll * cos_pitch * sin_yaw,
+        cos_roll * cos_pitch * sin_yaw - sin_roll * sin_pitch * cos_yaw,
+        cos_roll * cos_pitch * cos_yaw + sin_roll * sin_pitch * sin_yaw,
+    )
+
+
+def down_orientation(yaw: float) -> Quaternion:
+    """A TCP pointing straight down (tool z along base -z), turned by `yaw` about base z."""
+    return quaternion_from_euler(math.pi, 0.0, yaw)
+
+
+def quaternion_from_matrix(rotation: np.ndarray) -> Quaternion:
+    """(x, y, z, w) of a rotation matrix (Shepperd's method: the largest diagonal term
+    chooses the branch, so no division by a small number)."""
+    m = np.asarray(rotation, dtype=float)
+    m00, m01, m02 = float(m[0, 0]), float(m[0, 1]), float(m[0, 2])
+    m10, m11, m12 = float(m[1, 0]), float(m[1, 1]), float(m[1, 2])
+    m20, m21, m22 = float(m[2, 0]), float(m[2, 1]), float(m[2, 2])
+    trace = m00 + m11 + m22
+    if trace > 0.0:
+        s = 2.0 * math.sqrt(trace + 1.0)
+        return ((m21 - m12) / s, (m02 - m20) / s, (m10 - m01) / s, 0.25 * s)
+    if m00 > m11 and m00 > m22:
+        s = 2.0 * math.sqrt(1.0 + m00 - m11 - m22)
+        return (0.25 * s, (m01 + m10) / s, (m02 + m20) / s, (m21 - m12) / s)
+    if m11 > m22:
+        s = 2.0 * math.sqrt(1.0 + m11 - m00 - m22)
+        return ((m01 + m10) / s, 0.25 * s, (m12 + m21) / s, (m02 - m20) / s)
+    s = 2.0 * math.sqrt(1.0 + m22 - m00 - m11)
+    return ((m02 + m20) / s, (m12 + m21) / s, 0.25 * s, (m10 - m01) / s)
+
+
+def rotation_yaw(rotation: np.ndarray) -> float:
+    """Heading (rad) of a frame's x axis in the base plane."""
+    return math.atan2(float(rotation[1, 0]), float(rotation[0, 0]))
+
+
+def quaternion_yaw(orientation) -> float:
+    """Heading (rad) of a frame's x axis in the base plane, from its (x, y, z, w) quaternion
+    (the same number as `rotation_yaw` of its matrix)."""
+    x, y, z, w = map(float, orientation)
+    return math.atan2(2.0 * (x * y + w * z), 1.0 - 2.0 * (y * y + z * z))
+
+
+# ------------------------------------------------------------------ Jacobian and IK
+def chain_jacobian(chain: KinematicChain, joint_positions: np.ndarray) -> np.ndarray:
+    """The TCP's geometric Jacobian in the base frame, 6 x n: rows 0-2 linear (m/rad),
+    rows 3-5 angular (rad/rad), the layout of PyBullet's calculateJacobian at the TCP point
+    (equal to it to 1e-15 on the simulated arm, tests/test_deploy_grasp.py)."""
+    q = np.asarray(joint_positions, dtype=float)
+    if q.shape != (chain.joint_count,):
+        raise ValueError(f"expected {chain.joint_count} joint positions, got shape {q.shape}")
+    rotation: Matrix3 = _IDENTITY
+    px = py = pz = 0.0
+    axes: list[tuple[float, float, float]] = []
+    origins: list[tuple[float, float, float]] = []
+    for (ox, oy, oz), fixed, axis, about_z, angle in zip(
+        chain._origins, chain._fixed_rotations, chain._axes, chain._about_z, q.tolist(), strict=True
+    ):
+        r00, r01, r02, r10, r11, r12, r20, r21, r22 = rotation
+        px += r00 * ox + r01 * oy + r02 * oz
+        py += r10 * ox + r11 * oy + r12 * oz
+        pz += r20 * ox + r21 * oy + r22 * oz
+        rotation = _multiply(rotation, fixed)
+        r00, r01, r02, r10, r11, r12, r20, r21, r22 = rotation
+        ax, ay, az = (float(v) for v in axis)
+        axes.append(
+            (
+                r00 * ax + r01 * ay + r02 * az,
+                r10 * ax + r11 * ay + r12 * az,
+                r20 * ax + r21 * ay + r22 * az,
+            )
+        )
+        origins.append((px, py, pz))
+        if about_z:
+            c, s = math.cos(angle), math.sin(angle)
+            joint_rotation: Matrix3 = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
+        else:
+            joint_rotation = axis_rotation_tuple(axis, angle)
+        rotation = _multiply(rotation, joint_rotation)
+    r00, r01, r02, r10, r11, r12, r20, r21, r22 = rotation
+    ox, oy, oz = chain._tcp_origin
+    tx = px + r00 * ox + r01 * oy + r02 * oz
+    ty = py + r10 * ox + r11 * oy + r12 * oz
+    tz = pz + r20 * ox + r21 * oy + r22 * oz
+    jacobian = np.empty((6, chain.joint_count))
+    for column, ((zx, zy, zz), (jx, jy, jz)) in enumerate(zip(axes, origins, strict=True)):
+        dx, dy, dz = tx - jx, ty - jy, tz - jz
+        jacobian[0, column] = zy * dz - zz * dy
+        jacobian[1, column] = zz * dx - zx * dz
+        jacobian[2, column] = zx * dy - zy * dx
+        jacobian[3, column] = zx
+        jacobian[4, column] = zy
+        jacobian[5, column] = zz
+    return jacobian
+
+
+DEFAULT_IK_DAMPING = 0.05
+_DAMPING_MATRICES: dict[float, np.ndarray] = {}
+
+
+def differential_ik_step(
+    chain: KinematicChain,
+    joint_positions: np.ndarray,
+    tcp_position: np.ndarray,
+    tcp_orientation,
+    target_position: np.ndarray,
+    target_orientation,
+    target_lower: np.ndarray,
+    target_upper: np.ndarray,
+    damping: float = DEFAULT_IK_DAMPING,
+) -> np.ndarray:
+    """One damped-least-squares step towards a TCP pose: dq = J^T (J J^T + d^2 I)^-1 e,
+    clipped into [target_lower, target_upper].
+
+    Resolved-rate control: for the few centimetres of one policy step it lands close to the
+    target, stays well-behaved near singularities (the damping), and costs one Jacobian
+    instead of an iterative solve. `tcp_position`/`tcp_orientation` are the measured pose the
+    error is taken from (the env passes the simulator's, the controller its forward
+    kinematics'); orientations are (x, y, z, w) quaternions in the base frame."""
+    q = np.asarray(joint_positions, dtype=float)
+    jacobian = chain_jacobian(chain, q)
+    # The 6-D error from plain floats, one array at the end: fewer numpy calls.
+    error = np.array(
+        [
+            t - c
+            for t, c in zip(
+                np.asarray(target_position).tolist(), np.asarray(tcp_position).tolist(), strict=True
+            )
+        ]
+        + list(rotation_error_floats(tcp_orientation, target_orientation))
+    )
+    damping_matrix = _DAMPING_MATRICES.get(damping)
+    if damping_matrix is None:
+        damping_matrix = _DAMPING_MATRICES[damping] = damping * damping * np.eye(6)
+    step = jacobian.T @ np.linalg.solve(jacobian @ jacobian.T + damping_matrix, error)
+    return np.minimum(np.maximum(q + step, target_lower), target_upper)

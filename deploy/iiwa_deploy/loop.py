@@ -45,6 +45,7 @@ from .config import RobotConfig
 from .contract import PolicyContract
 from .interpolator import JointInterpolator
 from .observation import ObservationBuilder, ObservationConstants, ObservationInputs
+from .perception import ObjectPoseSource
 from .robot import RobotBackend
 from .safety import FaultRecord, SafetyMonitor
 
@@ -127,17 +128,35 @@ class LoopSummary:
     goal_changes: int = 0
     braking_travel_rad: float = 0.0  # largest setpoint travel of a joint after the stop began
     link: dict[str, int] = field(default_factory=dict)
+    # A grasp: the outcome in the env's words (lifted and held, dropped, missed, not lifted,
+    # timed out) and its figures, judged on the object pose the controller received.
+    grasp: dict | None = None
 
-    def format(self) -> str:
+    def _task_line(self) -> str:
+        if self.grasp is not None:
+            grasp = self.grasp
+            verdict = "SUCCESS" if self.success else "not reached"
+            return (
+                f"grasp: {grasp['outcome']}; object lift {grasp['lift_m'] * 1000:.0f} mm at the "
+                f"end, {grasp['max_lift_m'] * 1000:.0f} mm at most (success: "
+                f"{self.success_threshold_m * 1000:.0f} mm held by both fingers for "
+                f"{self.success_hold_s:.2f} s); object poses used {grasp['poses_accepted']}, "
+                f"ignored {grasp['poses_ignored']} -> {verdict}"
+            )
         verdict = "SUCCESS" if self.success else "not reached"
-        lines = [
-            f"cycles: {self.cycles} in {self.duration_s:.2f} s ({self.stop_reason}), "
-            f"policy steps: {self.policy_steps}",
+        return (
             f"goal: {np.array2string(self.goal_position, precision=4)} m, final TCP distance: "
             f"{self.final_distance_m * 1000:.1f} mm (threshold "
             f"{self.success_threshold_m * 1000:.1f} mm), held {self.held_s:.2f} s of "
             f"{self.success_hold_s:.2f} s needed, worst over the last second "
-            f"{self.worst_distance_last_second_m * 1000:.1f} mm -> {verdict}",
+            f"{self.worst_distance_last_second_m * 1000:.1f} mm -> {verdict}"
+        )
+
+    def format(self) -> str:
+        lines = [
+            f"cycles: {self.cycles} in {self.duration_s:.2f} s ({self.stop_reason}), "
+            f"policy steps: {self.policy_steps}",
+            self._task_line(),
             f"inference:      {self.inference.format()}",
             f"policy step:    {self.policy_step.format()}  (observation + inference + target)",
             f"compute:        {self.compute.format()}  (state received -> setpoint sent)",
@@ -151,8 +170,12 @@ class LoopSummary:
         if self.goal_changes:
             lines.append(f"goal changes accepted: {self.goal_changes}")
         lines.append(
-            f"stop: braked to rest, {self.braking_travel_rad:.4f} rad of travel at most; TCP "
-            f"{self.rest_distance_m * 1000:.1f} mm from the goal at rest"
+            f"stop: braked to rest, {self.braking_travel_rad:.4f} rad of travel at most"
+            + (
+                ""
+                if self.grasp is not None
+                else f"; TCP {self.rest_distance_m * 1000:.1f} mm from the goal at rest"
+            )
         )
         if self.refusal:
             lines.append(f"REFUSED: {self.refusal}")
@@ -320,6 +343,7 @@ class ControlLoop:
         move_to_home: bool = False,
         goal_source: GoalSource | None = None,
         allow_goal_outside_training: bool = False,
+        object_source: ObjectPoseSource | None = None,
     ) -> None:
         # A copy: goal messages rewrite it in place, and the caller's array is not ours.
         goal = np.array(goal_position, dtype=float)
@@ -338,16 +362,42 @@ class ControlLoop:
         self.allow_goal_outside_training = allow_goal_outside_training
         self.safety = SafetyMonitor(robot_config)
         self.timing = ControlTiming(robot_config.robot_period_s, steps_per_action)
+        grasp = contract.grasp
         self._observation = ObservationBuilder(
             contract.observation_term_layout(),
-            ObservationConstants(contract.lower, contract.upper, contract.velocity),
+            ObservationConstants(
+                contract.lower,
+                contract.upper,
+                contract.velocity,
+                max_gripper_width=0.0 if grasp is None else grasp.gripper.max_width_m,
+                object_rest_height=0.0 if grasp is None else grasp.object_rest_height_m,
+            ),
         )
+        # The grasp's object pose, gripper, Cartesian actions and cell gates (grasp_loop.py).
+        self._grasp = None
+        if grasp is not None:
+            from .grasp_loop import GraspSession, needs_finger_contacts
+
+            self._grasp = GraspSession(
+                contract,
+                robot_config,
+                self.safety,
+                object_source,
+                needs_finger_contacts(contract),
+            )
         self._observation_inputs = ObservationInputs(
             goal_position=self.goal_position,
             previous_action=np.zeros(contract.action_size),
         )
-        self._mapping = JointTargetMapping.for_robot(
-            contract.action_mode, contract.action_scale, contract.home_joint_positions, robot_config
+        self._mapping = (
+            None
+            if grasp is not None
+            else JointTargetMapping.for_robot(
+                contract.action_mode,
+                contract.action_scale,
+                contract.home_joint_positions,
+                robot_config,
+            )
         )
         self._previous_action = np.zeros(contract.action_size, dtype=np.float32)
         self._stream: CommandStream | None = None
@@ -421,6 +471,26 @@ class ControlLoop:
             return None
         np.clip(action, -1.0, 1.0, out=self._previous_action)
         return self._mapping.target(self._previous_action, joint_positions)
+
+    def _grasp_target(
+        self, joint_positions: np.ndarray, joint_velocities: np.ndarray, pose
+    ) -> np.ndarray | None:
+        inputs = self._observation_inputs
+        inputs.joint_positions = joint_positions
+        inputs.joint_velocities = joint_velocities
+        inputs.previous_action = self._previous_action
+        tcp = self._grasp.fill_inputs(inputs, joint_positions, pose)
+        self.last_tcp_position = tcp[0]
+        observation = self._observation.build(inputs)
+        if not self.safety.check_finite("observation", observation):
+            return None
+        inference_start = time.perf_counter()
+        action = self.policy.act(observation)
+        self._last_inference_s = time.perf_counter() - inference_start
+        if not self.safety.check_finite("policy action", action):
+            return None
+        np.clip(action, -1.0, 1.0, out=self._previous_action)
+        return self._grasp.target(self._previous_action, joint_positions, tcp)
 
     def _start_pose_refusal(self, positions: np.ndarray) -> str | None:
         offset = np.abs(positions - self.contract.home_joint_positions)
@@ -563,6 +633,12 @@ class ControlLoop:
                 if state_ok:
                     last_good_positions = positions
                     measured_at_rest = bool(np.max(np.abs(velocities)) < REST_SPEED_RAD_S)
+                    if self._grasp is not None:
+                        if cycles == 0 and (refusal := self._grasp.start_refusal(state)):
+                            logger.error("refused: %s", refusal)
+                            stop_reason = "refused"
+                            break
+                        self._grasp.on_state(state)
                     if self._stream is None and self._home_move is None:
                         refusal = self._start_pose_refusal(positions)
                         if refusal is not None and not self.move_to_home:
@@ -588,12 +664,25 @@ class ControlLoop:
                         setpoint = self._home_move.step()
                     if setpoint is not None and not safety.check_setpoint(setpoint):
                         setpoint = None
+                    if (
+                        setpoint is not None
+                        and self._grasp is not None
+                        and not self._grasp.check_setpoint(setpoint)
+                    ):
+                        setpoint = None
                 if safety.latched:
                     setpoint = safety.hold_setpoint
                 if setpoint is None:
                     # Nothing known to be safe to command yet: silence lets the robot's own
                     # watchdog stop it, which beats inventing a position.
                     unanswered += 1
+                elif self._grasp is not None:
+                    self.backend.send_setpoint(
+                        state.sequence,
+                        setpoint,
+                        safety.latched,
+                        gripper=self._grasp.gripper_command,
+                    )
                 else:
                     self.backend.send_setpoint(state.sequence, setpoint, safety.latched)
                 sent = time.perf_counter()
@@ -633,26 +722,41 @@ class ControlLoop:
                     and self._stream is not None
                     and (next_policy_sequence is None or state.sequence >= next_policy_sequence)
                 ):
-                    next_policy_sequence = state.sequence + self.steps_per_action
-                    tcp = self.contract.kinematics.tcp_position(positions)
-                    self.last_tcp_position = tcp
-                    if policy_steps > 0:
-                        # The state after the previous action, as the env judges each step.
-                        self._success.record(float(np.linalg.norm(self.goal_position - tcp)))
-                    self._poll_goals()
-                    if stop_on_success and self._success.succeeded:
-                        begin_stop("success")
-                    elif max_policy_steps is not None and policy_steps >= max_policy_steps:
-                        begin_stop("policy_steps")
-                    else:
-                        step_start = time.perf_counter()
-                        self._last_inference_s = math.nan
-                        target = self._policy_target(positions, velocities, tcp)
-                        policy_step = time.perf_counter() - step_start
-                        inference = self._last_inference_s
-                        if target is not None:
-                            self._stream.set_target(target)
-                            policy_steps += 1
+                    # A grasp's step needs a fresh object pose: until the first arrives the
+                    # stream holds the start; a stale one has latched the fault.
+                    pose = None if self._grasp is None else self._grasp.pose_for_policy(received)
+                    if self._grasp is None or pose is not None:
+                        next_policy_sequence = state.sequence + self.steps_per_action
+                        # Judged on the state after the previous action, as the env judges.
+                        if self._grasp is not None:
+                            if policy_steps > 0:
+                                self._grasp.record_outcome(pose)
+                            succeeded = self._grasp.outcome.succeeded
+                        else:
+                            tcp = self.contract.kinematics.tcp_position(positions)
+                            self.last_tcp_position = tcp
+                            if policy_steps > 0:
+                                distance = float(np.linalg.norm(self.goal_position - tcp))
+                                self._success.record(distance)
+                            self._poll_goals()
+                            succeeded = self._success.succeeded
+                        if stop_on_success and succeeded:
+                            begin_stop("success")
+                        elif max_policy_steps is not None and policy_steps >= max_policy_steps:
+                            begin_stop("policy_steps")
+                        else:
+                            step_start = time.perf_counter()
+                            self._last_inference_s = math.nan
+                            target = (
+                                self._policy_target(positions, velocities, tcp)
+                                if self._grasp is None
+                                else self._grasp_target(positions, velocities, pose)
+                            )
+                            policy_step = time.perf_counter() - step_start
+                            inference = self._last_inference_s
+                            if target is not None:
+                                self._stream.set_target(target)
+                                policy_steps += 1
                 cycles += 1
                 self._record(
                     recorder,
@@ -713,7 +817,10 @@ class ControlLoop:
             final_distance_m=final_distance,
             rest_distance_m=rest_distance,
             success_threshold_m=self.contract.success_threshold_m,
-            success=success.succeeded and not safety.faults,
+            success=(
+                success.succeeded if self._grasp is None else self._grasp.outcome.succeeded
+            )
+            and not safety.faults,
             success_hold_s=success.hold_s,
             held_s=success.held_s,
             worst_distance_last_second_m=success.worst_last_second_m,
@@ -721,6 +828,7 @@ class ControlLoop:
             goal_changes=self._goal_changes,
             braking_travel_rad=braking_travel,
             link=asdict(link) if link is not None and is_dataclass(link) else {},
+            grasp=None if self._grasp is None else self._grasp.summary(),
         )
 
     def _record(

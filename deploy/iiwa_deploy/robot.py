@@ -16,14 +16,23 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from .actuation import GripperCommand
+from .perception import ObjectPose
 from .protocol import (
+    PROTOCOL_VERSION,
+    PROTOCOL_VERSION_GRIPPER,
     SETPOINT_FAULT_LATCHED,
     SETPOINT_HOLD,
+    GripperSetpoint,
+    GripperState,
     ProtocolError,
     decode_goal,
+    decode_object,
     decode_state,
     encode_goal,
+    encode_object,
     encode_setpoint,
+    encode_setpoint_v2,
 )
 
 logger = logging.getLogger(__name__)
@@ -38,6 +47,8 @@ class RobotState:
     joint_positions: np.ndarray
     joint_velocities: np.ndarray
     joint_torques: np.ndarray | None = None
+    protocol_version: int = PROTOCOL_VERSION
+    gripper: GripperState | None = None  # protocol version 2: the gripper's measured state
 
 
 @runtime_checkable
@@ -46,7 +57,8 @@ class RobotBackend(Protocol):
 
     `receive_state` blocks until the robot's next state (or returns None after `timeout_s`);
     `send_setpoint` answers the state with sequence `answer_to_sequence`; `fault` tells the
-    robot side the controller is holding because of a latched fault.
+    robot side the controller is holding because of a latched fault. A backend whose
+    robot has a gripper (protocol version 2) also takes `gripper=GripperCommand` there.
     """
 
     period_s: float
@@ -67,6 +79,7 @@ class UdpLinkStats:
     duplicate_or_reordered: int = 0
     superseded: int = 0
     foreign_sender: int = 0
+    version_changed: int = 0
     sent: int = 0
     send_errors: int = 0
 
@@ -86,6 +99,10 @@ class UdpRobot:
     returned and the older ones count as superseded: answering each in turn would send a burst
     of stale setpoints. The first sender becomes the robot; datagrams from other addresses are
     ignored so a stray packet cannot hijack the setpoint stream.
+
+    The robot's first state fixes the protocol version (1, or 2 with the gripper); every
+    SETPOINT is answered in it, and a later state of the other version is dropped and
+    counted (`version_changed`): one robot does not change protocols mid-run.
     """
 
     def __init__(self, bind_address: tuple[str, int], period_s: float) -> None:
@@ -97,6 +114,7 @@ class UdpRobot:
         self.robot_address: tuple[str, int] | None = None
         self._last_sequence: int | None = None
         self._own_sequence = 0
+        self.protocol_version: int | None = None
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -112,10 +130,19 @@ class UdpRobot:
         except ProtocolError:
             self.stats.malformed += 1
             return None
+        if self.protocol_version is not None and message.version != self.protocol_version:
+            self.stats.version_changed += 1
+            logger.warning(
+                "STATE of protocol version %d dropped: this robot speaks version %d",
+                message.version,
+                self.protocol_version,
+            )
+            return None
         if self._last_sequence is not None and message.sequence <= self._last_sequence:
             self.stats.duplicate_or_reordered += 1
             return None
         self.robot_address = sender
+        self.protocol_version = message.version
         self._last_sequence = message.sequence
         return RobotState(
             sequence=message.sequence,
@@ -123,6 +150,8 @@ class UdpRobot:
             joint_positions=message.joint_positions,
             joint_velocities=message.joint_velocities,
             joint_torques=message.joint_torques,
+            protocol_version=message.version,
+            gripper=message.gripper,
         )
 
     def _drain(self) -> RobotState | None:
@@ -153,15 +182,37 @@ class UdpRobot:
             select.select([self._socket], [], [], remaining)
 
     def send_setpoint(
-        self, answer_to_sequence: int, joint_positions: np.ndarray, fault: bool
+        self,
+        answer_to_sequence: int,
+        joint_positions: np.ndarray,
+        fault: bool,
+        gripper: GripperCommand | None = None,
     ) -> None:
         if self.robot_address is None:
             return
         self._own_sequence += 1
         flags = SETPOINT_FAULT_LATCHED | SETPOINT_HOLD if fault else 0
-        datagram = encode_setpoint(
-            self._own_sequence, time.monotonic(), answer_to_sequence, joint_positions, flags
-        )
+        if self.protocol_version == PROTOCOL_VERSION_GRIPPER:
+            command = (
+                None
+                if gripper is None
+                else GripperSetpoint(gripper.width_m, gripper.speed_m_s, gripper.force_n)
+            )
+            datagram = encode_setpoint_v2(
+                self._own_sequence,
+                time.monotonic(),
+                answer_to_sequence,
+                joint_positions,
+                command,
+                flags,
+            )
+        else:
+            if gripper is not None:
+                # The loop refuses a gripper policy on a version 1 robot before it gets here.
+                raise ProtocolError("a gripper command needs protocol version 2")
+            datagram = encode_setpoint(
+                self._own_sequence, time.monotonic(), answer_to_sequence, joint_positions, flags
+            )
         try:
             self._socket.sendto(datagram, self.robot_address)
             self.stats.sent += 1
@@ -225,6 +276,88 @@ class UdpGoalListener:
                 continue
             self._last_sequence[sender[0]] = message.sequence
             goals.append(message.goal_position)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+class UdpObjectListener:
+    """Object pose estimates while the loop runs: OBJECT datagrams on their own port (an
+    `ObjectPoseSource`). Only hosts in `allowed_hosts` are heard; a malformed datagram (wrong
+    size or version, non-finite numbers, not a unit quaternion) is dropped with a logged
+    reason. Which estimator ids count, and the stale and jump gates, are the loop's
+    (perception.ObjectPoseGate)."""
+
+    def __init__(self, bind_address: tuple[str, int], allowed_hosts=("127.0.0.1",)) -> None:
+        self.allowed_hosts = frozenset(allowed_hosts)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind(bind_address)
+        self._socket.setblocking(False)
+        self.ignored = 0
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self._socket.getsockname()
+
+    def _ignore(self, reason: str, *args) -> None:
+        self.ignored += 1
+        logger.warning("object message ignored: " + reason, *args)
+
+    def poll(self) -> list[ObjectPose]:
+        poses = []
+        while True:
+            try:
+                data, sender = self._socket.recvfrom(RECEIVE_BUFFER_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return poses
+            except OSError:
+                continue
+            received = time.perf_counter()
+            if sender[0] not in self.allowed_hosts:
+                self._ignore("from unknown sender %s:%d", sender[0], sender[1])
+                continue
+            try:
+                message = decode_object(data)
+            except ProtocolError as error:
+                self._ignore("%s (from %s:%d)", error, sender[0], sender[1])
+                continue
+            poses.append(
+                ObjectPose(
+                    sequence=message.sequence,
+                    source_id=message.source_id,
+                    position=message.position,
+                    orientation=message.orientation,
+                    latency_s=message.latency_s,
+                    received_s=received,
+                    valid=message.valid,
+                )
+            )
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+class UdpObjectSender:
+    """The estimator's end: sends OBJECT datagrams to a controller's object port."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def send(self, pose: ObjectPose) -> None:
+        datagram = encode_object(
+            pose.sequence,
+            time.monotonic(),
+            pose.source_id,
+            pose.position,
+            pose.orientation,
+            pose.latency_s,
+            pose.valid,
+        )
+        try:
+            self._socket.sendto(datagram, self.address)
+        except OSError:
+            pass  # nobody listening yet: a camera keeps sending too
 
     def close(self) -> None:
         self._socket.close()

@@ -10,12 +10,18 @@ motor); the torque travels with every command.
 from __future__ import annotations
 
 import functools
-import math
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 
 import numpy as np
 import pybullet
+from iiwa_deploy.kinematics import (
+    DEFAULT_IK_DAMPING,
+    KinematicChain,
+    differential_ik_step,
+    quaternion_multiply,  # noqa: F401  (re-exported: tests and callers import it from here)
+    rotation_error_floats,
+)
 
 from iiwa_rl.sim.client import BulletSim, asset_path
 
@@ -66,32 +72,9 @@ def _fixed_offset(urdf: str, joint_names: tuple[str, ...]) -> np.ndarray:
     return offset
 
 
-def quaternion_multiply(a, b) -> tuple[float, float, float, float]:
-    """Hamilton product of (x, y, z, w) quaternions."""
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return (
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-        aw * bw - ax * bx - ay * by - az * bz,
-    )
-
-
 def rotation_error(current, target) -> np.ndarray:
     """Rotation vector (axis times angle, rad, world frame) turning `current` into `target`."""
-    return np.array(_rotation_error_floats(current, target))
-
-
-def _rotation_error_floats(current, target) -> tuple[float, float, float]:
-    # Plain floats: this runs every control step, on four numbers.
-    cx, cy, cz, cw = map(float, current)
-    x, y, z, w = quaternion_multiply(tuple(map(float, target)), (-cx, -cy, -cz, cw))
-    if w < 0.0:  # the shorter way round
-        x, y, z, w = -x, -y, -z, -w
-    sine = math.sqrt(x * x + y * y + z * z)
-    scale = 2.0 if sine < 1e-9 else 2.0 * math.atan2(sine, w) / sine
-    return x * scale, y * scale, z * scale
+    return np.array(rotation_error_floats(current, target))
 
 
 class Iiwa14:
@@ -160,6 +143,7 @@ class Iiwa14:
         if with_gripper:
             motors += [(i, self.finger_force, self.finger_speed) for i in self.finger_joint_indices]
             self._finger_forces = [self.finger_force] * 2
+            self._finger_motor_speed = self.finger_speed
         for index, force, speed in motors:
             self.client.setJointMotorControl2(
                 self.body_id,
@@ -209,6 +193,33 @@ class Iiwa14:
     @property
     def max_gripper_width(self) -> float:
         return 2.0 * self.finger_travel if self.with_gripper else 0.0
+
+    @functools.cached_property
+    def _finger_geometry(self) -> tuple[float, float]:
+        """(tip depth below the TCP along the tool axis, finger thickness), m, from the
+        URDF: the finger's collision box, where its joint sits on the palm, and the TCP."""
+        root = ElementTree.parse(asset_path("urdf", "iiwa14_gripper.urdf")).getroot()
+        joint_z = float(
+            root.find(f"joint[@name='{FINGER_JOINT_NAMES[0]}']/origin").get("xyz").split()[2]
+        )
+        collision = root.find("link[@name='gripper_finger_left']/collision")
+        box_z = float(collision.find("origin").get("xyz").split()[2])
+        size = [float(v) for v in collision.find("geometry/box").get("size").split()]
+        tcp_z = float(root.find("joint[@name='tcp_joint']/origin").get("xyz").split()[2])
+        return joint_z + box_z + size[2] / 2.0 - tcp_z, size[1]
+
+    @property
+    def finger_tip_depth(self) -> float:
+        return self._finger_geometry[0]
+
+    @property
+    def finger_thickness(self) -> float:
+        return self._finger_geometry[1]
+
+    @property
+    def gripper_speed(self) -> float:
+        """How fast the pad distance can change (m/s): both fingers at their motor speed."""
+        return 2.0 * self.finger_speed if self.with_gripper else 0.0
 
     def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
         """Measured arm joint positions (rad) and velocities (rad/s)."""
@@ -315,6 +326,25 @@ class Iiwa14:
             forces=self._finger_forces,
         )
 
+    def command_gripper(self, width: float, speed: float, force: float) -> None:
+        """A gripper command as a real gripper takes it (iiwa_deploy GripperCommand): pad
+        distance `width` (m), at most `speed` (m/s of pad distance) and `force` (N per
+        finger). With the trained speed and force it is `command_gripper_width`."""
+        finger_speed = float(speed) / 2.0
+        if finger_speed != self._finger_motor_speed:
+            for index in self.finger_joint_indices:
+                self.client.setJointMotorControl2(
+                    self.body_id,
+                    index,
+                    pybullet.POSITION_CONTROL,
+                    targetPosition=self.client.getJointState(self.body_id, index)[0],
+                    force=float(force),
+                    maxVelocity=finger_speed,
+                )
+            self._finger_motor_speed = finger_speed
+        self._finger_forces = [min(float(force), self.finger_force)] * 2
+        self.command_gripper_width(width)
+
     def inverse_kinematics(
         self,
         tcp_position: np.ndarray,
@@ -350,6 +380,11 @@ class Iiwa14:
         )
         return limits.clip(np.asarray(solution[:7]))
 
+    @functools.cached_property
+    def chain(self) -> KinematicChain:
+        """The arm's kinematic chain from its URDF, in numpy (what a contract carries)."""
+        return KinematicChain.from_contract(self.kinematic_chain())
+
     def differential_ik(
         self,
         joint_positions: np.ndarray,
@@ -357,15 +392,27 @@ class Iiwa14:
         tcp_orientation: np.ndarray,
         target_position: np.ndarray,
         target_orientation: np.ndarray,
-        damping: float = 0.05,
+        damping: float = DEFAULT_IK_DAMPING,
         margin: float = 0.0,
     ) -> np.ndarray:
-        """One damped-least-squares step towards a TCP pose: dq = J^T (J J^T + d^2 I)^-1 e.
+        """One damped-least-squares step towards a TCP pose (base frame), through the
+        controller's numpy IK (iiwa_deploy.kinematics.differential_ik_step); joint targets at
+        least `margin` (rad) inside the joint ranges."""
+        return differential_ik_step(
+            self.chain,
+            joint_positions,
+            tcp_position,
+            tcp_orientation,
+            target_position,
+            target_orientation,
+            self.limits.lower + margin,
+            self.limits.upper - margin,
+            damping,
+        )
 
-        Resolved-rate control: for the small moves of one control step it lands close to
-        the target, stays well-behaved near singularities (the damping), and costs one
-        Jacobian instead of an iterative IK solve. Inputs in the base frame; returns
-        joint targets at least `margin` (rad) inside the joint ranges."""
+    def pybullet_jacobian(self, joint_positions: np.ndarray) -> np.ndarray:
+        """PyBullet's own 6 x 7 Jacobian at the TCP (linear rows, then angular): the
+        reference the numpy Jacobian is tested against."""
         # The finger positions do not move link 7; any value serves.
         extra = [self.finger_travel] * 2 if self.with_gripper else []
         zeros = [0.0] * (7 + len(extra))
@@ -373,21 +420,11 @@ class Iiwa14:
             self.body_id,
             self.last_arm_link_index,
             self._tcp_offset_list,
-            joint_positions.tolist() + extra,
+            np.asarray(joint_positions, dtype=float).tolist() + extra,
             zeros,
             zeros,
         )
-        jacobian = np.array(linear + angular)[:, :7]  # 6 rows: linear, then angular
-        # The 6-D error built from plain floats, one array at the end: fewer numpy calls.
-        error = np.array(
-            [t - c for t, c in zip(target_position.tolist(), tcp_position.tolist())]
-            + list(_rotation_error_floats(tcp_orientation, target_orientation))
-        )
-        damping_matrix = self._damping_matrices.get(damping)
-        if damping_matrix is None:
-            damping_matrix = self._damping_matrices[damping] = damping * damping * np.eye(6)
-        step = jacobian.T @ np.linalg.solve(jacobian @ jacobian.T + damping_matrix, error)
-        return self.limits.clip(joint_positions + step, margin)
+        return np.array(linear + angular)[:, :7]
 
     # ------------------------------------------------------------ description
     def kinematic_chain(self) -> dict:

@@ -13,6 +13,9 @@ import math
 
 import numpy as np
 import pybullet
+from iiwa_deploy.actuation import CartesianTargetMapping, GripperCommandMapping
+from iiwa_deploy.grasp import FELL_OFF_BELOW_M, grasp_failure_reason
+from iiwa_deploy.kinematics import KinematicChain
 from iiwa_deploy.observation import ObservationInputs
 
 from iiwa_rl.envs.base import IiwaEnv, RobotSnapshot, down_orientation, quaternion_yaw
@@ -117,6 +120,23 @@ class IiwaGraspEnv(IiwaEnv):
             candidates.append(solution)
         self.home_joint_positions = min(candidates, key=lambda q: abs(q[6]))
         self.robot.reset_joint_positions(self.home_joint_positions)
+        # The controller's own mappings (iiwa_deploy.actuation): the numpy IK on the arm's
+        # chain from the URDF, the same chain a contract carries, and the gripper's command.
+        margin = self.robot_config.target_margin_rad
+        self.cartesian_mapping = CartesianTargetMapping(
+            KinematicChain.from_contract(self.robot.kinematic_chain()),
+            cfg.action_scale,
+            cfg.yaw_scale,
+            self._workspace_low,
+            self._workspace_high,
+            # The URDF's limits, as the arm's own clip used them (they equal the robot
+            # configuration's within 1e-4; see IiwaEnv._check_robot_limits).
+            self.robot.limits.lower + margin,
+            self.robot.limits.upper - margin,
+        )
+        self.gripper_mapping = GripperCommandMapping(
+            self.robot.max_gripper_width, self.robot.gripper_speed, self.robot.finger_force
+        )
         # At least hold_time: 0.5 s at 25 Hz is 12.5 steps, so 13.
         self._hold_steps_needed = max(1, math.ceil(cfg.hold_time * cfg.control_hz - 1e-9))
         self._held_steps = 0
@@ -130,6 +150,16 @@ class IiwaGraspEnv(IiwaEnv):
         cfg = self.config
         xy = rng.uniform(cfg.cube_low, cfg.cube_high)
         yaw = rng.uniform(-cfg.cube_yaw_range, cfg.cube_yaw_range)
+        # Drawn even when given, so a given pose leaves the rest of the episode's draws alone
+        # (a benchmark replays the same cube poses in the env and through the controller).
+        if options.get("cube_position") is not None:
+            xy = np.asarray(options["cube_position"], dtype=float)
+            if xy.shape != (2,) or not np.all(np.isfinite(xy)):
+                raise ValueError(f"options['cube_position'] must be 2 finite numbers (x, y), got {xy}")
+        if options.get("cube_yaw") is not None:
+            yaw = float(options["cube_yaw"])
+            if not math.isfinite(yaw):
+                raise ValueError(f"options['cube_yaw'] must be a finite angle, got {yaw}")
         client = self.sim.client
         # A new cube each episode, not the old one teleported: a moved body keeps state that
         # no reset call clears (its contacts with the table, and more: saveState/restoreState
@@ -217,30 +247,16 @@ class IiwaGraspEnv(IiwaEnv):
         current = self._current  # measured after the last step; nothing moved since
         q = current.joint_positions
         if cfg.action_mode == "cartesian":
-            target = np.minimum(
-                np.maximum(
-                    current.tcp_position + cfg.action_scale * action[:3], self._workspace_low
-                ),
-                self._workspace_high,
-            )
-            yaw = current.tcp_yaw + cfg.yaw_scale * action[3]
             # One differential-IK step: the target is a few cm away, and the next control
             # step corrects what is left.
-            joint_targets = self.robot.differential_ik(
-                q,
-                current.tcp_position,
-                current.tcp_orientation,
-                target,
-                down_orientation(yaw),
-                margin=self.robot_config.target_margin_rad,
+            joint_targets = self.cartesian_mapping.target(
+                action, q, current.tcp_position, current.tcp_orientation, current.tcp_yaw
             )
         else:
             joint_targets = self.joint_target_mapping.target(action, q)
         # The gripper's command holds for the whole policy period; the arm's target goes
         # through the controller's command stream.
-        self.robot.command_gripper_width(
-            (float(action[-1]) + 1.0) / 2.0 * self.robot.max_gripper_width
-        )
+        self.robot.command_gripper_width(self.gripper_mapping.width(action[-1]))
         self._drive_joints(joint_targets)
 
     # -------------------------------------------------------------- observation
@@ -283,7 +299,7 @@ class IiwaGraspEnv(IiwaEnv):
             finger_contacts=self._contacts,
             lift_target=cfg.lift_height,
         )
-        self._fell_off = bool(self._cube_position[2] < -0.05)
+        self._fell_off = bool(self._cube_position[2] < -FELL_OFF_BELOW_M)
         return inputs, self._fell_off
 
     def _task_blew_up(self) -> bool:
@@ -302,6 +318,37 @@ class IiwaGraspEnv(IiwaEnv):
             "cube_fell_off": self._fell_off,
         }
 
+    # ------------------------------------------------------------- description
+    def describe_contract(self) -> dict:
+        """Adds the `grasp` section the controller reads (iiwa_deploy.grasp.GraspTask)."""
+        contract = super().describe_contract()
+        cfg, robot = self.config, self.robot
+        _, table_top = self.sim.client.getAABB(self.table_id)
+        # The finger tips in the TCP frame: the fingers' far end along the tool axis, at the
+        # full opening (the widest the gripper ever is), from the URDF's link geometry.
+        tip_depth = robot.finger_tip_depth
+        tip_side = robot.max_gripper_width / 2.0 + robot.finger_thickness
+        contract["grasp"] = {
+            "workspace_low": list(cfg.workspace_low),
+            "workspace_high": list(cfg.workspace_high),
+            "yaw_scale": cfg.yaw_scale,
+            "gripper": {
+                "max_width_m": robot.max_gripper_width,
+                "speed_m_s": robot.gripper_speed,
+                "force_n": robot.finger_force,
+            },
+            "table_height_m": float(table_top[2]) - float(robot.base_position[2]),
+            "finger_tip_points_m": [[0.0, tip_side, tip_depth], [0.0, -tip_side, tip_depth]],
+            "object_size_m": cfg.cube_size,
+            "object_rest_height_m": self.cube_rest_height,
+            "object_area_low": list(cfg.cube_low),
+            "object_area_high": list(cfg.cube_high),
+            "object_yaw_range_rad": cfg.cube_yaw_range,
+            "lift_height_m": cfg.lift_height,
+            "hold_s": cfg.hold_time,
+        }
+        return contract
+
     # ---------------------------------------------------------------- rendering
     def camera_target(self):
         # Framed to keep a cube lifted 40 cm in view (the learned policy lifts that high).
@@ -310,24 +357,6 @@ class IiwaGraspEnv(IiwaEnv):
 
 # A cube faster than this (m/s) means the physics blew up.
 _CUBE_BLOWUP_SPEED = 20.0
-# A lift below this never counts as "lifted" when classifying failures (m).
-_LIFTED = 0.02
-
-
-def failure_reason(final_info: dict) -> str | None:
-    """Why a grasp episode failed, from its last info; None for a success.
-
-    missed: both fingers never touched the cube; not lifted: grasped but never raised
-    2 cm; dropped: raised, then lost (or knocked off the table); timed out: raised and
-    still held, but not high enough for long enough before the time limit."""
-    if final_info.get("is_success"):
-        return None
-    if final_info.get("cube_fell_off"):
-        return "dropped"
-    if not final_info.get("ever_grasped"):
-        return "missed"
-    if final_info.get("max_cube_lift", 0.0) < _LIFTED:
-        return "not lifted"
-    if final_info.get("cube_lift", 0.0) < _LIFTED:
-        return "dropped"
-    return "timed out"
+# The classification is the controller's own (iiwa_deploy.grasp): a deployed grasp is
+# judged in the same words.
+failure_reason = grasp_failure_reason
