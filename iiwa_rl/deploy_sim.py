@@ -229,7 +229,7 @@ class SimRobot:
                 q, qd = self.plant.step(self.period_s)
             self.periods_without_answer += periods - 1
         self.sequence += periods
-        if getattr(self.plant, "grasp_env", None) is None:
+        if self.plant.grasp_env is None:
             return self._state_type(self.sequence, time.perf_counter(), q.copy(), qd.copy())
         if self.camera is not None:
             self.camera.advance(self.sequence * self.period_s)

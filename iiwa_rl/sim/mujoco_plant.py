@@ -96,6 +96,9 @@ def _datasheet_efforts() -> list[float]:
 class MujocoPlant:
     """The arm in MuJoCo, stepped one robot period at a time by whoever owns the clock."""
 
+    # The arm alone: no grasp scene here yet (SimRobot then speaks protocol version 1).
+    grasp_env = None
+
     def __init__(self, period_s: float, timestep_s: float = DEFAULT_TIMESTEP_S):
         mujoco = _import_mujoco()
         self._mujoco = mujoco
