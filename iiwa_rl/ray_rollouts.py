@@ -43,6 +43,7 @@ import importlib.util
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ from iiwa_rl.schema import ConfigError
 
 DDPG_STEPS_PER_COLLECT = 32
 START_TIMEOUT_S = 180.0  # workers not placed by then: the cluster lacks their resources
+RESTART_TIMEOUT_S = 120.0  # a failed worker not back by then is not coming back
 
 
 def _require_ray():
@@ -327,29 +329,10 @@ class RayCollector(RolloutCollector):
         refs = [self._submit(i, acting_ref, normalizer_ref) for i in range(self.worker_count)]
         results = []
         for index in range(self.worker_count):
-            failures = 0
-            while True:
-                try:
-                    result = ray.get(refs[index])
-                    break
-                except (
-                    ray.exceptions.RayActorError,
-                    ray.exceptions.ActorUnavailableError,
-                ) as error:
-                    failures += 1
-                    self.restarts += 1
-                    if failures > self.max_restarts:
-                        raise RuntimeError(
-                            f"rollout worker {index} failed {failures} times in one collection"
-                        ) from error
-                    self.notify(
-                        f"rollout worker {index} failed ({type(error).__name__}); Ray restarts "
-                        "it and it collects its slice again"
-                    )
-                    self._expect_started[index] = False
-                    refs[index] = self._submit(index, acting_ref, normalizer_ref)
-            if self._expect_started[index] and result["reset_observations"] is not None:
-                # Died between collections: the restarted actor reset fresh environments.
+            result, failed = self._result_of(index, refs[index], acting_ref, normalizer_ref)
+            # (a failure during the collection was counted and told in _result_of)
+            if not failed and self._expect_started[index] and result["reset_observations"] is not None:
+                # Died between two collections: the restarted actor reset fresh environments.
                 self.restarts += 1
                 self.notify(
                     f"rollout worker {index} was restarted by Ray; its environments began "
@@ -377,6 +360,32 @@ class RayCollector(RolloutCollector):
             fields["info"] = _concatenate_infos([part["info"][t] for part in parts], sizes)
             steps.append(CollectedStep(**fields))
         self._pending = steps[::-1]  # popped from the end, in order
+
+    def _result_of(self, index: int, ref, acting_ref, normalizer_ref) -> tuple[dict, bool]:
+        """Worker `index`'s collection; where its actor died, the whole slice again from
+        the restarted actor. Also whether it failed (counted and told here)."""
+        ray = self.ray
+        failed_at = None
+        while True:
+            try:
+                return ray.get(ref), failed_at is not None
+            except ray.exceptions.RayActorError as error:
+                now = time.monotonic()
+                if failed_at is None:
+                    failed_at = now
+                    self.restarts += 1
+                    self.notify(
+                        f"rollout worker {index} failed ({type(error).__name__}); Ray restarts "
+                        "it and it collects its slice again"
+                    )
+                elif now - failed_at > RESTART_TIMEOUT_S:
+                    raise RuntimeError(
+                        f"rollout worker {index} did not come back within {RESTART_TIMEOUT_S:.0f} s "
+                        f"(env.ray.max_restarts = {self.max_restarts} used up?)"
+                    ) from error
+                # While Ray restarts the actor, calls to it fail at once: wait a little.
+                time.sleep(0.25)
+                ref = self._submit(index, acting_ref, normalizer_ref)
 
     def close(self) -> None:
         ray = self.ray
