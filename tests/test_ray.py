@@ -86,8 +86,11 @@ def _policy_results(run_dir: Path, config, episodes: int, seed: int) -> dict:
 # ------------------------------------------------------------------- learning
 @pytest.mark.slow
 def test_ray_mode_learns_the_reach_like_batched_mode(tmp_path, local_ray):
-    """60k steps of the reach config in batched and in ray mode (2 workers x 8 envs): both
-    bring the TCP from ~28 cm well towards the goal, ray mode about as far as batched."""
+    """150k steps of the reach config in batched and in ray mode (2 workers x 8 envs): both
+    bring the TCP from ~28 cm to within a few cm of the goal, ray mode about as far as
+    batched. Measured (seed 0, 20 episodes): batched 6.7 cm, return +16.6; ray 7.2 cm, +22.0
+    (untrained: 28 cm, -20); 60k steps, test_training's budget, no longer learn the reach
+    since the env drives the arm through the controller's interpolator (batched: 30 cm)."""
     results = {}
     for mode in ("batched", "ray"):
         config = load_config(
@@ -99,7 +102,7 @@ def test_ray_mode_learns_the_reach_like_batched_mode(tmp_path, local_ray):
                 f"train.eval_every_steps={NEVER}",
                 f"train.checkpoint_every_steps={NEVER}",
                 "train.eval_episodes=1",
-                "train.total_steps=60000",
+                "train.total_steps=150000",
                 f"env.vector_mode={mode}",
                 "env.ray.workers=2",
             ],
@@ -108,9 +111,9 @@ def test_ray_mode_learns_the_reach_like_batched_mode(tmp_path, local_ray):
         results[mode] = _policy_results(tmp_path / mode, config, episodes=20, seed=777)
     print(results)
     batched, ray_mode = results["batched"], results["ray"]
-    # test_training's bar for a learning run (untrained: 0.28 m, return -20), then ray mode
-    # against batched on the same budget: different action samples make them two draws of
-    # one learner, so "like" is a band, not equality (measured: see benchmarks/RESULTS.md).
+    # Learnt at all (at least twice the margin of the measured figures), then like batched
+    # on the same budget: different action samples make the two modes two draws of one
+    # learner, so "like" is a band, not equality.
     assert ray_mode["final_tcp_distance"] < 0.6 * 0.28
     assert ray_mode["mean_return"] > -20.0 + 15.0
     assert ray_mode["final_tcp_distance"] < batched["final_tcp_distance"] + 0.05
@@ -205,3 +208,43 @@ def test_a_two_seed_sweep_writes_two_run_dirs_and_the_summary(tmp_path, local_ra
     rows_again = run_sweep(REACH, **arguments)
     assert rows_again[0]["trials"] == 2
     assert {path.name: (path / "metrics.csv").read_text() for path in run_dirs} == before
+
+
+def test_ddpg_and_trpo_collect_in_ray_mode(tmp_path, local_ray):
+    """DDPG gathers `steps_per_collect` vector steps per collection; TRPO whole rollouts."""
+    config = load_config(
+        REPO / "configs" / "reach_ddpg.yaml",
+        [
+            *QUIET,
+            "env.vector_mode=ray",
+            "env.num_envs=4",
+            "env.ray.workers=2",
+            "env.ray.steps_per_collect=16",
+            "ddpg.buffer_size=2048",
+            "ddpg.batch_size=64",
+            "ddpg.warmup_steps=256",
+            "train.total_steps=1024",
+            "train.eval_every_steps=1024",
+            "train.eval_episodes=1",
+        ],
+    )
+    trainer = Trainer(config, tmp_path / "ddpg")
+    assert trainer.train()["step"] == 1024
+    assert trainer.algorithm.replay.size == 1024 and trainer.algorithm.gradient_steps > 0
+    assert trainer.collector.collections == 1024 // (4 * 16)
+
+    config = load_config(
+        REPO / "configs" / "reach_trpo.yaml",
+        [
+            *QUIET,
+            "env.vector_mode=ray",
+            "env.num_envs=4",
+            "env.ray.workers=2",
+            "trpo.rollout_steps=32",
+            "train.total_steps=256",
+            "train.eval_every_steps=256",
+            "train.eval_episodes=1",
+        ],
+    )
+    trainer = Trainer(config, tmp_path / "trpo")
+    assert trainer.train()["step"] == 256 and trainer.algorithm.updates == 2
