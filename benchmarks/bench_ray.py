@@ -14,7 +14,7 @@ the ratio ray / batched, and both modes' evaluation success and return at the sa
 
 scaling: ray mode's training steps/s against the number of workers K (16 envs split
 between them where they divide, else the nearest multiple of K), `--steps` each, with
-evaluations and checkpoints off. On a machine with fewer cores than K + 1 the workers and
+evaluations and checkpoints off; each worker asks for min(1, cores / K) CPUs. On a machine with fewer cores than K + 1 the workers and
 the learner share cores: the table then shows the overhead, not the scaling.
 """
 
@@ -115,6 +115,8 @@ def scaling(args) -> dict:
     load_before = _load()
     for workers in args.workers:
         envs = 16 if 16 % workers == 0 else workers * max(1, round(16 / workers))
+        # More workers than cores share them: a local Ray instance has one CPU per core.
+        cpus = min(1.0, (os.cpu_count() or 1) / workers)
         result = train_once(
             out / f"scaling_{workers}",
             [
@@ -122,6 +124,7 @@ def scaling(args) -> dict:
                 "env.vector_mode=ray",
                 f"env.num_envs={envs}",
                 f"env.ray.workers={workers}",
+                f"env.ray.cpus_per_worker={cpus}",
                 f"train.eval_every_steps={NEVER}",
                 f"train.checkpoint_every_steps={NEVER}",
                 "train.eval_episodes=1",

@@ -244,6 +244,17 @@ class RayCollector(RolloutCollector):
             )
             self._owns_ray = True
         self.workers = []
+        needed = section.workers * section.cpus_per_worker
+        available = ray.cluster_resources().get("CPU", 0.0)
+        if self._owns_ray and needed > available:
+            # A local instance does not grow: the workers would wait for CPUs forever.
+            self.close()
+            raise ConfigError(
+                f"env.ray: {section.workers} workers x cpus_per_worker "
+                f"{section.cpus_per_worker:g} = {needed:g} CPUs, but the local Ray instance "
+                f"has {available:g}; lower cpus_per_worker (e.g. {available / section.workers:g}) "
+                "or the workers"
+            )
         try:
             actor_class = ray.remote(RolloutWorker).options(
                 num_cpus=section.cpus_per_worker,
@@ -331,7 +342,11 @@ class RayCollector(RolloutCollector):
         for index in range(self.worker_count):
             result, failed = self._result_of(index, refs[index], acting_ref, normalizer_ref)
             # (a failure during the collection was counted and told in _result_of)
-            if not failed and self._expect_started[index] and result["reset_observations"] is not None:
+            if (
+                not failed
+                and self._expect_started[index]
+                and result["reset_observations"] is not None
+            ):
                 # Died between two collections: the restarted actor reset fresh environments.
                 self.restarts += 1
                 self.notify(

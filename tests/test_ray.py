@@ -1,12 +1,16 @@
 """`env.vector_mode: ray` and `iiwa-rl sweep` on a local Ray instance the tests start and
 stop themselves: learning like batched mode, the same curve twice, a killed actor, a
-two-seed sweep (and its resume). The two-node cluster is in test_ray_cluster.py."""
+killed driver resumed, DDPG and TRPO, a two-seed sweep (and its resume). The two-node cluster is in test_ray_cluster.py."""
 
 from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,7 +22,8 @@ import torch
 ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'iiwa-rl[ray]'")
 
 import iiwa_rl.envs  # noqa: E402,F401  (registers the Iiwa ids)
-from iiwa_rl.checkpoint import build_policy, load_run  # noqa: E402
+from iiwa_rl.checkpoint import build_policy, load_checkpoint, load_run  # noqa: E402
+from iiwa_rl.cli import main  # noqa: E402
 from iiwa_rl.config import load_config  # noqa: E402
 from iiwa_rl.evaluation import run_episodes, summarize_episodes  # noqa: E402
 from iiwa_rl.ray_rollouts import _code_paths  # noqa: E402
@@ -248,3 +253,60 @@ def test_ddpg_and_trpo_collect_in_ray_mode(tmp_path, local_ray):
     )
     trainer = Trainer(config, tmp_path / "trpo")
     assert trainer.train()["step"] == 256 and trainer.algorithm.updates == 2
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, local_ray, monkeypatch):
+    """`iiwa-rl train` in ray mode killed with SIGKILL after a checkpoint: `--resume`
+    continues from it, and the killed driver's Ray instance went with it."""
+    run_dir = tmp_path / "run"
+    total, per_update = 6144, 4 * 32
+    ray_root = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))  # short: Ray's socket paths
+    overrides = [*_tiny_ray_overrides(total), "train.checkpoint_every_steps=512"]
+    command = [sys.executable, "-m", "iiwa_rl.cli", "train", str(REACH), "--run-dir", str(run_dir)]
+    for item in overrides:
+        command += ["--set", item]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(_code_paths()), "RAY_TMPDIR": str(ray_root)}
+    train = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 180
+    try:
+        while not (last.exists() and load_checkpoint(last)["global_step"] >= 1024):
+            assert train.poll() is None, train.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no second checkpoint within 180 s"
+            time.sleep(0.2)
+    finally:
+        if train.poll() is None:
+            os.kill(train.pid, signal.SIGKILL)
+        train.wait()
+    try:
+        resumed_from = load_checkpoint(last)["global_step"]
+        assert 0 < resumed_from < total and resumed_from % 512 == 0
+        kept = [r for r in _read_csv(run_dir / "metrics.csv") if int(float(r["step"])) <= resumed_from]
+
+        monkeypatch.setattr("iiwa_rl.cli.draw_learning_curve", lambda run_dir: None)
+        assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+        steps = [int(float(r["step"])) for r in _read_csv(run_dir / "metrics.csv")]
+        assert steps == list(range(per_update, total + 1, per_update))  # none lost, none twice
+        assert _read_csv(run_dir / "metrics.csv")[: len(kept)] == kept
+        assert load_checkpoint(last)["global_step"] == total
+        # Ray's processes share the fate of the driver that started them.
+        deadline = time.monotonic() + 60
+        while _processes_naming(str(ray_root)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_naming(str(ray_root))
+    finally:
+        for pid in _processes_naming(str(ray_root)):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(ray_root, ignore_errors=True)
