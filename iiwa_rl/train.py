@@ -6,9 +6,9 @@
 The loop owns the order of things: environments, observation normalisation and reward
 scaling, when to update, log, evaluate and checkpoint, and resume. What each of those
 does lives beside it: acting and stepping the environments in collectors.py (in this
-process, or in Ray workers: ray_rollouts.py), episode statistics in episode_stats.py, evaluation episodes in
-evaluation.py, checkpoint files in checkpoint.py, the run directory's rules in
-run_dir.py. Algorithms see normalised observations and scaled rewards only.
+process, or in Ray workers: ray_rollouts.py), episode statistics in episode_stats.py,
+evaluation episodes in evaluation.py, checkpoint files in checkpoint.py, the run
+directory's rules in run_dir.py. Algorithms see normalised observations and scaled rewards only.
 """
 
 from __future__ import annotations

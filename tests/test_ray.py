@@ -293,7 +293,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, local_ray, monkeypatch):
     try:
         resumed_from = load_checkpoint(last)["global_step"]
         assert 0 < resumed_from < total and resumed_from % 512 == 0
-        kept = [r for r in _read_csv(run_dir / "metrics.csv") if int(float(r["step"])) <= resumed_from]
+        kept = [
+            r for r in _read_csv(run_dir / "metrics.csv") if int(float(r["step"])) <= resumed_from
+        ]
 
         monkeypatch.setattr("iiwa_rl.cli.draw_learning_curve", lambda run_dir: None)
         assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0

@@ -5,6 +5,7 @@ the environments ran on both nodes."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,8 +20,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'iiwa-rl[ray]'")
 
-from iiwa_rl.config import load_config  # noqa: E402
-from iiwa_rl.train import Trainer  # noqa: E402
+from iiwa_rl.ray_rollouts import _code_paths  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REACH = REPO / "configs" / "reach_ppo.yaml"
@@ -52,8 +52,6 @@ def two_node_cluster(monkeypatch):
     # driver and the second node would then need it too).
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        ray.shutdown()
     root = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
     port = _free_port()
     address = f"127.0.0.1:{port}"
@@ -84,29 +82,53 @@ def two_node_cluster(monkeypatch):
         shutil.rmtree(root, ignore_errors=True)
 
 
+# The driver runs in its own process, as a user's would: a Ray driver that already ran
+# in this test process (test_ray.py's) does not reliably connect to a second cluster.
+DRIVER = """
+import json, sys
+import ray
+from iiwa_rl.config import load_config
+from iiwa_rl.train import Trainer
+
+config = load_config(sys.argv[1], sys.argv[3:])
+trainer = Trainer(config, sys.argv[2])
+cluster_nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+summary = trainer.train()
+print(json.dumps({
+    "step": summary["step"],
+    "cluster_nodes": cluster_nodes,
+    "worker_nodes": trainer.collector.worker_nodes,
+    "still_connected": ray.is_initialized(),
+}))
+"""
+
+
 def test_rollout_workers_run_on_both_nodes(tmp_path, two_node_cluster):
     total = 512  # 4 envs x 32 steps x 4 collections
-    config = load_config(
-        REACH,
-        [
-            "train.progress=quiet",
-            "env.vector_mode=ray",
-            "env.num_envs=4",
-            "env.ray.workers=2",
-            f"env.ray.address={two_node_cluster}",
-            "env.ray.resources={rollout: 1}",
-            "ppo.rollout_steps=32",
-            "ppo.minibatch_size=64",
-            f"train.total_steps={total}",
-            f"train.eval_every_steps={total}",
-            "train.eval_episodes=1",
-        ],
+    overrides = [
+        "train.progress=quiet",
+        "env.vector_mode=ray",
+        "env.num_envs=4",
+        "env.ray.workers=2",
+        f"env.ray.address={two_node_cluster}",
+        "env.ray.resources={rollout: 1}",
+        "ppo.rollout_steps=32",
+        "ppo.minibatch_size=64",
+        f"train.total_steps={total}",
+        f"train.eval_every_steps={total}",
+        "train.eval_episodes=1",
+    ]
+    driver = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(REACH), str(tmp_path / "run"), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(_code_paths())},
     )
-    trainer = Trainer(config, tmp_path / "run")
-    cluster_nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
-    assert len(cluster_nodes) == 2
-    summary = trainer.train()
-    assert summary["step"] == total
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    result = json.loads(driver.stdout.strip().splitlines()[-1])
+    assert result["step"] == total
+    assert len(set(result["cluster_nodes"])) == 2
     # The node each worker's last collection ran on: one worker on each node.
-    assert sorted(trainer.collector.worker_nodes) == sorted(cluster_nodes)
-    assert not ray.is_initialized()  # the run disconnected from the cluster it joined
+    assert sorted(result["worker_nodes"]) == sorted(result["cluster_nodes"])
+    assert not result["still_connected"]  # the run disconnected from the cluster it joined
