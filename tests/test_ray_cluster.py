@@ -33,13 +33,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _processes_naming(text: str) -> list[int]:
-    """Processes whose command line names `text` (our nodes' own temp directories)."""
+MARK = "IIWA_RL_TEST_RAY_NODE"  # in the environment of every process our nodes start
+
+
+def _our_processes(root: Path) -> list[int]:
+    """Processes of the two test nodes: their environment carries MARK=root (Ray's agents
+    rename themselves, so the command line alone misses some)."""
+    marker = f"{MARK}={root}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
                     found.append(int(entry.name))
             except OSError:
                 pass
@@ -67,13 +72,13 @@ def two_node_cluster(monkeypatch):
                 check=True,
                 capture_output=True,
                 timeout=120,
-                env=os.environ.copy(),
+                env={**os.environ, MARK: str(root)},
             )
         yield address
     finally:
         # `ray stop` would stop every Ray node of this machine, not only ours.
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in _processes_naming(str(root)):
+            for pid in _our_processes(root):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
