@@ -9,6 +9,7 @@ iiwa-rl robustness POLICY [POLICY ...] [--suite FILE] [--engine pybullet|mujoco]
 iiwa-rl view [CONFIG | RUN_DIR | policy.onnx]
 iiwa-rl record [CONFIG | RUN_DIR | policy.onnx] -o rollout.mp4
 iiwa-rl plot RUN_DIR [RUN_DIR ...] -o curves.png
+iiwa-rl sweep CONFIG --seeds 0 1 2 [--grid key=v1,v2 ...] [--address auto|local|HOST:PORT]
 """
 
 from __future__ import annotations
@@ -142,6 +143,26 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from iiwa_rl.sweep import run_sweep, summary_markdown
+
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.config).stem}"
+    print(f"sweep directory: {out} (run the same command again to resume)", flush=True)
+    rows = run_sweep(
+        args.config,
+        args.seeds,
+        args.grid or [],
+        out,
+        overrides=args.set or [],
+        address=args.address,
+        cpus_per_trial=args.cpus_per_trial,
+        threshold=args.threshold,
+    )
+    print(summary_markdown(rows), end="")
+    print(f"wrote {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'curves.png'}")
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -192,6 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="x axis; both: every row against steps and again against wall-clock",
     )
     plot.set_defaults(handler=cmd_plot)
+
+    sweep = commands.add_parser("sweep", help="seeds x settings of a config on Ray Tune")
+    sweep.add_argument("config", help="configs/*.yaml")
+    sweep.add_argument("--seeds", type=_seed, nargs="+", required=True)
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="a setting to sweep, e.g. ppo.learning_rate=1e-3,3e-4 (repeat for a product)",
+    )
+    sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="for every trial")
+    sweep.add_argument("--address", help="Ray cluster: auto, local (default) or HOST:PORT")
+    sweep.add_argument("--out", help="sweep directory (default runs/sweep-<config>)")
+    sweep.add_argument("--cpus-per-trial", type=float, default=1.0)
+    sweep.add_argument(
+        "--threshold", type=float, default=0.9, help="success rate for 'time to threshold'"
+    )
+    sweep.set_defaults(handler=cmd_sweep)
 
     # Commands whose code lives with what they drive.
     from iiwa_rl import deploy_sim, export, robustness

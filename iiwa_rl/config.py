@@ -5,7 +5,8 @@ A YAML file has these sections (see configs/*.yaml for complete examples):
     algorithm: ppo | trpo | ddpg
     seed: 0
     device: auto | cpu | cuda
-    env:        id, num_envs, vector_mode, kwargs (the environment's own parameters)
+    env:        id, num_envs, vector_mode, workers, ray (vector_mode: ray), kwargs (the
+                environment's own parameters)
     normalize:  observations, rewards, clip
     policy:     actor network (Gaussian for PPO/TRPO, deterministic for DDPG)
     critic:     value / Q network
@@ -72,15 +73,60 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_ConfigLoader)
 
 
+_RAY_ADDRESS = re.compile(r"^(auto|local|[A-Za-z0-9_.\-]+:[0-9]{1,5})$")
+
+
+@dataclass
+class RaySection:
+    """`vector_mode: ray`: `workers` Ray actors, each stepping `envs_per_worker` of the
+    `num_envs` environments with a CPU copy of the acting networks (iiwa_rl/ray_rollouts.py)."""
+
+    # local: start a Ray instance for this run; auto: join the cluster `ray start` made on
+    # this machine; HOST:PORT: the head node of a cluster.
+    address: str = "local"
+    workers: PositiveInt = 2
+    envs_per_worker: PositiveInt | None = None  # default num_envs / workers; must multiply to it
+    cpus_per_worker: PositiveFloat = 1.0
+    # Custom Ray resources each worker needs, e.g. {rollout: 1} to place one per node whose
+    # `ray start --resources` offers one.
+    resources: dict[str, PositiveFloat] = field(default_factory=dict)
+    max_restarts: NonNegativeInt = 3  # per worker: Ray restarts a killed actor this often
+    # Vector steps one collection brings back. PPO/TRPO: a whole rollout (their
+    # rollout_steps, the only value allowed); DDPG: default 32.
+    steps_per_collect: PositiveInt | None = None
+
+    def __post_init__(self):
+        check(
+            bool(_RAY_ADDRESS.match(self.address)),
+            f"address must be auto, local or HOST:PORT, got {self.address!r}",
+        )
+
+
 @dataclass
 class EnvSection:
     id: str = "IiwaReach-v0"
     num_envs: PositiveInt = 16
     # sync: in-process; async: a process per env; batched: `workers` processes stepping
-    # num_envs / workers envs each (fastest on a few cores).
-    vector_mode: Literal["sync", "async", "batched"] = "sync"
+    # num_envs / workers envs each (fastest on a few cores); ray: `ray.workers` Ray actors
+    # stepping `ray.envs_per_worker` envs each, on one machine or a cluster.
+    vector_mode: Literal["sync", "async", "batched", "ray"] = "sync"
     workers: PositiveInt | None = None  # batched mode; default: one per CPU core
+    ray: RaySection = field(default_factory=RaySection)
     kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.vector_mode != "ray":
+            return
+        ray = self.ray
+        check(
+            self.num_envs % ray.workers == 0,
+            f"ray mode: num_envs ({self.num_envs}) must be a multiple of ray.workers ({ray.workers})",
+        )
+        check(
+            ray.envs_per_worker is None or ray.envs_per_worker * ray.workers == self.num_envs,
+            f"ray mode: ray.workers x ray.envs_per_worker ({ray.workers} x "
+            f"{ray.envs_per_worker}) must equal num_envs ({self.num_envs})",
+        )
 
 
 @dataclass
@@ -223,6 +269,8 @@ class TrainConfig:
         for name in ("ppo", "trpo", "ddpg"):
             if name != self.algorithm:
                 del data[name]
+        if self.env.vector_mode != "ray":
+            del data["env"]["ray"]  # only ray mode reads it; other runs' configs stay as they were
         return data
 
     def to_yaml(self) -> str:
@@ -274,7 +322,22 @@ def config_from_dict(data: dict, source: str = "<config>") -> TrainConfig:
             raise ConfigError(f"{source}: section '{name}' is given but algorithm is '{algorithm}'")
     config = from_mapping(TrainConfig, data, "")
     _check_environment(config, source)
+    _check_ray_collection(config, source)
     return config
+
+
+def _check_ray_collection(config: TrainConfig, source: str) -> None:
+    """PPO and TRPO learn from rollouts of the policy being updated: a Ray collection must
+    bring back exactly one rollout, so that no step was acted by older weights."""
+    if config.env.vector_mode != "ray" or config.algorithm == "ddpg":
+        return
+    rollout = config.algorithm_section.rollout_steps
+    asked = config.env.ray.steps_per_collect
+    if asked is not None and asked != rollout:
+        raise ConfigError(
+            f"{source}: env.ray.steps_per_collect: {config.algorithm} collects whole rollouts "
+            f"({config.algorithm}.rollout_steps = {rollout}); leave it unset, got {asked}"
+        )
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

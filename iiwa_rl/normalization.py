@@ -59,6 +59,11 @@ class ObservationNormalizer:
         normalized = (observation - self.stats.mean) / np.sqrt(self.stats.var + self.epsilon)
         return np.clip(normalized, -self.clip, self.clip).astype(np.float32)
 
+    def update(self, observation: np.ndarray) -> None:
+        """Update the statistics only (observations normalised elsewhere: a Ray worker's)."""
+        if self.enabled:
+            self.stats.update(observation)
+
     def scale_and_offset(self) -> tuple[np.ndarray, np.ndarray]:
         """(1/std, mean) as float32, for the exported graph: (obs - mean) * scale."""
         if not self.enabled:

@@ -1,13 +1,14 @@
 """The one training loop, shared by every algorithm.
 
-    collect a vector step -> normalise -> algorithm.observe -> (update when ready)
+    collect a vector step -> scale rewards -> algorithm.observe -> (update when ready)
     -> log -> evaluate and checkpoint on schedule
 
 The loop owns the order of things: environments, observation normalisation and reward
 scaling, when to update, log, evaluate and checkpoint, and resume. What each of those
-does lives beside it: episode statistics in episode_stats.py, evaluation episodes in
-evaluation.py, checkpoint files in checkpoint.py, the run directory's rules in
-run_dir.py. Algorithms see normalised observations and scaled rewards only.
+does lives beside it: acting and stepping the environments in collectors.py (in this
+process, or in Ray workers: ray_rollouts.py), episode statistics in episode_stats.py,
+evaluation episodes in evaluation.py, checkpoint files in checkpoint.py, the run
+directory's rules in run_dir.py. Algorithms see normalised observations and scaled rewards only.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch
 from iiwa_rl import run_dir as runs
 from iiwa_rl.algos import ALGORITHMS, Algorithm, Transition
 from iiwa_rl.checkpoint import load_checkpoint, remove_stale_partials, restore, save_checkpoint
+from iiwa_rl.collectors import Acting, make_collector
 from iiwa_rl.config import TrainConfig
-from iiwa_rl.envs import make_vector_env
-from iiwa_rl.episode_stats import EpisodeStatistics, merge_final_info
+from iiwa_rl.episode_stats import EpisodeStatistics
 from iiwa_rl.evaluation import deterministic_policy, run_episodes, summarize_episodes
 from iiwa_rl.logger import CsvLog, Progress, TensorBoardLog
 from iiwa_rl.normalization import ObservationNormalizer, RewardScaler
@@ -60,23 +61,22 @@ class Trainer:
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.train.torch_threads)
 
-        env_cfg = config.env
-        self.envs = make_vector_env(
-            env_cfg.id, env_cfg.num_envs, env_cfg.kwargs, env_cfg.vector_mode, env_cfg.workers
-        )
+        self.collector = make_collector(config)
         try:
             self._build(resume)
         except BaseException:
-            self.envs.close()  # no worker processes outlive a refused start
+            self.collector.close()  # no worker processes outlive a refused start
             raise
 
     def _build(self, resume: bool) -> None:
         config, env_cfg = self.config, self.config.env
-        check_action_space(self.envs.single_action_space, env_cfg.id)
-        self.flatten = ObservationFlattener(self.envs.single_observation_space)
-        self.scale_action = ActionScaler(self.envs.single_action_space)
-        self.observation_size = flat_size(self.envs.single_observation_space)
-        self.action_size = int(np.prod(self.envs.single_action_space.shape))
+        observation_space = self.collector.single_observation_space
+        action_space = self.collector.single_action_space
+        check_action_space(action_space, env_cfg.id)
+        self.flatten = ObservationFlattener(observation_space)
+        self.scale_action = ActionScaler(action_space)
+        self.observation_size = flat_size(observation_space)
+        self.action_size = int(np.prod(action_space.shape))
 
         norm = config.normalize
         gamma = getattr(config.algorithm_section, "gamma", 0.99)
@@ -116,6 +116,11 @@ class Trainer:
         self._eval_env = None
 
     @property
+    def envs(self):
+        """The vector env of an in-process collector (sync, async, batched modes)."""
+        return self.collector.envs
+
+    @property
     def episodes_done(self) -> int:
         return self.statistics.episodes_done
 
@@ -126,8 +131,11 @@ class Trainer:
         progress = Progress(cfg.total_steps, cfg.progress, initial=self.global_step)
 
         # Resumed runs restart their episodes: environment state is not checkpointed.
-        raw, _ = self.envs.reset(seed=self.config.seed + 7919 * (self.global_step // num_envs))
-        observations = self.obs_normalizer(self.flatten(raw), update=True)
+        self.collector.notify = progress.message  # a worker restart, say
+        self.collector.start(
+            Acting(self.algorithm, self.obs_normalizer, self.flatten, self.scale_action),
+            seed=self.config.seed + 7919 * (self.global_step // num_envs),
+        )
         next_eval = (self.global_step // cfg.eval_every_steps + 1) * cfg.eval_every_steps
         next_checkpoint = (
             self.global_step // cfg.checkpoint_every_steps + 1
@@ -138,35 +146,22 @@ class Trainer:
         stop_reason = "step budget reached"
 
         while self.global_step < cfg.total_steps:
-            env_actions, stored_actions, extras = self.algorithm.act(observations)
-            raw_next, rewards, terminated, truncated, infos = self.envs.step(
-                self.scale_action(env_actions)
-            )
-            done = terminated | truncated
-            next_observations = self.obs_normalizer(self.flatten(raw_next), update=True)
-            final_observations = next_observations
-            step_info = infos
-            if done.any():
-                final_observations = next_observations.copy()
-                ended = np.flatnonzero(done)
-                finals = self.flatten.batch([infos["final_obs"][i] for i in ended])
-                final_observations[ended] = self.obs_normalizer(finals)
-                step_info = merge_final_info(infos, done)
+            step = self.collector.next_step()
+            done = step.done
             self.algorithm.observe(
                 Transition(
-                    observations=observations,
-                    actions=stored_actions,
-                    extras=extras,
-                    rewards=self.reward_scaler(rewards, done),
-                    terminated=terminated,
-                    truncated=truncated,
-                    next_observations=next_observations,
-                    final_observations=final_observations,
+                    observations=step.observations,
+                    actions=step.actions,
+                    extras=step.extras,
+                    rewards=self.reward_scaler(step.rewards, done),
+                    terminated=step.terminated,
+                    truncated=step.truncated,
+                    next_observations=step.next_observations,
+                    final_observations=step.final_observations,
                 )
             )
-            observations = next_observations
             self.global_step += num_envs
-            self.statistics.record(rewards, step_info, done)  # raw (unscaled) rewards
+            self.statistics.record(step.rewards, step.info, done)  # raw (unscaled) rewards
 
             if self.algorithm.ready_to_update():
                 fraction = min(self.global_step / cfg.total_steps, 1.0)
@@ -206,7 +201,7 @@ class Trainer:
             self.save_checkpoint("last", started)
         progress.close()
         self.tensorboard.close()
-        self.envs.close()
+        self.collector.close()
         if self._eval_env is not None:
             self._eval_env.close()
             self._eval_env = None  # a later evaluate() builds a fresh one

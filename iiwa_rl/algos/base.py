@@ -78,6 +78,22 @@ class Algorithm(ABC):
         """Module mapping normalised observations to the deterministic action in [-1, 1]
         (a `deterministic(obs)` method); what evaluation runs and export bakes."""
 
+    def acting_state(self) -> dict:
+        """What a copy of this algorithm in another process (a Ray rollout worker, built
+        on the CPU with the same arguments) needs to act as this one acts now: the acting
+        networks' weights on the CPU and the counters acting reads."""
+        raise NotImplementedError(f"{type(self).__name__} cannot act in Ray rollout workers")
+
+    def load_acting_state(self, state: dict) -> None:
+        """Inverse of `acting_state`, in the copy."""
+        raise NotImplementedError(f"{type(self).__name__} cannot act in Ray rollout workers")
+
+    def note_acted(self, done: np.ndarray) -> None:
+        """A vector step this copy acted in but does not learn from (a rollout worker's):
+        advance what acting depends on (exploration noise, schedules). `observe` does the
+        same for the learner's own steps. PPO and TRPO act from the weights alone."""
+        return None
+
     @abstractmethod
     def state_dict(self) -> dict:
         """Everything needed to resume: networks, optimisers, buffers, counters."""
@@ -128,6 +144,16 @@ class OnPolicyAlgorithm(Algorithm):
             "generator": self.generator.get_state(),
             "rng": self.rng.bit_generator.state,
         }
+
+    def acting_state(self) -> dict:
+        return {
+            "actor": self.acting_actor.state_dict(),
+            "critic": self.acting_critic.state_dict(),  # act() also returns V(s)
+        }
+
+    def load_acting_state(self, state: dict) -> None:
+        self.acting_actor.load_state_dict(state["actor"])
+        self.acting_critic.load_state_dict(state["critic"])
 
     def load_state_dict(self, state: dict) -> None:
         self.actor.load_state_dict(state["actor"])

@@ -249,15 +249,27 @@ class DDPG(Algorithm):
             transition.final_observations,
             transition.terminated,
         )
-        self.noise.reset(transition.terminated | transition.truncated)
-        count = len(transition.rewards)
         # act() chose these actions from the same count: random ones earn no updates, nor
         # do any before the replay holds a batch (they would all run at once when it did).
         cfg = self.section
         if self.env_steps >= cfg.warmup_steps and self.replay.size >= cfg.batch_size:
-            self.owed_updates += cfg.updates_per_step * count
-        self.env_steps += count
+            self.owed_updates += cfg.updates_per_step * len(transition.rewards)
+        self.note_acted(transition.terminated | transition.truncated)
         self.vector_steps += 1
+
+    def note_acted(self, done: np.ndarray) -> None:
+        self.noise.reset(done)
+        self.env_steps += len(done)  # the warm-up and the noise schedule count these
+
+    def acting_state(self) -> dict:
+        return {
+            "actor": {key: value.cpu() for key, value in self.actor.state_dict().items()},
+            "env_steps": self.env_steps,
+        }
+
+    def load_acting_state(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.env_steps = int(state["env_steps"])
 
     def ready_to_update(self) -> bool:
         cfg = self.section
