@@ -18,6 +18,13 @@ import numpy as np
 import yaml
 
 DEFAULT_ROBOT_CONFIG_NAME = "robot_iiwa14.yaml"
+# The trained reach policy's worst |setpoint - measured| in the training physics is 0.032 rad
+# (20 goals, 5 and 10 ms periods); 0.1 rad leaves room for a real arm's command smoothing
+# (lbr_fri_ros2_stack filters commands with a 40 ms time constant) and still catches a joint
+# that jumps or an arm that stops following long before it has gone far.
+DEFAULT_TRACKING_ERROR_RAD = 0.1
+DEFAULT_STATE_PERIOD_TOLERANCE = 0.2
+DEFAULT_STATE_PERIOD_WINDOW_S = 0.2
 
 
 class ConfigError(ValueError):
@@ -46,6 +53,13 @@ class RobotConfig:
     position_tolerance_rad: float
     velocity_tolerance_factor: float
     stale_timeout_s: float
+    # |last setpoint - measured| per joint (rad, scalar or one per joint) beyond which the arm
+    # is taken as not following: a jump, a collision, a robot that stopped applying setpoints.
+    tracking_error_rad: Any = DEFAULT_TRACKING_ERROR_RAD
+    # The state rate must match robot_period_s: measured over `state_period_window_s`, the
+    # time per robot sequence step may differ from the period by this fraction at most.
+    state_period_tolerance: float = DEFAULT_STATE_PERIOD_TOLERANCE
+    state_period_window_s: float = DEFAULT_STATE_PERIOD_WINDOW_S
 
     def __post_init__(self) -> None:
         joint_count = len(self.joint_names)
@@ -98,6 +112,36 @@ class RobotConfig:
                 f"got {self.velocity_tolerance_factor}"
             )
         _require_positive("safety.stale_timeout_s", self.stale_timeout_s)
+        tracking = np.array(
+            np.broadcast_to(np.asarray(self.tracking_error_rad, dtype=np.float64), (joint_count,))
+            if np.ndim(self.tracking_error_rad) == 0
+            else self.tracking_error_rad,
+            dtype=np.float64,
+        )
+        if tracking.shape != (joint_count,):
+            raise ConfigError(
+                f"safety.tracking_error_rad: expected one number or {joint_count} (one per "
+                f"joint), got {tracking.shape[0] if tracking.ndim == 1 else tracking.shape}"
+            )
+        if not (np.all(np.isfinite(tracking)) and np.all(tracking > 0.0)):
+            raise ConfigError(
+                f"safety.tracking_error_rad: values must be positive, got {tracking.tolist()}"
+            )
+        tracking.setflags(write=False)
+        object.__setattr__(self, "tracking_error_rad", tracking)
+        if not (
+            math.isfinite(self.state_period_tolerance) and 0.0 < self.state_period_tolerance < 1.0
+        ):
+            raise ConfigError(
+                "safety.state_period_tolerance: must be a fraction in (0, 1), got "
+                f"{self.state_period_tolerance}"
+            )
+        _require_positive("safety.state_period_window_s", self.state_period_window_s)
+        if self.state_period_window_s < 4.0 * self.robot_period_s:
+            raise ConfigError(
+                f"safety.state_period_window_s: {self.state_period_window_s} s is under four "
+                f"robot periods ({4.0 * self.robot_period_s} s); the rate cannot be measured"
+            )
 
     @property
     def joint_count(self) -> int:
@@ -155,6 +199,13 @@ def _reject_unknown(mapping: Mapping[str, Any], allowed: set[str], where: str) -
         )
 
 
+def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    section = data.get(key) or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of settings, got {section!r}")
+    return section
+
+
 def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
     """Build a `RobotConfig` from the parsed YAML, refusing unknown or missing keys."""
     if not isinstance(data, Mapping):
@@ -181,9 +232,9 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
     if not isinstance(limits, Mapping):
         raise ConfigError("joint_limits: expected a mapping with lower, upper, velocity, effort")
     _reject_unknown(limits, {"lower", "upper", "velocity", "effort"}, "joint_limits")
-    interpolator = data.get("interpolator") or {}
+    interpolator = _section(data, "interpolator")
     _reject_unknown(interpolator, {"velocity_fraction", "acceleration_limits"}, "interpolator")
-    safety = data.get("safety") or {}
+    safety = _section(data, "safety")
     _reject_unknown(
         safety,
         {
@@ -192,6 +243,9 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
             "position_tolerance_rad",
             "velocity_tolerance_factor",
             "stale_timeout_s",
+            "tracking_error_rad",
+            "state_period_tolerance",
+            "state_period_window_s",
         },
         "safety",
     )
@@ -234,6 +288,19 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
             safety.get("velocity_tolerance_factor", 1.1), "safety.velocity_tolerance_factor"
         ),
         stale_timeout_s=_as_number(safety.get("stale_timeout_s", 0.1), "safety.stale_timeout_s"),
+        tracking_error_rad=_as_vector(
+            safety.get("tracking_error_rad", DEFAULT_TRACKING_ERROR_RAD),
+            "safety.tracking_error_rad",
+            joint_count,
+        ),
+        state_period_tolerance=_as_number(
+            safety.get("state_period_tolerance", DEFAULT_STATE_PERIOD_TOLERANCE),
+            "safety.state_period_tolerance",
+        ),
+        state_period_window_s=_as_number(
+            safety.get("state_period_window_s", DEFAULT_STATE_PERIOD_WINDOW_S),
+            "safety.state_period_window_s",
+        ),
     )
 
 
@@ -243,8 +310,11 @@ def load_robot_config(path: str | Path | None = None) -> RobotConfig:
         text = resources.files("iiwa_deploy").joinpath(DEFAULT_ROBOT_CONFIG_NAME).read_text()
         source = f"iiwa_deploy/{DEFAULT_ROBOT_CONFIG_NAME}"
     else:
-        text = Path(path).read_text()
         source = str(path)
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{source}: cannot read the robot configuration: {error}") from None
     try:
         data = yaml.safe_load(text)
         return robot_config_from_mapping(data)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -240,9 +241,15 @@ class FakeRobot:
             if delay > 0:
                 self._stop.wait(delay)
             elif delay < -self.period_s:
-                # A real robot does not send the ticks it missed; neither do we.
+                # A real robot does not send the ticks it missed; neither do we. It numbers
+                # its states by its clock, though (the protocol's sequence skips the periods
+                # not sent), and the arm lived through those periods too.
+                missed = int(-delay // self.period_s)
                 self.record.late_ticks += 1
-                next_tick = time.monotonic()
+                for _ in range(missed):
+                    self.joint_positions, self.joint_velocities = self.plant.step(self.period_s)
+                self._sequence += missed
+                next_tick += missed * self.period_s
 
     def start(self, duration_s: float | None = None, max_cycles: int | None = None) -> FakeRobot:
         self._thread = threading.Thread(
@@ -267,13 +274,25 @@ class FakeRobot:
         self.close()
 
 
+def _port(text: str) -> int:
+    from .cli import port_number
+
+    return port_number(text)
+
+
+def _seconds(text: str) -> float:
+    from .cli import positive_seconds
+
+    return positive_seconds(text)
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
         prog="python -m iiwa_deploy.fake_robot",
         description="Loopback fake iiwa: sends STATE to the controller, tracks its SETPOINTs.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="controller host (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=30200, help="controller UDP port")
+    parser.add_argument("--port", type=_port, default=30200, help="controller UDP port")
     parser.add_argument(
         "--robot-config",
         default=None,
@@ -281,11 +300,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     parser.add_argument(
         "--period",
-        type=float,
+        type=_seconds,
         default=None,
         help="robot period in s (default: robot_period_s of the config)",
     )
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many s")
+    parser.add_argument("--duration", type=_seconds, default=None, help="stop after this many s")
     parser.add_argument(
         "--q0",
         type=float,
@@ -299,9 +318,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run_fake_robot(args: argparse.Namespace) -> int:
     robot: RobotConfig = load_robot_config(args.robot_config)
     if len(args.q0) != robot.joint_count:
-        raise SystemExit(f"--q0 needs {robot.joint_count} values, got {len(args.q0)}")
+        raise ValueError(f"--q0 needs {robot.joint_count} values, got {len(args.q0)}")
     period = args.period if args.period is not None else robot.robot_period_s
-    fake = FakeRobot((args.host, args.port), NumpyPlant(robot.velocity), period, args.q0)
+    try:
+        host = socket.gethostbyname(args.host)
+    except OSError as error:
+        raise ValueError(f"--host {args.host!r} does not resolve: {error}") from None
+    fake = FakeRobot((host, args.port), NumpyPlant(robot.velocity), period, args.q0)
     print(
         f"fake robot: {fake.local_address[0]}:{fake.local_address[1]} -> "
         f"{args.host}:{args.port} every {period * 1000:.1f} ms",
@@ -322,7 +345,11 @@ def run_fake_robot(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_fake_robot(build_parser().parse_args(argv))
+    try:
+        return run_fake_robot(build_parser().parse_args(argv))
+    except ValueError as error:  # ConfigError included
+        print(f"fake robot: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

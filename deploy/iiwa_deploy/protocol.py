@@ -11,7 +11,10 @@ Fixed-size little-endian datagrams, one message per datagram:
 
 Fixed sizes keep a C/C++ FRI client trivial (one packed struct each way) and let the decoder
 reject anything of the wrong length before looking inside. The decoder raises
-`ProtocolError` for every malformed input and nothing else.
+`ProtocolError` for every malformed input and nothing else. A STATE that is well formed but
+carries a non-finite joint value is not malformed: `decode_state(..., allow_non_finite=True)`
+(what the controller's UDP backend uses) delivers it, so the loop's state gate latches on it
+instead of the stale timeout noticing only later.
 """
 
 from __future__ import annotations
@@ -153,21 +156,27 @@ def _decode_header(data: bytes, expected_type: int | None) -> tuple[int, int, in
     return message_type, flags, sequence, timestamp
 
 
-def _finite_floats(data: bytes, offset: int, count: int, what: str) -> np.ndarray:
+def _finite_floats(
+    data: bytes, offset: int, count: int, what: str, allow_non_finite: bool = False
+) -> np.ndarray:
     values = np.frombuffer(data, dtype=_FLOAT64, count=count, offset=offset).astype(np.float64)
-    if not np.all(np.isfinite(values)):
+    if not allow_non_finite and not np.all(np.isfinite(values)):
         raise ProtocolError(f"{what}: non-finite value")
     return values
 
 
-def decode_state(data: bytes) -> StateMessage:
+def decode_state(data: bytes, allow_non_finite: bool = False) -> StateMessage:
+    """`allow_non_finite`: return a well-formed STATE with NaN/inf joint values (for the
+    state gate to latch on) instead of rejecting it as malformed."""
     data = bytes(data)
     _, flags, sequence, timestamp = _decode_header(data, MESSAGE_STATE)
     if len(data) != STATE_SIZE:
         raise ProtocolError(f"STATE datagram of {len(data)} bytes, expected {STATE_SIZE}")
     if flags & ~STATE_KNOWN_FLAGS:
         raise ProtocolError(f"STATE flags 0x{flags:04x} set unknown bits")
-    values = _finite_floats(data, HEADER.size, 3 * JOINT_COUNT, "STATE joint values")
+    values = _finite_floats(
+        data, HEADER.size, 3 * JOINT_COUNT, "STATE joint values", allow_non_finite
+    )
     return StateMessage(
         sequence=sequence,
         timestamp_s=timestamp,

@@ -19,6 +19,8 @@ import numpy as np
 from .protocol import (
     SETPOINT_FAULT_LATCHED,
     SETPOINT_HOLD,
+    STATE_COMMANDING_ACTIVE,
+    STATE_ROBOT_ERROR,
     ProtocolError,
     decode_goal,
     decode_state,
@@ -38,6 +40,11 @@ class RobotState:
     joint_positions: np.ndarray
     joint_velocities: np.ndarray
     joint_torques: np.ndarray | None = None
+    # The robot applies the setpoints it receives (FRI COMMANDING_ACTIVE). While False the
+    # loop answers with the measured position and its interpolator does not advance.
+    commanding: bool = True
+    # The robot side reports an error of its own: the loop latches a fault.
+    robot_error: bool = False
 
 
 @runtime_checkable
@@ -47,6 +54,12 @@ class RobotBackend(Protocol):
     `receive_state` blocks until the robot's next state (or returns None after `timeout_s`);
     `send_setpoint` answers the state with sequence `answer_to_sequence`; `fault` tells the
     robot side the controller is holding because of a latched fault.
+
+    Optional: a backend whose states arrive at the robot's pace in wall-clock time (a real
+    arm, the UDP and ROS 2 bridges, a simulation keeping its own clock) sets `real_time =
+    True`; the loop then measures the state rate against `period_s`, holds still until one
+    window agrees, and latches a fault when it stops agreeing. A backend stepped on demand
+    (tests, a simulation run as fast as it goes) leaves it unset.
     """
 
     period_s: float
@@ -78,6 +91,20 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def bind_udp_socket(address: tuple[str, int]) -> socket.socket:
+    """A non-blocking UDP socket bound to `address`; ValueError with the reason (port in use,
+    host that does not resolve or is not local) instead of an OSError traceback."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        udp.bind(address)
+    except (OSError, OverflowError) as error:
+        udp.close()
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise ValueError(f"cannot bind UDP {address[0]}:{address[1]}: {reason}") from None
+    udp.setblocking(False)
+    return udp
+
+
 class UdpRobot:
     """Controller end of the bridge. Bind to a local address; the robot side sends to it.
 
@@ -88,12 +115,12 @@ class UdpRobot:
     ignored so a stray packet cannot hijack the setpoint stream.
     """
 
+    real_time = True
+
     def __init__(self, bind_address: tuple[str, int], period_s: float) -> None:
         self.period_s = float(period_s)
         self.stats = UdpLinkStats()
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._socket.bind(bind_address)
-        self._socket.setblocking(False)
+        self._socket = bind_udp_socket(bind_address)
         self.robot_address: tuple[str, int] | None = None
         self._last_sequence: int | None = None
         self._own_sequence = 0
@@ -108,7 +135,9 @@ class UdpRobot:
             self.stats.foreign_sender += 1
             return None
         try:
-            message = decode_state(data)
+            # A well-formed state with NaN/inf values goes to the loop, whose state gate
+            # latches on it; anything malformed is dropped here.
+            message = decode_state(data, allow_non_finite=True)
         except ProtocolError:
             self.stats.malformed += 1
             return None
@@ -123,6 +152,8 @@ class UdpRobot:
             joint_positions=message.joint_positions,
             joint_velocities=message.joint_velocities,
             joint_torques=message.joint_torques,
+            commanding=bool(message.flags & STATE_COMMANDING_ACTIVE),
+            robot_error=bool(message.flags & STATE_ROBOT_ERROR),
         )
 
     def _drain(self) -> RobotState | None:
@@ -187,9 +218,7 @@ class UdpGoalListener:
 
     def __init__(self, bind_address: tuple[str, int], allowed_hosts=("127.0.0.1",)) -> None:
         self.allowed_hosts = frozenset(allowed_hosts)
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._socket.bind(bind_address)
-        self._socket.setblocking(False)
+        self._socket = bind_udp_socket(bind_address)
         # Per host, not per socket: `send_goal` opens a new socket for every goal.
         self._last_sequence: dict[str, int] = {}
         self.ignored = 0
