@@ -104,6 +104,16 @@ class FaultInjection:
     nan_at_cycles: Sequence[int] = ()
     silent_from_cycle: int = 0
     silent_cycles: int = 0
+    inf_at_cycles: Sequence[int] = ()
+    # A robot side gone wrong: `burst_factor` states per period (each numbered +1, as a
+    # robot configured for a faster rate would send), a measured joint 0 that jumps by
+    # `jump_rad` from a cycle on, an arm that stops applying setpoints.
+    burst_from_cycle: int = 0
+    burst_cycles: int = 0
+    burst_factor: int = 5
+    jump_at_cycle: int = 0
+    jump_rad: float = 1.0
+    stop_following_from_cycle: int = 0
 
     def silent(self, cycle: int) -> bool:
         return (
@@ -166,7 +176,7 @@ class FakeRobot:
         except OSError:
             pass  # nobody listening yet: a real robot keeps sending too
 
-    def _receive_setpoints(self) -> None:
+    def _receive_setpoints(self, apply: bool = True) -> None:
         newest = None
         while True:
             try:
@@ -187,22 +197,30 @@ class FakeRobot:
                 self.record.setpoints.append(message.joint_positions.copy())
             if newest is None or message.sequence > newest.sequence:
                 newest = message
-        if newest is not None:
+        if newest is not None and apply:
             self.plant.apply(newest.joint_positions)
 
-    def tick(self) -> None:
+    def tick(self, step_plant: bool = True) -> None:
         """One robot period: apply the newest setpoint, advance the plant, send a STATE."""
-        self._receive_setpoints()
-        self.joint_positions, self.joint_velocities = self.plant.step(self.period_s)
+        faults = self.faults
+        following = not (
+            faults.stop_following_from_cycle and self._sequence + 1 >= faults.stop_following_from_cycle
+        )
+        self._receive_setpoints(apply=following)
+        if step_plant:
+            self.joint_positions, self.joint_velocities = self.plant.step(self.period_s)
         self._sequence += 1
         cycle = self._sequence
-        faults = self.faults
         if faults.silent(cycle) or _every(faults.drop_every, cycle):
             return
-        nan_state = cycle in faults.nan_at_cycles
+        nan_state = cycle in faults.nan_at_cycles or cycle in faults.inf_at_cycles
         positions = self.joint_positions.copy()
-        if nan_state:
+        if faults.jump_at_cycle and cycle >= faults.jump_at_cycle:
+            positions[0] += faults.jump_rad
+        if cycle in faults.nan_at_cycles:
             positions[0] = float("nan")
+        if cycle in faults.inf_at_cycles:
+            positions[1] = float("inf")
         datagram = encode_state(
             cycle,
             time.monotonic(),
@@ -234,6 +252,22 @@ class FakeRobot:
                 break
             if max_cycles is not None and cycles >= max_cycles:
                 break
+            faults = self.faults
+            if faults.burst_from_cycle and (
+                faults.burst_from_cycle <= self._sequence + 1
+                < faults.burst_from_cycle + faults.burst_cycles * faults.burst_factor
+            ):
+                # The physics still advances once per period; the states come faster.
+                burst_start = time.monotonic()
+                for sub in range(faults.burst_factor):
+                    self.tick(step_plant=sub == 0)
+                    self._stop.wait(
+                        max(0.0, burst_start + (sub + 1) * self.period_s / faults.burst_factor
+                            - time.monotonic())
+                    )
+                cycles += 1
+                next_tick = time.monotonic()
+                continue
             self.tick()
             cycles += 1
             next_tick += self.period_s

@@ -323,7 +323,8 @@ class ControlLoop:
         goal_source: GoalSource | None = None,
         allow_goal_outside_training: bool = False,
     ) -> None:
-        goal = np.asarray(goal_position, dtype=float)
+        # A copy: goal changes are written into it in place, never into the caller's array.
+        goal = np.array(goal_position, dtype=float)
         if goal.shape != (3,) or not np.all(np.isfinite(goal)):
             raise ValueError(f"goal must be 3 finite numbers (m), got {goal_position!r}")
         if steps_per_action < 1:
