@@ -63,7 +63,9 @@ def unsafe_setpoints(setpoints: np.ndarray, faults: np.ndarray, robot) -> dict:
     high = robot.upper - robot.setpoint_margin_rad
     beyond = int(np.count_nonzero(np.any((sent < low) | (sent > high), axis=1)))
     steps = np.abs(np.diff(sent, axis=0))
-    too_fast = int(np.count_nonzero(np.any(steps > robot.interpolator_velocity * robot.robot_period_s + 1e-9, axis=1)))
+    # The CSV keeps 6 decimals: two roundings of 5e-7 rad are not a speed.
+    cap = robot.interpolator_velocity * robot.robot_period_s + 2e-6
+    too_fast = int(np.count_nonzero(np.any(steps > cap, axis=1)))
     latched = setpoints[faults & np.all(np.isfinite(setpoints), axis=1)]
     moving_holds = int(np.count_nonzero(np.any(np.abs(latched - latched[:1]) > 0, axis=1))) if len(latched) else 0
     # A row of NaN is a state the loop did not answer (logged so); any other non-finite is sent.
@@ -105,8 +107,10 @@ def closed_loop(rate: float, goals: np.ndarray) -> dict:
                 prepared_goal = type(prepared)(prepared.policy, prepared.robot,
                                                prepared.steps_per_action, np.asarray(goal))
                 log = Path(scratch) / f"run{index}.csv"
+                # The duration only bounds a run that latched before its policy started.
                 summary = run_prepared(prepared_goal, backend, max_policy_steps=EPISODE_POLICY_STEPS,
-                                       move_to_home=True, csv_path=log, first_state_timeout_s=30.0)
+                                       duration_s=20.0, move_to_home=True, csv_path=log,
+                                       first_state_timeout_s=30.0)
                 setpoints, faults = read_setpoints(log, robot.joint_names)
                 unsafe = unsafe_setpoints(setpoints, faults, robot)
                 for key in unsafe_total:

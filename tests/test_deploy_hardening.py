@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -349,3 +350,26 @@ def test_fault_messages_stay_readable_for_huge_values() -> None:
     assert "1e+200" in reason and len(reason) < 200, reason
     assert readable(0.12345) == "0.1235" and readable(-3e9) == "-3e+09"
     assert readable(math.nan) == "nan"
+
+
+def test_an_arm_that_stops_following_a_joint_delta_policy_latches_on_the_lasting_error() -> None:
+    # In joint_delta mode the target moves with the measured arm: the error stays about one
+    # action scale (0.08 rad), under the instant limit, as long as the policy pushes.
+    script = [scripted.state(s) for s in range(1, 200)]
+    backend = scripted.ScriptedRobot(script)
+    loop = ControlLoop(
+        scripted.ScriptedPolicy([np.full(7, 1.0)]),
+        scripted.CONTRACT,
+        ROBOT.replace(stale_timeout_s=0.01),
+        backend,
+        scripted.GOAL,
+        8,
+    )
+    started = time.perf_counter()
+    for call in range(2, len(script) + 2):
+        backend.on_receive[call] = lambda: time.sleep(PERIOD)  # states at the robot's pace
+    summary = loop.run(first_state_timeout_s=1.0)
+    assert summary.faults, summary.format()
+    reason = summary.faults[0].reason
+    assert reason.startswith("tracking") and "has stayed more than 0.0500 rad" in reason
+    assert time.perf_counter() - started < 1.5

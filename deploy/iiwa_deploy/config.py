@@ -24,6 +24,9 @@ DEFAULT_ROBOT_CONFIG_NAME = "robot_iiwa14.yaml"
 # that jumps or an arm that stops following long before it has gone far.
 DEFAULT_TRACKING_ERROR_RAD = 0.1
 DEFAULT_STATE_PERIOD_TOLERANCE = 0.2
+# While following, the error exceeds 0.03 rad only while a joint cruises at the speed cap.
+DEFAULT_TRACKING_ERROR_SUSTAINED_RAD = 0.05
+DEFAULT_TRACKING_ERROR_SUSTAINED_S = 0.3
 DEFAULT_STATE_PERIOD_WINDOW_S = 0.2
 
 
@@ -60,6 +63,11 @@ class RobotConfig:
     # time per robot sequence step may differ from the period by this fraction at most.
     state_period_tolerance: float = DEFAULT_STATE_PERIOD_TOLERANCE
     state_period_window_s: float = DEFAULT_STATE_PERIOD_WINDOW_S
+    # A smaller error that persists: an arm that stopped following a joint_delta policy
+    # stays about one action scale (0.08 rad) behind, under the instant limit, for as long
+    # as the policy pushes. More than this (rad) for longer than `_s` latches too.
+    tracking_error_sustained_rad: float = DEFAULT_TRACKING_ERROR_SUSTAINED_RAD
+    tracking_error_sustained_s: float = DEFAULT_TRACKING_ERROR_SUSTAINED_S
 
     def __post_init__(self) -> None:
         joint_count = len(self.joint_names)
@@ -137,6 +145,15 @@ class RobotConfig:
                 f"{self.state_period_tolerance}"
             )
         _require_positive("safety.state_period_window_s", self.state_period_window_s)
+        _require_positive("safety.tracking_error_sustained_s", self.tracking_error_sustained_s)
+        if not (
+            math.isfinite(self.tracking_error_sustained_rad)
+            and 0.0 < self.tracking_error_sustained_rad <= float(np.min(tracking))
+        ):
+            raise ConfigError(
+                "safety.tracking_error_sustained_rad: must be positive and not above "
+                f"tracking_error_rad, got {self.tracking_error_sustained_rad}"
+            )
         if self.state_period_window_s < 4.0 * self.robot_period_s:
             raise ConfigError(
                 f"safety.state_period_window_s: {self.state_period_window_s} s is under four "
@@ -246,6 +263,8 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
             "tracking_error_rad",
             "state_period_tolerance",
             "state_period_window_s",
+            "tracking_error_sustained_rad",
+            "tracking_error_sustained_s",
         },
         "safety",
     )
@@ -300,6 +319,14 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
         state_period_window_s=_as_number(
             safety.get("state_period_window_s", DEFAULT_STATE_PERIOD_WINDOW_S),
             "safety.state_period_window_s",
+        ),
+        tracking_error_sustained_rad=_as_number(
+            safety.get("tracking_error_sustained_rad", DEFAULT_TRACKING_ERROR_SUSTAINED_RAD),
+            "safety.tracking_error_sustained_rad",
+        ),
+        tracking_error_sustained_s=_as_number(
+            safety.get("tracking_error_sustained_s", DEFAULT_TRACKING_ERROR_SUSTAINED_S),
+            "safety.tracking_error_sustained_s",
         ),
     )
 

@@ -639,7 +639,7 @@ class ControlLoop:
                     if rate_fault is not None:
                         safety.latch(rate_fault)
                 if state_ok and commanding and not safety.latched:
-                    safety.check_tracking(positions)
+                    safety.check_tracking(positions, received)
                 if state_ok:
                     last_good_positions = positions
                 if state_ok and not safety.latched:
@@ -658,6 +658,7 @@ class ControlLoop:
                         if self._stream is not None:
                             self._stream.reset(positions)
                         self._home_move = None
+                        safety.pause_tracking()
                         next_policy_sequence = None
                         self._previous_action[:] = 0.0
                     elif (
@@ -665,12 +666,18 @@ class ControlLoop:
                         and self._home_move is None
                         and (rate is None or rate.verified)
                     ):
+                        # From the hold the arm was last commanded to (the measured position
+                        # at the first state, or while not commanding), so the setpoint
+                        # stream stays continuous.
+                        origin = (
+                            safety.hold_setpoint if safety.hold_setpoint is not None else positions
+                        )
                         if needs_home_move:
-                            self._begin_home_move(positions)
+                            self._begin_home_move(origin)
                         else:
                             self._stream = CommandStream(
                                 self.timing, robot.interpolator_velocity, robot.acceleration,
-                                positions,
+                                origin,
                             )
                             policy_start = received
                 setpoint: np.ndarray | None = None

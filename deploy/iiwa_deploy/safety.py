@@ -107,6 +107,7 @@ class SafetyMonitor:
         self.last_sequence: int | None = None
         self.stale_sequences_dropped = 0
         self.cycle = 0
+        self._sustained_since: np.ndarray = np.full(robot.joint_count, np.nan)
 
     @property
     def latched_reason(self) -> str | None:
@@ -125,6 +126,7 @@ class SafetyMonitor:
         if self.latched:
             logger.warning("fault latch reset at cycle %d", self.cycle)
         self.latched = False
+        self._sustained_since[:] = np.nan
 
     def accept_sequence(self, sequence: int) -> bool:
         """False for a state not newer than the last one used (duplicate or reordered)."""
@@ -186,12 +188,30 @@ class SafetyMonitor:
             self.hold_setpoint = joint_positions.astype(float).copy()
         return True
 
-    def check_tracking(self, joint_positions: np.ndarray) -> bool:
+    def check_tracking(self, joint_positions: np.ndarray, now_s: float | None = None) -> bool:
         """The arm follows: each measured joint within `tracking_error_rad` of the last
-        setpoint sent (a finite, in-range state is assumed: call after `check_state`)."""
+        setpoint sent, and not beyond `tracking_error_sustained_rad` for longer than
+        `tracking_error_sustained_s` (a finite, in-range state is assumed: call after
+        `check_state`; `now_s` is the state's receive time)."""
         if self.hold_setpoint is None:
             return True
         error = np.abs(joint_positions - self.hold_setpoint)
+        robot = self._robot
+        if now_s is not None:
+            over = error > robot.tracking_error_sustained_rad
+            since = self._sustained_since
+            since[~over] = np.nan
+            since[over & np.isnan(since)] = now_s
+            lasting = np.flatnonzero(over & (now_s - since > robot.tracking_error_sustained_s))
+            if lasting.size:
+                index = int(lasting[0])
+                self.latch(
+                    f"tracking: measured {robot.joint_names[index]} has stayed more than "
+                    f"{readable(robot.tracking_error_sustained_rad)} rad from its setpoints for "
+                    f"{readable(now_s - since[index], 3)} s (now {readable(error[index])} rad; "
+                    f"limit {robot.tracking_error_sustained_s} s): the arm does not follow"
+                )
+                return False
         beyond = np.flatnonzero(error > self._robot.tracking_error_rad)
         if beyond.size:
             index = int(beyond[np.argmax(error[beyond])])
@@ -204,6 +224,10 @@ class SafetyMonitor:
             )
             return False
         return True
+
+    def pause_tracking(self) -> None:
+        """The robot does not apply setpoints now: an error built up meanwhile is not one."""
+        self._sustained_since[:] = np.nan
 
     def check_finite(self, what: str, values: np.ndarray) -> bool:
         if not np.all(np.isfinite(values)):
