@@ -12,12 +12,15 @@ lives on the training side; the runtime itself, deploy/iiwa_deploy, never import
   interface and the cube's true pose for a simulated camera
   (iiwa_deploy.perception.SimulatedPoseSensor: noise, per-episode bias, latency).
 
-`iiwa-rl deploy policy.onnx --robot sim|udp` runs a policy through the real-time loop.
+`iiwa-rl deploy policy.onnx --robot sim|udp|ros2` runs a policy through the real-time loop;
+`iiwa-rl ros2-fake-arm` plays a ros2_control arm (this PyBullet arm behind the forward
+position controller's topics) for the ROS 2 bridge to drive.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -260,67 +263,90 @@ class SimRobot:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from iiwa_deploy import ContractError, UdpRobot, load_robot_config, prepare_policy, run_prepared
+    from iiwa_deploy import UdpRobot, load_robot_config, prepare_policy, run_prepared
     from iiwa_deploy.cli import (
         EXIT_REFUSED,
+        CombinedGoals,
         exit_code,
         goal_listener_from,
         object_listener_from,
     )
-    from iiwa_deploy.config import ConfigError as RobotConfigError
     from iiwa_deploy.loop import DEFAULT_FIRST_STATE_TIMEOUT_S
     from iiwa_deploy.robot import parse_host_port
 
-    robot_config = (
-        load_robot_config(args.robot_config) if args.robot_config else load_robot_config()
-    )
-    if args.period is not None:
-        robot_config = robot_config.replace(robot_period_s=args.period)
+    # Every input error (model, contract, robot YAML, period, goal, address, a port in use,
+    # no rclpy) is refused here with a message and exit 2, before anything moves.
+    robot = goals = objects = None
     try:
+        robot_config = load_robot_config(args.robot_config)
+        ros2_settings = None
+        if args.robot == "ros2":
+            from iiwa_deploy.ros2 import ros2_settings_from
+
+            rate = 1.0 / args.period if args.period is not None else None
+            ros2_settings = ros2_settings_from(args, update_rate_hz=rate)
+            robot_config = robot_config.replace(robot_period_s=ros2_settings.period_s)
+        elif args.period is not None:
+            robot_config = robot_config.replace(robot_period_s=args.period)
         prepared = prepare_policy(
             args.model, robot_config, args.goal, args.allow_goal_outside_training
         )
-    except (ContractError, RobotConfigError) as error:
-        print(f"iiwa-rl deploy: refused: {error}")
-        return EXIT_REFUSED
-    contract = prepared.policy.contract
-    grasp = contract.grasp
-    duration, policy_steps = args.duration, args.policy_steps
-    if grasp is None and duration is None:
-        duration = DEFAULT_REACH_DURATION_S
-    if grasp is not None and duration is None and policy_steps is None:
-        # One training episode's worth of actions: its outcome is the env's.
-        policy_steps = int(contract.raw["env_kwargs"]["episode_steps"])
-    objects = None
-    if args.robot == "sim":
-        plant = PyBulletPlant.for_contract(contract, robot_config.robot_period_s, gui=args.gui)
-        camera = None
-        if grasp is not None:
-            xy, yaw = _cube_pose(args, grasp)
-            plant.place_object(xy, yaw, seed=args.seed)
-            camera = SimulatedPoseSensor(
-                plant.object_pose,
-                pose_noise_from(args),
-                source_id=robot_config.perception.source_ids[0],
-                seed=args.seed,
+        contract = prepared.policy.contract
+        grasp = contract.grasp
+        duration, policy_steps = args.duration, args.policy_steps
+        if grasp is None and duration is None:
+            duration = DEFAULT_REACH_DURATION_S
+        if grasp is not None and duration is None and policy_steps is None:
+            # One training episode's worth of actions: its outcome is the env's.
+            policy_steps = int(contract.raw["env_kwargs"]["episode_steps"])
+        if args.robot == "sim":
+            plant = PyBulletPlant.for_contract(contract, robot_config.robot_period_s, gui=args.gui)
+            camera = None
+            if grasp is not None:
+                xy, yaw = _cube_pose(args, grasp)
+                plant.place_object(xy, yaw, seed=args.seed)
+                camera = SimulatedPoseSensor(
+                    plant.object_pose,
+                    pose_noise_from(args),
+                    source_id=robot_config.perception.source_ids[0],
+                    seed=args.seed,
+                )
+                print(
+                    f"cube at x {xy[0]:.3f} y {xy[1]:.3f} m, yaw {yaw:.3f} rad; camera "
+                    f"{pose_noise_from(args)}",
+                    flush=True,
+                )
+            robot = SimRobot(plant, contract.home_joint_positions, camera=camera)
+            objects = robot if grasp is not None else None
+        elif args.robot == "mujoco":
+            from iiwa_rl.sim.mujoco_plant import MujocoPlant
+
+            # The second engine: the same arm from the same URDF, MuJoCo's own servos.
+            robot = SimRobot(
+                MujocoPlant(robot_config.robot_period_s), contract.home_joint_positions
             )
+        elif args.robot == "ros2":
+            from iiwa_deploy.ros2 import Ros2Robot
+
+            robot = Ros2Robot(ros2_settings, robot_config.robot_period_s)
             print(
-                f"cube at x {xy[0]:.3f} y {xy[1]:.3f} m, yaw {yaw:.3f} rad; camera "
-                f"{pose_noise_from(args)}",
+                f"ROS 2: states from {robot.topic_name(ros2_settings.joint_states_topic)}, "
+                f"commands to {robot.topic_name(ros2_settings.command_topic)} at "
+                f"{ros2_settings.update_rate_hz:g} Hz",
                 flush=True,
             )
-        robot = SimRobot(plant, contract.home_joint_positions, camera=camera)
-        objects = robot if grasp is not None else None
-    elif args.robot == "mujoco":
-        from iiwa_rl.sim.mujoco_plant import MujocoPlant
-
-        # The second engine: the same arm from the same URDF, MuJoCo's own servos.
-        robot = SimRobot(MujocoPlant(robot_config.robot_period_s), contract.home_joint_positions)
-    else:
-        robot = UdpRobot(parse_host_port(args.bind), robot_config.robot_period_s)
-        print(f"waiting for the robot's STATE messages on {args.bind}", flush=True)
-        objects = object_listener_from(args)
-    goals = goal_listener_from(args)
+        else:
+            robot = UdpRobot(parse_host_port(args.bind), robot_config.robot_period_s)
+            print(f"waiting for the robot's STATE messages on {args.bind}", flush=True)
+            objects = object_listener_from(args)
+        goals = goal_listener_from(args)
+    except (ValueError, RuntimeError) as error:  # ContractError, ConfigError, Ros2Unavailable
+        if objects is not None and objects is not robot:
+            objects.close()
+        if robot is not None:
+            robot.close()
+        print(f"iiwa-rl deploy: refused: {error}")
+        return EXIT_REFUSED
     if goals is not None:
         host, port = goals.local_address
         print(f"listening for goals on {host}:{port}", flush=True)
@@ -335,7 +361,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             first_state_timeout_s=args.first_state_timeout or DEFAULT_FIRST_STATE_TIMEOUT_S,
             max_policy_steps=policy_steps,
             move_to_home=args.move_to_home,
-            goal_source=goals,
+            goal_source=CombinedGoals(robot, goals) if args.robot == "ros2" else goals,
             allow_goal_outside_training=args.allow_goal_outside_training,
             object_source=objects,
         )
@@ -402,6 +428,8 @@ def _add_perception_arguments(parser) -> None:
 
 
 def cmd_fake_robot(args: argparse.Namespace) -> int:
+    import socket
+
     from iiwa_deploy import FakeRobot
     from iiwa_deploy.robot import parse_host_port
 
@@ -409,39 +437,46 @@ def cmd_fake_robot(args: argparse.Namespace) -> int:
 
     camera = None
     object_address = None
-    if args.model is not None:
-        # The scene and physics of a policy's contract: for a grasp, the env's table, cube
-        # and gripper, the cube placed (--cube or drawn with --seed), and a simulated camera.
-        from iiwa_deploy.cli import resolve_model_path
-        from iiwa_deploy.contract import read_contract
-        from iiwa_deploy.policy import create_session
+    try:
+        host, port = args.controller
+        controller = (socket.gethostbyname(host), port)
+        if args.model is not None:
+            # The scene and physics of a policy's contract: for a grasp, the env's table, cube
+            # and gripper, the cube placed (--cube or drawn with --seed), and a simulated
+            # camera.
+            from iiwa_deploy.cli import resolve_model_path
+            from iiwa_deploy.contract import read_contract
+            from iiwa_deploy.policy import create_session
 
-        path = resolve_model_path(args.model)
-        contract = read_contract(create_session(path), path)
-        plant = PyBulletPlant.for_contract(contract, args.period, gui=args.gui)
-        initial = contract.home_joint_positions
-        if contract.grasp is not None:
-            xy, yaw = _cube_pose(args, contract.grasp)
-            plant.place_object(xy, yaw, seed=args.seed)
-            camera = SimulatedPoseSensor(
-                plant.object_pose,
-                pose_noise_from(args),
-                source_id=args.source_id,
-                seed=args.seed,
+            path = resolve_model_path(args.model)
+            contract = read_contract(create_session(path), path)
+            plant = PyBulletPlant.for_contract(contract, args.period, gui=args.gui)
+            initial = contract.home_joint_positions
+            if contract.grasp is not None:
+                xy, yaw = _cube_pose(args, contract.grasp)
+                plant.place_object(xy, yaw, seed=args.seed)
+                camera = SimulatedPoseSensor(
+                    plant.object_pose,
+                    pose_noise_from(args),
+                    source_id=args.source_id,
+                    seed=args.seed,
+                )
+                object_address = parse_host_port(args.object_to)
+        else:
+            plant = PyBulletPlant(
+                args.period,
+                physics_hz=args.physics_hz,
+                solver_iterations=args.solver_iterations,
+                gui=args.gui,
             )
-            object_address = parse_host_port(args.object_to)
-    else:
-        plant = PyBulletPlant(
-            args.period,
-            physics_hz=args.physics_hz,
-            solver_iterations=args.solver_iterations,
-            gui=args.gui,
-        )
-        initial = HOME_JOINT_POSITIONS
+            initial = HOME_JOINT_POSITIONS
+    except (ValueError, OSError) as error:  # ContractError too: a ValueError
+        print(f"iiwa-rl fake-robot: error: {error}", file=sys.stderr)
+        return 2
     if args.q0 is not None:
         initial = np.asarray(args.q0, dtype=float)
     with FakeRobot(
-        parse_host_port(args.controller),
+        controller,
         plant,
         args.period,
         initial,
@@ -461,12 +496,69 @@ def cmd_fake_robot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_seconds(text: str) -> float:
-    # The runtime's own check, imported only when the option is given: importing
-    # iiwa_deploy loads onnxruntime, which every other iiwa-rl command can do without.
-    from iiwa_deploy.cli import positive_seconds
+def cmd_ros2_fake_arm(args: argparse.Namespace) -> int:
+    import json
 
-    return positive_seconds(text)
+    from iiwa_deploy.ros2 import ArmMisbehaviour, FakeArm, Ros2Unavailable, ros2_settings_from
+
+    from iiwa_rl.sim.robot import HOME_JOINT_POSITIONS
+
+    try:
+        settings = ros2_settings_from(args)
+        misbehaviour = ArmMisbehaviour(**json.loads(args.misbehave)) if args.misbehave else None
+        plant = PyBulletPlant(
+            settings.period_s,
+            physics_hz=args.physics_hz,
+            solver_iterations=args.solver_iterations,
+            gui=args.gui,
+        )
+    except (ValueError, TypeError) as error:
+        print(f"iiwa-rl ros2-fake-arm: error: {error}", file=sys.stderr)
+        return 2
+    initial = HOME_JOINT_POSITIONS if args.q0 is None else np.asarray(args.q0, dtype=float)
+    try:
+        arm = FakeArm(plant, settings, initial, args.publish_order, misbehaviour)
+    except Ros2Unavailable as error:
+        plant.close()
+        print(f"iiwa-rl ros2-fake-arm: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"fake arm (PyBullet) at {settings.update_rate_hz:g} Hz: JointState on "
+        f"{arm.topic_name(settings.joint_states_topic)}, commands from "
+        f"{arm.topic_name(settings.command_topic)}",
+        flush=True,
+    )
+    try:
+        arm.run(duration_s=args.duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        arm.close()
+        plant.close()
+    record = arm.record
+    print(
+        f"fake arm: {record.states_published} states published, {record.commands_received} "
+        f"commands applied ({record.malformed_commands} refused), {record.late_ticks} late ticks",
+        flush=True,
+    )
+    return 0
+
+
+def _runtime_type(name: str):
+    """One of the runtime's argparse types (iiwa_deploy.cli), imported only when the option
+    is given: importing iiwa_deploy loads onnxruntime, which every other iiwa-rl command can
+    do without."""
+
+    def parse(text: str):
+        from iiwa_deploy import cli
+
+        return getattr(cli, name)(text)
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+_positive_seconds = _runtime_type("positive_seconds")
 
 
 def register_cli(commands) -> None:
@@ -474,15 +566,16 @@ def register_cli(commands) -> None:
     deploy.add_argument("model", help="policy.onnx exported by `iiwa-rl export`")
     deploy.add_argument(
         "--robot",
-        choices=["sim", "mujoco", "udp"],
+        choices=["sim", "mujoco", "udp", "ros2"],
         default="sim",
         help="sim: the PyBullet arm in real time, in-process; mujoco: the same arm in MuJoCo "
-        "with MuJoCo's position servos (pip install 'iiwa-rl[mujoco]'); udp: a robot bridge",
+        "with MuJoCo's position servos (pip install 'iiwa-rl[mujoco]'); udp: a robot bridge; "
+        "ros2: a ROS 2 node against a ros2_control forward position controller",
     )
     deploy.add_argument("--bind", default="127.0.0.1:30200", help="udp: local HOST:PORT for STATE")
     deploy.add_argument(
         "--goal",
-        type=float,
+        type=_runtime_type("finite_goal"),
         nargs=3,
         metavar=("X", "Y", "Z"),
         help="TCP goal in the base frame, m (default: centre of the training box)",
@@ -490,12 +583,16 @@ def register_cli(commands) -> None:
     deploy.add_argument("--allow-goal-outside-training", action="store_true")
     deploy.add_argument(
         "--duration",
-        type=float,
+        type=_positive_seconds,
         default=None,
         help="seconds to run (default: 5 for a reach; a grasp runs one episode's policy steps)",
     )
-    deploy.add_argument("--max-cycles", type=int)
-    deploy.add_argument("--period", type=float, help="robot period in s (default: robot config's)")
+    deploy.add_argument("--max-cycles", type=_runtime_type("positive_int"))
+    deploy.add_argument(
+        "--period",
+        type=_positive_seconds,
+        help="robot period in s (default: robot config's; ros2: the inverse of --update-rate)",
+    )
     deploy.add_argument("--robot-config", help="robot YAML (default: the shipped iiwa 14 R820)")
     deploy.add_argument("--stop-on-success", action="store_true")
     deploy.add_argument("--csv", help="per-cycle timing log")
@@ -508,17 +605,23 @@ def register_cli(commands) -> None:
     deploy.add_argument("--gui", action="store_true", help="sim: show the PyBullet GUI")
     _add_perception_arguments(deploy)
     _add_session_arguments(deploy)
+    _add_ros2_arguments(deploy)
     deploy.set_defaults(handler=cmd_deploy)
 
     fake = commands.add_parser(
         "fake-robot", help="play the robot's side of the UDP bridge (PyBullet)"
     )
     fake.add_argument(
-        "--controller", default="127.0.0.1:30200", help="where the controller listens"
+        "--controller",
+        type=_runtime_type("host_port"),
+        default="127.0.0.1:30200",
+        help="where the controller listens",
     )
-    fake.add_argument("--period", type=float, default=0.005)
+    fake.add_argument("--period", type=_positive_seconds, default=0.005)
     fake.add_argument(
-        "--duration", type=float, help="stop after s seconds (default: run until killed)"
+        "--duration",
+        type=_positive_seconds,
+        help="stop after s seconds (default: run until killed)",
     )
     fake.add_argument("--physics-hz", type=float, default=DEFAULT_PHYSICS_HZ)
     fake.add_argument("--solver-iterations", type=int, default=DEFAULT_SOLVER_ITERATIONS)
@@ -538,10 +641,45 @@ def register_cli(commands) -> None:
     _add_perception_arguments(fake)
     fake.set_defaults(handler=cmd_fake_robot)
 
+    arm = commands.add_parser(
+        "ros2-fake-arm",
+        help="play a ros2_control arm (PyBullet) for `iiwa-rl deploy --robot ros2` to drive",
+    )
+    arm.add_argument(
+        "--duration", type=_positive_seconds, help="stop after s seconds (default: until killed)"
+    )
+    arm.add_argument("--physics-hz", type=float, default=DEFAULT_PHYSICS_HZ)
+    arm.add_argument("--solver-iterations", type=int, default=DEFAULT_SOLVER_ITERATIONS)
+    arm.add_argument(
+        "--q0", type=float, nargs=7, help="start joint positions, rad (default: the home pose)"
+    )
+    arm.add_argument(
+        "--publish-order",
+        type=int,
+        nargs=7,
+        help="joint order of the JointState messages (indices; default 0..6): a real "
+        "joint_state_broadcaster need not publish in the controller's order",
+    )
+    arm.add_argument(
+        "--misbehave",
+        metavar="JSON",
+        help='fault injection, e.g. \'{"nan_at_cycles": [200], "burst_from_cycle": 400, '
+        '"burst_cycles": 100}\' (fields of iiwa_deploy.ros2.ArmMisbehaviour)',
+    )
+    arm.add_argument("--gui", action="store_true")
+    _add_ros2_arguments(arm)
+    arm.set_defaults(handler=cmd_ros2_fake_arm)
+
     goal = commands.add_parser(
         "send-goal", help="send a new goal to a running `iiwa-rl deploy --goal-bind ...`"
     )
-    goal.add_argument("goal", type=float, nargs=3, metavar=("X", "Y", "Z"), help="m, base frame")
+    goal.add_argument(
+        "goal",
+        type=_runtime_type("finite_goal"),
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="m, base frame",
+    )
     goal.add_argument("--to", default="127.0.0.1:30201", help="the controller's --goal-bind")
     goal.set_defaults(handler=cmd_send_goal)
 
@@ -550,6 +688,12 @@ def cmd_send_goal(args: argparse.Namespace) -> int:
     from iiwa_deploy.cli import _command_send_goal
 
     return _command_send_goal(args)
+
+
+def _add_ros2_arguments(parser) -> None:
+    from iiwa_deploy.ros2 import add_ros2_arguments
+
+    add_ros2_arguments(parser)
 
 
 def _add_session_arguments(parser) -> None:

@@ -6,7 +6,9 @@ the observation normalisation and the action clipping baked into the graph (inpu
 contract (what the deployed policy expects: observation layout, action semantics,
 control period, joint limits, kinematics, environment and its parameters, config hash,
 library versions) is stored as JSON in the model's metadata under "iiwa_rl_contract"
-and in a `policy.json` sidecar. The export is checked against torch on at least 1,000
+and in a `policy.json` sidecar. The contract carries `model_sha256`, the hash of the graph
+and weights with the metadata excluded (iiwa_deploy.integrity), which the controller
+verifies before anything moves. The export is checked against torch on at least 1,000
 observations and refused (no file left behind) if they differ by more than 1e-5.
 """
 
@@ -108,6 +110,7 @@ def export_policy(
     import gymnasium as gym
     import onnx
     import onnxruntime
+    from iiwa_deploy.integrity import file_sha256, model_sha256
 
     from iiwa_rl.checkpoint import build_policy, load_run
 
@@ -145,15 +148,21 @@ def export_policy(
         dynamo=False,  # the TorchScript exporter needs no onnxscript and gives a plain graph
     )
     model = onnx.load(str(partial))
-    entry = model.metadata_props.add()
-    entry.key = CONTRACT_METADATA_KEY
-    entry.value = json.dumps(contract, sort_keys=True)
     model.producer_name = "iiwa-rl"
     model.doc_string = (
         f"{config.algorithm} policy for {config.env.id}, trained {int(state['global_step'])} steps"
     )
+    del model.metadata_props[:]
+    # The hash of everything but the metadata, so it can live inside the metadata.
+    contract["model_sha256"] = model_sha256(model.SerializeToString())
+    entry = model.metadata_props.add()
+    entry.key = CONTRACT_METADATA_KEY
+    entry.value = json.dumps(contract, sort_keys=True)
     onnx.checker.check_model(model)
     onnx.save(model, str(partial))
+    if file_sha256(partial) != contract["model_sha256"]:
+        partial.unlink(missing_ok=True)
+        raise ExportError("the saved model does not hash to the model_sha256 in its contract")
 
     # Parity: the same observations through torch and through onnxruntime.
     with torch.no_grad():

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from iiwa_deploy.config import load_robot_config  # noqa: E402
 from iiwa_deploy.contract import CONTRACT_METADATA_KEY  # noqa: E402
+from iiwa_deploy.integrity import model_sha256  # noqa: E402
 from iiwa_deploy.kinematics import IIWA14_R820_KINEMATICS  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
@@ -149,7 +150,8 @@ def write_policy(
     metadata_text: str | None = None,
 ) -> Path:
     """Write policy.onnx (+ policy.json unless sidecar=False; a dict writes that instead).
-    contract=None writes a model without contract metadata."""
+    contract=None writes a model without contract metadata. The contract gets the model's
+    `model_sha256`, as the exporter writes it, unless it names one itself."""
     shape_source = contract or make_contract()
     observation_size = shape_source["observation"]["size"]
     action_size = shape_source["action"]["size"]
@@ -157,11 +159,15 @@ def write_policy(
         weights = np.zeros((observation_size, action_size))
     if bias is None:
         bias = np.zeros(action_size)
-    metadata = None
+    model = linear_policy_model(weights, bias, None)
     if contract is not None:
-        metadata = {CONTRACT_METADATA_KEY: metadata_text or json.dumps(contract)}
+        if "model_sha256" not in contract:
+            contract = {**contract, "model_sha256": model_sha256(model.SerializeToString())}
+        helper.set_model_props(
+            model, {CONTRACT_METADATA_KEY: metadata_text or json.dumps(contract)}
+        )
     model_path = Path(directory) / "policy.onnx"
-    onnx.save(linear_policy_model(weights, bias, metadata), str(model_path))
+    onnx.save(model, str(model_path))
     sidecar_path = model_path.with_suffix(".json")
     if sidecar is not False and (contract is not None or isinstance(sidecar, dict)):
         sidecar_path.write_text(

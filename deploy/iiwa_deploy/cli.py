@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,6 +129,9 @@ def run_prepared(
         allow_goal_outside_training=allow_goal_outside_training,
         object_source=object_source,
     )
+    if hasattr(robot_backend, "status_provider"):
+        # A backend that publishes the loop's status (the ROS 2 bridge) reads it from here.
+        robot_backend.status_provider = loop.status
     return loop.run(
         duration_s=duration_s,
         max_cycles=max_cycles,
@@ -187,16 +191,22 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bind", default="127.0.0.1:30200", help="local HOST:PORT the robot bridge sends STATE to"
     )
+    _add_policy_run_arguments(parser)
+
+
+def _add_policy_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--goal",
-        type=float,
+        type=finite_goal,
         nargs=3,
         metavar=("X", "Y", "Z"),
         default=None,
         help="goal in the robot base frame, m (default: centre of the training goal box)",
     )
-    parser.add_argument("--duration", type=float, default=None, help="stop after s seconds")
-    parser.add_argument("--max-cycles", type=int, default=None, help="stop after N states")
+    parser.add_argument(
+        "--duration", type=positive_seconds, default=None, help="stop after s seconds"
+    )
+    parser.add_argument("--max-cycles", type=positive_int, default=None, help="stop after N states")
     parser.add_argument(
         "--robot-config",
         default=None,
@@ -288,6 +298,47 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    """argparse type for a UDP port: a whole number in 1..65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is a number in 1..65535")
+    return value
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """argparse type for HOST:PORT (the host is resolved when the socket is bound)."""
+    try:
+        return parse_host_port(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def finite_goal(text: str) -> float:
+    """argparse type for one goal coordinate, m: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: a goal coordinate must be finite")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """argparse type for a rate or a factor: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number > 0")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     """argparse type for a duration: a finite number of seconds > 0 (a zero or negative
     timeout would fault before the robot had any chance to answer)."""
@@ -306,10 +357,12 @@ def _command_run(args: argparse.Namespace) -> int:
     )
     robot = prepared.robot
     backend = UdpRobot(parse_host_port(args.bind), robot.robot_period_s)
-    goals = goal_listener_from(args)
-    objects = object_listener_from(args)
+    goals: UdpGoalListener | None = None
+    objects = None
     fake: FakeRobot | None = None
     try:
+        goals = goal_listener_from(args)
+        objects = object_listener_from(args)
         if args.robot == "fake":
             fake = FakeRobot(
                 backend.local_address,
@@ -348,6 +401,54 @@ def _command_run(args: argparse.Namespace) -> int:
         backend.close()
     print(summary.format())
     return exit_code(summary)
+
+
+def _command_ros2(args: argparse.Namespace) -> int:
+    from .ros2 import Ros2Robot, ros2_settings_from
+
+    settings = ros2_settings_from(args)
+    robot = _resolve_robot_config(args.robot_config).replace(robot_period_s=settings.period_s)
+    prepared = prepare_policy(args.model, robot, args.goal, args.allow_goal_outside_training)
+    backend = Ros2Robot(settings, robot.robot_period_s)
+    goals: UdpGoalListener | None = None
+    try:
+        goals = goal_listener_from(args)
+        print(
+            f"{args.model}: contract OK; goal {prepared.goal.tolist()} m; ROS 2 node "
+            f"{backend.node.get_fully_qualified_name()}: states from "
+            f"{backend.topic_name(settings.joint_states_topic)}, commands to "
+            f"{backend.topic_name(settings.command_topic)} at {settings.update_rate_hz:g} Hz",
+            flush=True,
+        )
+        summary = run_prepared(
+            prepared,
+            backend,
+            duration_s=args.duration,
+            max_cycles=args.max_cycles,
+            stop_on_success=args.stop_on_success,
+            csv_path=args.csv,
+            first_state_timeout_s=args.first_state_timeout,
+            max_policy_steps=args.policy_steps,
+            move_to_home=args.move_to_home,
+            goal_source=CombinedGoals(backend, goals),
+            allow_goal_outside_training=args.allow_goal_outside_training,
+        )
+    finally:
+        if goals is not None:
+            goals.close()
+        backend.close()
+    print(summary.format())
+    return exit_code(summary)
+
+
+class CombinedGoals:
+    """Goals from several sources (the ROS goal topic and an optional UDP goal port)."""
+
+    def __init__(self, *sources: GoalSource | None) -> None:
+        self.sources = [source for source in sources if source is not None]
+
+    def poll(self) -> list[np.ndarray]:
+        return [goal for source in self.sources for goal in source.poll()]
 
 
 def exit_code(summary: LoopSummary) -> int:
@@ -403,6 +504,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run_arguments(commands.add_parser("run", help="run a policy against a robot"))
+    ros2 = commands.add_parser(
+        "ros2", help="run a policy as a ROS 2 node against a ros2_control position controller"
+    )
+    ros2.add_argument("--model", required=True, help="policy.onnx with an iiwa_rl contract")
+    _add_policy_run_arguments(ros2)
+    from .ros2 import add_ros2_arguments
+
+    add_ros2_arguments(ros2)
     check = commands.add_parser("check", help="check a model against the robot config")
     check.add_argument("--model", required=True)
     check.add_argument("--robot-config", default=None)
@@ -419,7 +528,9 @@ def add_send_goal_parser(commands) -> argparse.ArgumentParser:
     goal = commands.add_parser(
         "send-goal", help="send a new goal to a running controller's goal port (--goal-bind)"
     )
-    goal.add_argument("goal", type=float, nargs=3, metavar=("X", "Y", "Z"), help="m, base frame")
+    goal.add_argument(
+        "goal", type=finite_goal, nargs=3, metavar=("X", "Y", "Z"), help="m, base frame"
+    )
     goal.add_argument("--to", default="127.0.0.1:30201", help="the controller's --goal-bind")
     goal.set_defaults(handler=_command_send_goal)
     return goal
@@ -436,11 +547,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "contract": _command_show_contract,
         "fake-robot": fake_robot.run_fake_robot,
         "send-goal": _command_send_goal,
+        "ros2": _command_ros2,
     }
+    from .ros2 import Ros2Unavailable
+
     try:
         return handlers[args.command](args)
     except (ContractError, ConfigError) as error:
         print(f"refused: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Ros2Unavailable as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_REFUSED
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

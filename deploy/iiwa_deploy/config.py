@@ -18,6 +18,16 @@ import numpy as np
 import yaml
 
 DEFAULT_ROBOT_CONFIG_NAME = "robot_iiwa14.yaml"
+# The trained reach policy's worst |setpoint - measured| in the training physics is 0.032 rad
+# (20 goals, 5 and 10 ms periods); 0.1 rad leaves room for a real arm's command smoothing
+# (lbr_fri_ros2_stack filters commands with a 40 ms time constant) and still catches a joint
+# that jumps or an arm that stops following long before it has gone far.
+DEFAULT_TRACKING_ERROR_RAD = 0.1
+DEFAULT_STATE_PERIOD_TOLERANCE = 0.2
+# While following, the error exceeds 0.03 rad only while a joint cruises at the speed cap.
+DEFAULT_TRACKING_ERROR_SUSTAINED_RAD = 0.05
+DEFAULT_TRACKING_ERROR_SUSTAINED_S = 0.3
+DEFAULT_STATE_PERIOD_WINDOW_S = 0.2
 
 
 class ConfigError(ValueError):
@@ -126,6 +136,18 @@ class RobotConfig:
     gripper: GripperLimits = GripperLimits()
     workspace: CartesianLimits = CartesianLimits()
     perception: PerceptionLimits = PerceptionLimits()
+    # |last setpoint - measured| per joint (rad, scalar or one per joint) beyond which the arm
+    # is taken as not following: a jump, a collision, a robot that stopped applying setpoints.
+    tracking_error_rad: Any = DEFAULT_TRACKING_ERROR_RAD
+    # The state rate must match robot_period_s: measured over `state_period_window_s`, the
+    # time per robot sequence step may differ from the period by this fraction at most.
+    state_period_tolerance: float = DEFAULT_STATE_PERIOD_TOLERANCE
+    state_period_window_s: float = DEFAULT_STATE_PERIOD_WINDOW_S
+    # A smaller error that persists: an arm that stopped following a joint_delta policy
+    # stays about one action scale (0.08 rad) behind, under the instant limit, for as long
+    # as the policy pushes. More than this (rad) for longer than `_s` latches too.
+    tracking_error_sustained_rad: float = DEFAULT_TRACKING_ERROR_SUSTAINED_RAD
+    tracking_error_sustained_s: float = DEFAULT_TRACKING_ERROR_SUSTAINED_S
 
     def __post_init__(self) -> None:
         joint_count = len(self.joint_names)
@@ -178,6 +200,45 @@ class RobotConfig:
                 f"got {self.velocity_tolerance_factor}"
             )
         _require_positive("safety.stale_timeout_s", self.stale_timeout_s)
+        tracking = np.array(
+            np.broadcast_to(np.asarray(self.tracking_error_rad, dtype=np.float64), (joint_count,))
+            if np.ndim(self.tracking_error_rad) == 0
+            else self.tracking_error_rad,
+            dtype=np.float64,
+        )
+        if tracking.shape != (joint_count,):
+            raise ConfigError(
+                f"safety.tracking_error_rad: expected one number or {joint_count} (one per "
+                f"joint), got {tracking.shape[0] if tracking.ndim == 1 else tracking.shape}"
+            )
+        if not (np.all(np.isfinite(tracking)) and np.all(tracking > 0.0)):
+            raise ConfigError(
+                f"safety.tracking_error_rad: values must be positive, got {tracking.tolist()}"
+            )
+        tracking.setflags(write=False)
+        object.__setattr__(self, "tracking_error_rad", tracking)
+        if not (
+            math.isfinite(self.state_period_tolerance) and 0.0 < self.state_period_tolerance < 1.0
+        ):
+            raise ConfigError(
+                "safety.state_period_tolerance: must be a fraction in (0, 1), got "
+                f"{self.state_period_tolerance}"
+            )
+        _require_positive("safety.state_period_window_s", self.state_period_window_s)
+        _require_positive("safety.tracking_error_sustained_s", self.tracking_error_sustained_s)
+        if not (
+            math.isfinite(self.tracking_error_sustained_rad)
+            and 0.0 < self.tracking_error_sustained_rad <= float(np.min(tracking))
+        ):
+            raise ConfigError(
+                "safety.tracking_error_sustained_rad: must be positive and not above "
+                f"tracking_error_rad, got {self.tracking_error_sustained_rad}"
+            )
+        if self.state_period_window_s < 4.0 * self.robot_period_s:
+            raise ConfigError(
+                f"safety.state_period_window_s: {self.state_period_window_s} s is under four "
+                f"robot periods ({4.0 * self.robot_period_s} s); the rate cannot be measured"
+            )
 
     @property
     def joint_count(self) -> int:
@@ -235,6 +296,13 @@ def _reject_unknown(mapping: Mapping[str, Any], allowed: set[str], where: str) -
         )
 
 
+def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    section = data.get(key) or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of settings, got {section!r}")
+    return section
+
+
 def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
     """Build a `RobotConfig` from the parsed YAML, refusing unknown or missing keys."""
     if not isinstance(data, Mapping):
@@ -264,9 +332,9 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
     if not isinstance(limits, Mapping):
         raise ConfigError("joint_limits: expected a mapping with lower, upper, velocity, effort")
     _reject_unknown(limits, {"lower", "upper", "velocity", "effort"}, "joint_limits")
-    interpolator = data.get("interpolator") or {}
+    interpolator = _section(data, "interpolator")
     _reject_unknown(interpolator, {"velocity_fraction", "acceleration_limits"}, "interpolator")
-    safety = data.get("safety") or {}
+    safety = _section(data, "safety")
     _reject_unknown(
         safety,
         {
@@ -275,6 +343,11 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
             "position_tolerance_rad",
             "velocity_tolerance_factor",
             "stale_timeout_s",
+            "tracking_error_rad",
+            "state_period_tolerance",
+            "state_period_window_s",
+            "tracking_error_sustained_rad",
+            "tracking_error_sustained_s",
         },
         "safety",
     )
@@ -318,6 +391,27 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
             safety.get("velocity_tolerance_factor", 1.1), "safety.velocity_tolerance_factor"
         ),
         stale_timeout_s=_as_number(safety.get("stale_timeout_s", 0.1), "safety.stale_timeout_s"),
+        tracking_error_rad=_as_vector(
+            safety.get("tracking_error_rad", DEFAULT_TRACKING_ERROR_RAD),
+            "safety.tracking_error_rad",
+            joint_count,
+        ),
+        state_period_tolerance=_as_number(
+            safety.get("state_period_tolerance", DEFAULT_STATE_PERIOD_TOLERANCE),
+            "safety.state_period_tolerance",
+        ),
+        state_period_window_s=_as_number(
+            safety.get("state_period_window_s", DEFAULT_STATE_PERIOD_WINDOW_S),
+            "safety.state_period_window_s",
+        ),
+        tracking_error_sustained_rad=_as_number(
+            safety.get("tracking_error_sustained_rad", DEFAULT_TRACKING_ERROR_SUSTAINED_RAD),
+            "safety.tracking_error_sustained_rad",
+        ),
+        tracking_error_sustained_s=_as_number(
+            safety.get("tracking_error_sustained_s", DEFAULT_TRACKING_ERROR_SUSTAINED_S),
+            "safety.tracking_error_sustained_s",
+        ),
         gripper=gripper,
         workspace=workspace,
         perception=perception,
@@ -365,8 +459,11 @@ def load_robot_config(path: str | Path | None = None) -> RobotConfig:
         text = resources.files("iiwa_deploy").joinpath(DEFAULT_ROBOT_CONFIG_NAME).read_text()
         source = f"iiwa_deploy/{DEFAULT_ROBOT_CONFIG_NAME}"
     else:
-        text = Path(path).read_text()
         source = str(path)
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{source}: cannot read the robot configuration: {error}") from None
     try:
         data = yaml.safe_load(text)
         return robot_config_from_mapping(data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,9 @@ GRASP_BUILDABLE_OBSERVATION_TERMS = tuple(
 LIMIT_TOLERANCE = 1e-4
 EFFORT_TOLERANCE_NM = 1e-3
 PERIOD_RATIO_TOLERANCE = 1e-6
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class ContractError(ValueError):
@@ -120,6 +124,10 @@ class PolicyContract:
     @property
     def joint_count(self) -> int:
         return len(self.joint_names)
+
+    # sha256 of the model's graph and weights (iiwa_deploy.integrity.model_sha256), written
+    # at export; "" in a contract exported before it existed (such a model is refused).
+    model_sha256: str = ""
 
     @property
     def goal_center(self) -> np.ndarray:
@@ -316,6 +324,11 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
         raise ContractError("contract.simulation: expected a mapping")
 
     versions = data.get("versions", {})
+    model_hash = data.get("model_sha256", "")
+    if not isinstance(model_hash, str) or (model_hash and not _SHA256_HEX.fullmatch(model_hash)):
+        raise ContractError(
+            f"contract.model_sha256: expected 64 lowercase hex digits, got {model_hash!r}"
+        )
     return PolicyContract(
         raw=data,
         env_id=str(data.get("env_id", "")),
@@ -344,6 +357,7 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
         if isinstance(versions, Mapping)
         else {},
         grasp=grasp,
+        model_sha256=model_hash,
     )
 
 
@@ -425,6 +439,27 @@ def read_contract(session: _SessionLike, model_path: str | Path) -> PolicyContra
                 f"{more}. Re-export the model or remove the stale sidecar."
             )
     return parse_contract(data)
+
+
+def verify_model_integrity(contract: PolicyContract, model_path: str | Path) -> None:
+    """Refuse a model whose graph or weights are not the ones exported with this contract."""
+    from .integrity import ModelFormatError, file_sha256
+
+    if not contract.model_sha256:
+        raise ContractError(
+            f"{model_path}: the contract has no model_sha256, so the graph and weights cannot "
+            "be verified; re-export the policy with `iiwa-rl export RUN_DIR`"
+        )
+    try:
+        actual = file_sha256(model_path)
+    except (OSError, ModelFormatError) as error:
+        raise ContractError(f"{model_path}: cannot hash the model: {error}") from None
+    if actual != contract.model_sha256:
+        raise ContractError(
+            f"{model_path}: the graph or weights changed since export (sha256 {actual[:16]}... "
+            f"but the contract says {contract.model_sha256[:16]}...): the file is corrupted "
+            "or was edited; restore or re-export it"
+        )
 
 
 def check_model_io(contract: PolicyContract, session: _SessionLike) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -110,6 +111,16 @@ class FaultInjection:
     nan_at_cycles: Sequence[int] = ()
     silent_from_cycle: int = 0
     silent_cycles: int = 0
+    inf_at_cycles: Sequence[int] = ()
+    # A robot side gone wrong: `burst_factor` states per period (each numbered +1, as a
+    # robot configured for a faster rate would send), a measured joint 0 that jumps by
+    # `jump_rad` from a cycle on, an arm that stops applying setpoints.
+    burst_from_cycle: int = 0
+    burst_cycles: int = 0
+    burst_factor: int = 5
+    jump_at_cycle: int = 0
+    jump_rad: float = 1.0
+    stop_following_from_cycle: int = 0
 
     def silent(self, cycle: int) -> bool:
         return (
@@ -183,7 +194,7 @@ class FakeRobot:
         except OSError:
             pass  # nobody listening yet: a real robot keeps sending too
 
-    def _receive_setpoints(self) -> None:
+    def _receive_setpoints(self, apply: bool = True) -> None:
         newest = None
         while True:
             try:
@@ -204,7 +215,7 @@ class FakeRobot:
                 self.record.setpoints.append(message.joint_positions.copy())
             if newest is None or message.sequence > newest.sequence:
                 newest = message
-        if newest is not None:
+        if newest is not None and apply:
             self.plant.apply(newest.joint_positions)
             if newest.gripper is not None and self.with_gripper:
                 command = newest.gripper
@@ -212,13 +223,18 @@ class FakeRobot:
                     GripperCommand(command.width_m, command.speed_m_s, command.force_n)
                 )
 
-    def tick(self) -> None:
+    def tick(self, step_plant: bool = True) -> None:
         """One robot period: apply the newest setpoint, advance the plant, send a STATE."""
-        self._receive_setpoints()
-        self.joint_positions, self.joint_velocities = self.plant.step(self.period_s)
+        faults = self.faults
+        following = not (
+            faults.stop_following_from_cycle
+            and self._sequence + 1 >= faults.stop_following_from_cycle
+        )
+        self._receive_setpoints(apply=following)
+        if step_plant:
+            self.joint_positions, self.joint_velocities = self.plant.step(self.period_s)
         self._sequence += 1
         cycle = self._sequence
-        faults = self.faults
         if faults.silent(cycle) or _every(faults.drop_every, cycle):
             return
         if self.pose_sensor is not None:
@@ -226,10 +242,14 @@ class FakeRobot:
             for pose in self.pose_sensor.poll():
                 if self._object_sender is not None:
                     self._object_sender.send(pose)
-        nan_state = cycle in faults.nan_at_cycles
+        nan_state = cycle in faults.nan_at_cycles or cycle in faults.inf_at_cycles
         positions = self.joint_positions.copy()
-        if nan_state:
+        if faults.jump_at_cycle and cycle >= faults.jump_at_cycle:
+            positions[0] += faults.jump_rad
+        if cycle in faults.nan_at_cycles:
             positions[0] = float("nan")
+        if cycle in faults.inf_at_cycles:
+            positions[1] = float("inf")
         if self.with_gripper:
             gripper = self.plant.gripper_state()
             datagram = encode_state_v2(
@@ -275,6 +295,27 @@ class FakeRobot:
                 break
             if max_cycles is not None and cycles >= max_cycles:
                 break
+            faults = self.faults
+            if faults.burst_from_cycle and (
+                faults.burst_from_cycle
+                <= self._sequence + 1
+                < faults.burst_from_cycle + faults.burst_cycles * faults.burst_factor
+            ):
+                # The physics still advances once per period; the states come faster.
+                burst_start = time.monotonic()
+                for sub in range(faults.burst_factor):
+                    self.tick(step_plant=sub == 0)
+                    self._stop.wait(
+                        max(
+                            0.0,
+                            burst_start
+                            + (sub + 1) * self.period_s / faults.burst_factor
+                            - time.monotonic(),
+                        )
+                    )
+                cycles += 1
+                next_tick = time.monotonic()
+                continue
             self.tick()
             cycles += 1
             next_tick += self.period_s
@@ -282,9 +323,15 @@ class FakeRobot:
             if delay > 0:
                 self._stop.wait(delay)
             elif delay < -self.period_s:
-                # A real robot does not send the ticks it missed; neither do we.
+                # A real robot does not send the ticks it missed; neither do we. It numbers
+                # its states by its clock, though (the protocol's sequence skips the periods
+                # not sent), and the arm lived through those periods too.
+                missed = int(-delay // self.period_s)
                 self.record.late_ticks += 1
-                next_tick = time.monotonic()
+                for _ in range(missed):
+                    self.joint_positions, self.joint_velocities = self.plant.step(self.period_s)
+                self._sequence += missed
+                next_tick += missed * self.period_s
 
     def start(self, duration_s: float | None = None, max_cycles: int | None = None) -> FakeRobot:
         self._thread = threading.Thread(
@@ -311,13 +358,25 @@ class FakeRobot:
         self.close()
 
 
+def _port(text: str) -> int:
+    from .cli import port_number
+
+    return port_number(text)
+
+
+def _seconds(text: str) -> float:
+    from .cli import positive_seconds
+
+    return positive_seconds(text)
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
         prog="python -m iiwa_deploy.fake_robot",
         description="Loopback fake iiwa: sends STATE to the controller, tracks its SETPOINTs.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="controller host (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=30200, help="controller UDP port")
+    parser.add_argument("--port", type=_port, default=30200, help="controller UDP port")
     parser.add_argument(
         "--robot-config",
         default=None,
@@ -325,11 +384,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     parser.add_argument(
         "--period",
-        type=float,
+        type=_seconds,
         default=None,
         help="robot period in s (default: robot_period_s of the config)",
     )
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many s")
+    parser.add_argument("--duration", type=_seconds, default=None, help="stop after this many s")
     parser.add_argument(
         "--q0",
         type=float,
@@ -343,9 +402,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run_fake_robot(args: argparse.Namespace) -> int:
     robot: RobotConfig = load_robot_config(args.robot_config)
     if len(args.q0) != robot.joint_count:
-        raise SystemExit(f"--q0 needs {robot.joint_count} values, got {len(args.q0)}")
+        raise ValueError(f"--q0 needs {robot.joint_count} values, got {len(args.q0)}")
     period = args.period if args.period is not None else robot.robot_period_s
-    fake = FakeRobot((args.host, args.port), NumpyPlant(robot.velocity), period, args.q0)
+    try:
+        host = socket.gethostbyname(args.host)
+    except OSError as error:
+        raise ValueError(f"--host {args.host!r} does not resolve: {error}") from None
+    fake = FakeRobot((host, args.port), NumpyPlant(robot.velocity), period, args.q0)
     print(
         f"fake robot: {fake.local_address[0]}:{fake.local_address[1]} -> "
         f"{args.host}:{args.port} every {period * 1000:.1f} ms",
@@ -366,7 +429,11 @@ def run_fake_robot(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_fake_robot(build_parser().parse_args(argv))
+    try:
+        return run_fake_robot(build_parser().parse_args(argv))
+    except ValueError as error:  # ConfigError included
+        print(f"fake robot: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

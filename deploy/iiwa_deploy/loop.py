@@ -3,9 +3,11 @@
 Cycle order (the robot clocks it: `receive_state` blocks until the next state):
 
 1. receive the newest state; drop it if its sequence is not newer than the last one used;
-2. gate the state (finite, within limits + tolerance, speed within limit x factor);
-3. setpoint = the command stream's next step (or the hold setpoint if a fault is latched);
-   gate it (finite, inside limits - margin); send it immediately;
+2. gate the state (finite, within limits + tolerance, speed within limit x factor, no robot
+   error flag, the arm following the last setpoint, the state rate matching the period);
+3. setpoint = the command stream's next step (or the hold setpoint if a fault is latched, or
+   the measured position while the robot is not commanding); gate it (finite, inside limits
+   - margin); send it immediately;
 4. if a policy step is due: success bookkeeping, then observation -> action -> target ->
    command stream.
 
@@ -17,7 +19,10 @@ state simply waits in the socket and the backend answers only the newest one: th
 catches up missed cycles in a burst.
 
 Phases: before the policy runs, the measured start pose is checked against the contract's
-home (refused, or with `move_to_home` first driven there slowly); at the end (duration,
+home (refused, or with `move_to_home` first driven there slowly), and with a real-time
+backend the arm is held where it stands until one window of states has shown that they
+come at the configured period (a robot side sending faster would make every setpoint move
+the arm faster than planned); at the end (duration,
 policy-step budget, success, Ctrl-C) the stream brakes to rest within its acceleration limit
 before the loop stops answering, so the arm is never left mid-motion.
 
@@ -47,7 +52,7 @@ from .interpolator import JointInterpolator
 from .observation import ObservationBuilder, ObservationConstants, ObservationInputs
 from .perception import ObjectPoseSource
 from .robot import RobotBackend
-from .safety import FaultRecord, SafetyMonitor
+from .safety import FaultRecord, SafetyMonitor, StateRateMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,8 @@ HOME_REACHED_TOLERANCE_RAD = 0.005
 # robot that never settles is left after BRAKE_SETTLE_TIMEOUT_S of holding.
 REST_SPEED_RAD_S = 0.005
 BRAKE_SETTLE_TIMEOUT_S = 2.0
+# The status snapshot (`ControlLoop.status`) summarises this many recent cycles.
+STATUS_RECENT_CYCLES = 400
 
 
 class Policy(Protocol):
@@ -345,7 +352,7 @@ class ControlLoop:
         allow_goal_outside_training: bool = False,
         object_source: ObjectPoseSource | None = None,
     ) -> None:
-        # A copy: goal messages rewrite it in place, and the caller's array is not ours.
+        # A copy: goal changes are written into it in place, never into the caller's array.
         goal = np.array(goal_position, dtype=float)
         if goal.shape != (3,) or not np.all(np.isfinite(goal)):
             raise ValueError(f"goal must be 3 finite numbers (m), got {goal_position!r}")
@@ -410,6 +417,22 @@ class ControlLoop:
         self._reset_requested = threading.Event()
         self._goal_changes = 0
         self.last_tcp_position = np.zeros(3)
+        self.state_rate = (
+            StateRateMonitor(
+                robot_config.robot_period_s,
+                robot_config.state_period_window_s,
+                robot_config.state_period_tolerance,
+            )
+            if getattr(backend, "real_time", False)
+            else None
+        )
+        # What `status()` reports while `run` goes on.
+        self._recorder: _CycleRecorder | None = None
+        self._cycles = 0
+        self._policy_steps = 0
+        self._unanswered = 0
+        self._commanding = False
+        self._phase = "waiting for the robot"
 
     def request_reset(self) -> None:
         """Ask the loop (from any thread) to clear a latched fault at the next state."""
@@ -516,6 +539,48 @@ class ControlLoop:
         self._home_move.set_target(self.contract.home_joint_positions)
         logger.info("driving to the policy's home pose first")
 
+    def status(self) -> dict:
+        """A snapshot of the running loop for an operator display or a status topic: phase,
+        counters, the latched fault, the goal and TCP distance, recent timing (ms). Call it
+        from the loop's thread (a backend's callback does), not concurrently with a cycle."""
+        recorder = self._recorder
+        recent: dict[str, float] = {}
+        if recorder is not None and recorder.count:
+            count = min(recorder.count, recorder.capacity, STATUS_RECENT_CYCLES)
+            indices = (recorder.count - 1 - np.arange(count)) % recorder.capacity
+            for name, values in (
+                ("compute", recorder.compute),
+                ("state_interval", recorder.interval),
+                ("inference", recorder.inference),
+            ):
+                stats = TimingStats.of(values[indices])
+                recent[f"{name}_p99_ms"] = round(stats.p99_s * 1e3, 4)
+                recent[f"{name}_max_ms"] = round(stats.max_s * 1e3, 4)
+            recent["missed_deadlines"] = int(np.count_nonzero(recorder.missed[indices]))
+        safety = self.safety
+        rate = self.state_rate
+        return {
+            "phase": self._phase,
+            "cycles": self._cycles,
+            "policy_steps": self._policy_steps,
+            "unanswered_states": self._unanswered,
+            "robot_commanding": self._commanding,
+            "fault_latched": safety.latched,
+            "fault": safety.latched_reason,
+            "faults": [fault.reason for fault in safety.faults],
+            "goal_m": [round(float(v), 5) for v in self.goal_position],
+            "tcp_distance_m": round(float(self._success.distance_m), 5)
+            if math.isfinite(self._success.distance_m)
+            else None,
+            "held_s": round(self._success.held_s, 3),
+            "success": self._success.succeeded and not safety.faults,
+            "measured_period_ms": None
+            if rate is None or not math.isfinite(rate.measured_period_s)
+            else round(rate.measured_period_s * 1e3, 4),
+            "robot_period_ms": round(self.robot_config.robot_period_s * 1e3, 4),
+            "recent": recent,
+        }
+
     def run(
         self,
         duration_s: float | None = None,
@@ -546,7 +611,9 @@ class ControlLoop:
             robot.joint_count,
             with_joint_log=csv_path is not None,
         )
+        self._recorder = recorder
         safety = self.safety
+        rate = self.state_rate
         stale_timeout = robot.stale_timeout_s
         next_policy_sequence: int | None = None
         policy_steps = 0
@@ -561,6 +628,8 @@ class ControlLoop:
         braking_from: np.ndarray | None = None
         braking_travel = 0.0
         refusal: str | None = None
+        start_checked = False  # the start pose was checked against the contract's home
+        needs_home_move = False
         start = time.perf_counter()
         policy_start: float | None = None  # when the policy phase began (after any home move)
         interrupts = 0
@@ -578,12 +647,20 @@ class ControlLoop:
         while True:
             try:
                 now = time.perf_counter()
+                # The duration is policy time; a run that latched before the policy started
+                # (a bad first state, a wrong state rate) counts it from the start instead,
+                # so it still ends.
+                duration_from = (
+                    policy_start if policy_start is not None else start if safety.latched else None
+                )
                 if (
                     duration_s is not None
-                    and policy_start is not None
-                    and now - policy_start >= duration_s
+                    and duration_from is not None
+                    and now - duration_from >= duration_s
                 ):
                     begin_stop("duration")
+                    if self._stream is None:
+                        break
                 if max_cycles is not None and cycles >= max_cycles:
                     stop_reason = "max_cycles" if not stopping else stop_reason
                     break
@@ -605,8 +682,8 @@ class ControlLoop:
                     timeout = last_received + stale_timeout - now
                     if timeout <= 0.0:
                         timeout = stale_timeout
-                if duration_s is not None and policy_start is not None and not stopping:
-                    timeout = min(timeout, policy_start + duration_s - now)
+                if duration_s is not None and duration_from is not None and not stopping:
+                    timeout = min(timeout, duration_from + duration_s - now)
                 state = self.backend.receive_state(max(0.0, timeout))
                 received = time.perf_counter()
                 if state is None:
@@ -629,7 +706,17 @@ class ControlLoop:
                 last_received = received
                 positions = np.asarray(state.joint_positions, dtype=float)
                 velocities = np.asarray(state.joint_velocities, dtype=float)
+                commanding = bool(getattr(state, "commanding", True))
+                self._commanding = commanding
                 state_ok = safety.check_state(positions, velocities)
+                if getattr(state, "robot_error", False):
+                    safety.latch("the robot reports an error (ROBOT_ERROR): holding")
+                if rate is not None:
+                    rate_fault = rate.observe(received, state.sequence)
+                    if rate_fault is not None:
+                        safety.latch(rate_fault)
+                if state_ok and commanding and not safety.latched:
+                    safety.check_tracking(positions, received)
                 if state_ok:
                     last_good_positions = positions
                     measured_at_rest = bool(np.max(np.abs(velocities)) < REST_SPEED_RAD_S)
@@ -639,29 +726,57 @@ class ControlLoop:
                             stop_reason = "refused"
                             break
                         self._grasp.on_state(state)
-                    if self._stream is None and self._home_move is None:
+                if state_ok and not safety.latched:
+                    if not start_checked:
+                        start_checked = True
                         refusal = self._start_pose_refusal(positions)
                         if refusal is not None and not self.move_to_home:
                             logger.error("refused: %s", refusal)
                             stop_reason = "refused"
                             break
-                        if refusal is not None:
-                            refusal = None
-                            self._begin_home_move(positions)
+                        needs_home_move, refusal = refusal is not None, None
+                    if not commanding:
+                        # The robot does not apply setpoints now (someone else moves the arm,
+                        # or it is not switched to commanding yet): no plan survives this; on
+                        # return the stream restarts at rest where the arm then is.
+                        if self._stream is not None:
+                            self._stream.reset(positions)
+                        self._home_move = None
+                        safety.pause_tracking()
+                        next_policy_sequence = None
+                        self._previous_action[:] = 0.0
+                    elif (
+                        self._stream is None
+                        and self._home_move is None
+                        and (rate is None or rate.verified)
+                    ):
+                        # From the hold the arm was last commanded to (the measured position
+                        # at the first state, or while not commanding), so the setpoint
+                        # stream stays continuous.
+                        origin = (
+                            safety.hold_setpoint if safety.hold_setpoint is not None else positions
+                        )
+                        if needs_home_move:
+                            self._begin_home_move(origin)
                         else:
                             self._stream = CommandStream(
                                 self.timing,
                                 robot.interpolator_velocity,
                                 robot.acceleration,
-                                positions,
+                                origin,
                             )
                             policy_start = received
                 setpoint: np.ndarray | None = None
                 if not safety.latched:
-                    if self._stream is not None:
+                    if not commanding:
+                        setpoint = positions.copy()
+                    elif self._stream is not None:
                         setpoint = self._stream.next_setpoint()
                     elif self._home_move is not None:
                         setpoint = self._home_move.step()
+                    elif safety.hold_setpoint is not None:
+                        # Waiting for the state rate to be confirmed: stay where the arm was.
+                        setpoint = safety.hold_setpoint.copy()
                     if setpoint is not None and not safety.check_setpoint(setpoint):
                         setpoint = None
                     if (
@@ -719,6 +834,7 @@ class ControlLoop:
                 if (
                     not safety.latched
                     and not stopping
+                    and commanding
                     and self._stream is not None
                     and (next_policy_sequence is None or state.sequence >= next_policy_sequence)
                 ):
@@ -758,6 +874,24 @@ class ControlLoop:
                                 self._stream.set_target(target)
                                 policy_steps += 1
                 cycles += 1
+                self._cycles, self._policy_steps, self._unanswered = (
+                    cycles,
+                    policy_steps,
+                    unanswered,
+                )
+                self._phase = (
+                    "fault latched"
+                    if safety.latched
+                    else "stopping"
+                    if stopping
+                    else "robot not commanding"
+                    if not commanding
+                    else "policy"
+                    if self._stream is not None
+                    else "moving to home"
+                    if self._home_move is not None
+                    else "checking the state rate"
+                )
                 self._record(
                     recorder,
                     slot,
@@ -817,9 +951,7 @@ class ControlLoop:
             final_distance_m=final_distance,
             rest_distance_m=rest_distance,
             success_threshold_m=self.contract.success_threshold_m,
-            success=(
-                success.succeeded if self._grasp is None else self._grasp.outcome.succeeded
-            )
+            success=(success.succeeded if self._grasp is None else self._grasp.outcome.succeeded)
             and not safety.faults,
             success_hold_s=success.hold_s,
             held_s=success.held_s,

@@ -23,6 +23,7 @@ from .contract import (
     check_compatibility,
     check_model_io,
     read_contract,
+    verify_model_integrity,
 )
 
 DEFAULT_WARMUP_RUNS = 50
@@ -97,6 +98,7 @@ def load_policy(
         raise ContractError(f"{path}: no such model file")
     session = create_session(path)
     contract = read_contract(session, path)
+    verify_model_integrity(contract, path)
     steps_per_action = check_compatibility(contract, robot)
     policy = OnnxPolicy(session, contract)
     policy.warm_up(warmup_runs)

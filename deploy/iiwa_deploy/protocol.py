@@ -25,7 +25,10 @@ version, and a policy that needs the gripper refuses a version 1 robot (loop.py)
 
 Fixed sizes keep a C/C++ FRI client trivial (one packed struct each way) and let the decoder
 reject anything of the wrong length before looking inside. The decoder raises
-`ProtocolError` for every malformed input and nothing else.
+`ProtocolError` for every malformed input and nothing else. A STATE that is well formed but
+carries a non-finite joint value is not malformed: `decode_state(..., allow_non_finite=True)`
+(what the controller's UDP backend uses) delivers it, so the loop's state gate latches on it
+instead of the stale timeout noticing only later.
 """
 
 from __future__ import annotations
@@ -345,9 +348,11 @@ def _decode_header(data: bytes, expected_type: int | None) -> tuple[int, int, in
     return message_type, flags, sequence, timestamp, version
 
 
-def _finite_floats(data: bytes, offset: int, count: int, what: str) -> np.ndarray:
+def _finite_floats(
+    data: bytes, offset: int, count: int, what: str, allow_non_finite: bool = False
+) -> np.ndarray:
     values = np.frombuffer(data, dtype=_FLOAT64, count=count, offset=offset).astype(np.float64)
-    if not np.all(np.isfinite(values)):
+    if not allow_non_finite and not np.all(np.isfinite(values)):
         raise ProtocolError(f"{what}: non-finite value")
     return values
 
@@ -359,14 +364,18 @@ def _check_size(data: bytes, what: str, version: int, expected: int) -> None:
         )
 
 
-def decode_state(data: bytes) -> StateMessage:
-    """A STATE of either version (`version` says which; `gripper` is None in version 1)."""
+def decode_state(data: bytes, allow_non_finite: bool = False) -> StateMessage:
+    """A STATE of either version (`version` says which; `gripper` is None in version 1).
+    `allow_non_finite`: return a well-formed STATE with NaN/inf joint values (for the state
+    gate to latch on) instead of rejecting it as malformed."""
     data = bytes(data)
     _, flags, sequence, timestamp, version = _decode_header(data, MESSAGE_STATE)
     _check_size(data, "STATE", version, STATE_SIZE if version == 1 else STATE_V2_SIZE)
     if flags & ~STATE_KNOWN_FLAGS:
         raise ProtocolError(f"STATE flags 0x{flags:04x} set unknown bits")
-    values = _finite_floats(data, HEADER.size, 3 * JOINT_COUNT, "STATE joint values")
+    values = _finite_floats(
+        data, HEADER.size, 3 * JOINT_COUNT, "STATE joint values", allow_non_finite
+    )
     gripper = None
     if version == PROTOCOL_VERSION_GRIPPER:
         width, force, status, reserved = STATE_GRIPPER.unpack_from(data, STATE_SIZE)

@@ -23,6 +23,8 @@ from .protocol import (
     PROTOCOL_VERSION_GRIPPER,
     SETPOINT_FAULT_LATCHED,
     SETPOINT_HOLD,
+    STATE_COMMANDING_ACTIVE,
+    STATE_ROBOT_ERROR,
     GripperSetpoint,
     GripperState,
     ProtocolError,
@@ -49,6 +51,11 @@ class RobotState:
     joint_torques: np.ndarray | None = None
     protocol_version: int = PROTOCOL_VERSION
     gripper: GripperState | None = None  # protocol version 2: the gripper's measured state
+    # The robot applies the setpoints it receives (FRI COMMANDING_ACTIVE). While False the
+    # loop answers with the measured position and its interpolator does not advance.
+    commanding: bool = True
+    # The robot side reports an error of its own: the loop latches a fault.
+    robot_error: bool = False
 
 
 @runtime_checkable
@@ -59,6 +66,12 @@ class RobotBackend(Protocol):
     `send_setpoint` answers the state with sequence `answer_to_sequence`; `fault` tells the
     robot side the controller is holding because of a latched fault. A backend whose
     robot has a gripper (protocol version 2) also takes `gripper=GripperCommand` there.
+
+    Optional: a backend whose states arrive at the robot's pace in wall-clock time (a real
+    arm, the UDP and ROS 2 bridges, a simulation keeping its own clock) sets `real_time =
+    True`; the loop then measures the state rate against `period_s`, holds still until one
+    window agrees, and latches a fault when it stops agreeing. A backend stepped on demand
+    (tests, a simulation run as fast as it goes) leaves it unset.
     """
 
     period_s: float
@@ -91,6 +104,20 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def bind_udp_socket(address: tuple[str, int]) -> socket.socket:
+    """A non-blocking UDP socket bound to `address`; ValueError with the reason (port in use,
+    host that does not resolve or is not local) instead of an OSError traceback."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        udp.bind(address)
+    except (OSError, OverflowError) as error:
+        udp.close()
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise ValueError(f"cannot bind UDP {address[0]}:{address[1]}: {reason}") from None
+    udp.setblocking(False)
+    return udp
+
+
 class UdpRobot:
     """Controller end of the bridge. Bind to a local address; the robot side sends to it.
 
@@ -105,12 +132,12 @@ class UdpRobot:
     counted (`version_changed`): one robot does not change protocols mid-run.
     """
 
+    real_time = True
+
     def __init__(self, bind_address: tuple[str, int], period_s: float) -> None:
         self.period_s = float(period_s)
         self.stats = UdpLinkStats()
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._socket.bind(bind_address)
-        self._socket.setblocking(False)
+        self._socket = bind_udp_socket(bind_address)
         self.robot_address: tuple[str, int] | None = None
         self._last_sequence: int | None = None
         self._own_sequence = 0
@@ -126,7 +153,9 @@ class UdpRobot:
             self.stats.foreign_sender += 1
             return None
         try:
-            message = decode_state(data)
+            # A well-formed state with NaN/inf values goes to the loop, whose state gate
+            # latches on it; anything malformed is dropped here.
+            message = decode_state(data, allow_non_finite=True)
         except ProtocolError:
             self.stats.malformed += 1
             return None
@@ -152,6 +181,8 @@ class UdpRobot:
             joint_torques=message.joint_torques,
             protocol_version=message.version,
             gripper=message.gripper,
+            commanding=bool(message.flags & STATE_COMMANDING_ACTIVE),
+            robot_error=bool(message.flags & STATE_ROBOT_ERROR),
         )
 
     def _drain(self) -> RobotState | None:
@@ -238,9 +269,7 @@ class UdpGoalListener:
 
     def __init__(self, bind_address: tuple[str, int], allowed_hosts=("127.0.0.1",)) -> None:
         self.allowed_hosts = frozenset(allowed_hosts)
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._socket.bind(bind_address)
-        self._socket.setblocking(False)
+        self._socket = bind_udp_socket(bind_address)
         # Per host, not per socket: `send_goal` opens a new socket for every goal.
         self._last_sequence: dict[str, int] = {}
         self.ignored = 0

@@ -155,7 +155,9 @@ class IiwaGraspEnv(IiwaEnv):
         if options.get("cube_position") is not None:
             xy = np.asarray(options["cube_position"], dtype=float)
             if xy.shape != (2,) or not np.all(np.isfinite(xy)):
-                raise ValueError(f"options['cube_position'] must be 2 finite numbers (x, y), got {xy}")
+                raise ValueError(
+                    f"options['cube_position'] must be 2 finite numbers (x, y), got {xy}"
+                )
         if options.get("cube_yaw") is not None:
             yaw = float(options["cube_yaw"])
             if not math.isfinite(yaw):
