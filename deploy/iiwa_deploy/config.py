@@ -418,7 +418,7 @@ def robot_config_from_mapping(data: Mapping[str, Any]) -> RobotConfig:
     )
 
 
-def _section(data: Mapping[str, Any], name: str, cls: type) -> dict[str, Any]:
+def _limits_section(data: Mapping[str, Any], name: str, cls: type) -> dict[str, Any]:
     """The YAML section `name` as keyword arguments of `cls` (missing keys keep defaults)."""
     raw = data.get(name) or {}
     if not isinstance(raw, Mapping):
@@ -447,9 +447,9 @@ def _cell_sections(
     data: Mapping[str, Any],
 ) -> tuple[GripperLimits, CartesianLimits, PerceptionLimits]:
     return (
-        GripperLimits(**_section(data, "gripper", GripperLimits)),
-        CartesianLimits(**_section(data, "workspace", CartesianLimits)),
-        PerceptionLimits(**_section(data, "perception", PerceptionLimits)),
+        GripperLimits(**_limits_section(data, "gripper", GripperLimits)),
+        CartesianLimits(**_limits_section(data, "workspace", CartesianLimits)),
+        PerceptionLimits(**_limits_section(data, "perception", PerceptionLimits)),
     )
 
 
