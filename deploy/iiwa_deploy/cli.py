@@ -377,20 +377,7 @@ def _command_run(args: argparse.Namespace) -> int:
             f"robot STATE on {host}:{port}",
             flush=True,
         )
-        summary = run_prepared(
-            prepared,
-            backend,
-            duration_s=args.duration,
-            max_cycles=args.max_cycles,
-            stop_on_success=args.stop_on_success,
-            csv_path=args.csv,
-            first_state_timeout_s=args.first_state_timeout,
-            max_policy_steps=args.policy_steps,
-            move_to_home=args.move_to_home,
-            goal_source=goals,
-            allow_goal_outside_training=args.allow_goal_outside_training,
-            object_source=objects,
-        )
+        summary = _run_session(prepared, backend, args, goals, objects)
     finally:
         if fake is not None:
             fake.close()
@@ -401,6 +388,24 @@ def _command_run(args: argparse.Namespace) -> int:
         backend.close()
     print(summary.format())
     return exit_code(summary)
+
+
+def _run_session(prepared, backend, args, goal_source, object_source=None) -> LoopSummary:
+    """`run_prepared` with the session options of the command line (run and ros2 alike)."""
+    return run_prepared(
+        prepared,
+        backend,
+        duration_s=args.duration,
+        max_cycles=args.max_cycles,
+        stop_on_success=args.stop_on_success,
+        csv_path=args.csv,
+        first_state_timeout_s=args.first_state_timeout,
+        max_policy_steps=args.policy_steps,
+        move_to_home=args.move_to_home,
+        goal_source=goal_source,
+        allow_goal_outside_training=args.allow_goal_outside_training,
+        object_source=object_source,
+    )
 
 
 def _command_ros2(args: argparse.Namespace) -> int:
@@ -420,19 +425,7 @@ def _command_ros2(args: argparse.Namespace) -> int:
             f"{backend.topic_name(settings.command_topic)} at {settings.update_rate_hz:g} Hz",
             flush=True,
         )
-        summary = run_prepared(
-            prepared,
-            backend,
-            duration_s=args.duration,
-            max_cycles=args.max_cycles,
-            stop_on_success=args.stop_on_success,
-            csv_path=args.csv,
-            first_state_timeout_s=args.first_state_timeout,
-            max_policy_steps=args.policy_steps,
-            move_to_home=args.move_to_home,
-            goal_source=CombinedGoals(backend, goals),
-            allow_goal_outside_training=args.allow_goal_outside_training,
-        )
+        summary = _run_session(prepared, backend, args, CombinedGoals(backend, goals))
     finally:
         if goals is not None:
             goals.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import select
+from abc import ABC, abstractmethod
 import socket
 import time
 from dataclasses import dataclass
@@ -260,110 +261,100 @@ class UdpRobot:
         self.close()
 
 
-class UdpGoalListener:
+class _UdpSideChannel(ABC):
+    """A non-blocking UDP port for messages beside the robot's (goals, object poses): only
+    hosts in `allowed_hosts` are heard, and what is dropped is logged with the reason.
+    `poll` reads every datagram waiting; `_accept(data, sender, received_s)` decodes one
+    (raising ProtocolError) and returns what to hand on, or None to skip it."""
+
+    what = "message"
+
+    def __init__(self, bind_address: tuple[str, int], allowed_hosts=("127.0.0.1",)) -> None:
+        self.allowed_hosts = frozenset(allowed_hosts)
+        self._socket = bind_udp_socket(bind_address)
+        self.ignored = 0
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self._socket.getsockname()
+
+    def _ignore(self, reason: str, *args) -> None:
+        self.ignored += 1
+        logger.warning(f"{self.what} message ignored: " + reason, *args)
+
+    @abstractmethod
+    def _accept(self, data: bytes, sender: tuple[str, int], received_s: float):
+        """The decoded item to hand on, or None to skip the datagram."""
+
+    def poll(self) -> list:
+        accepted = []
+        while True:
+            try:
+                data, sender = self._socket.recvfrom(RECEIVE_BUFFER_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return accepted
+            except OSError:
+                continue  # ICMP port unreachable from an earlier send
+            received = time.perf_counter()
+            if sender[0] not in self.allowed_hosts:
+                self._ignore("from unknown sender %s:%d", sender[0], sender[1])
+                continue
+            try:
+                item = self._accept(data, sender, received)
+            except ProtocolError as error:
+                self._ignore("%s (from %s:%d)", error, sender[0], sender[1])
+                continue
+            if item is not None:
+                accepted.append(item)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+class UdpGoalListener(_UdpSideChannel):
     """New goals while the loop runs: GOAL datagrams on their own port (a `GoalSource`).
 
     Only hosts in `allowed_hosts` may move the goal; a datagram from any other address, a
     malformed one, a non-finite goal or a sequence not newer than the last is ignored with a
     logged reason. The loop checks each goal against the training box before using it."""
 
+    what = "goal"
+
     def __init__(self, bind_address: tuple[str, int], allowed_hosts=("127.0.0.1",)) -> None:
-        self.allowed_hosts = frozenset(allowed_hosts)
-        self._socket = bind_udp_socket(bind_address)
+        super().__init__(bind_address, allowed_hosts)
         # Per host, not per socket: `send_goal` opens a new socket for every goal.
         self._last_sequence: dict[str, int] = {}
-        self.ignored = 0
 
-    @property
-    def local_address(self) -> tuple[str, int]:
-        return self._socket.getsockname()
-
-    def _ignore(self, reason: str, *args) -> None:
-        self.ignored += 1
-        logger.warning("goal message ignored: " + reason, *args)
-
-    def poll(self) -> list[np.ndarray]:
-        goals = []
-        while True:
-            try:
-                data, sender = self._socket.recvfrom(RECEIVE_BUFFER_BYTES)
-            except (BlockingIOError, InterruptedError):
-                return goals
-            except OSError:
-                continue
-            if sender[0] not in self.allowed_hosts:
-                self._ignore("from unknown sender %s:%d", sender[0], sender[1])
-                continue
-            try:
-                message = decode_goal(data)
-            except ProtocolError as error:
-                self._ignore("%s (from %s:%d)", error, sender[0], sender[1])
-                continue
-            last = self._last_sequence.get(sender[0])
-            if last is not None and message.sequence <= last:
-                self._ignore("sequence %d not newer than %d", message.sequence, last)
-                continue
-            self._last_sequence[sender[0]] = message.sequence
-            goals.append(message.goal_position)
-
-    def close(self) -> None:
-        self._socket.close()
+    def _accept(self, data, sender, received_s) -> np.ndarray | None:
+        message = decode_goal(data)
+        last = self._last_sequence.get(sender[0])
+        if last is not None and message.sequence <= last:
+            self._ignore("sequence %d not newer than %d", message.sequence, last)
+            return None
+        self._last_sequence[sender[0]] = message.sequence
+        return message.goal_position
 
 
-class UdpObjectListener:
+class UdpObjectListener(_UdpSideChannel):
     """Object pose estimates while the loop runs: OBJECT datagrams on their own port (an
     `ObjectPoseSource`). Only hosts in `allowed_hosts` are heard; a malformed datagram (wrong
     size or version, non-finite numbers, not a unit quaternion) is dropped with a logged
     reason. Which estimator ids count, and the stale and jump gates, are the loop's
     (perception.ObjectPoseGate)."""
 
-    def __init__(self, bind_address: tuple[str, int], allowed_hosts=("127.0.0.1",)) -> None:
-        self.allowed_hosts = frozenset(allowed_hosts)
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._socket.bind(bind_address)
-        self._socket.setblocking(False)
-        self.ignored = 0
+    what = "object"
 
-    @property
-    def local_address(self) -> tuple[str, int]:
-        return self._socket.getsockname()
-
-    def _ignore(self, reason: str, *args) -> None:
-        self.ignored += 1
-        logger.warning("object message ignored: " + reason, *args)
-
-    def poll(self) -> list[ObjectPose]:
-        poses = []
-        while True:
-            try:
-                data, sender = self._socket.recvfrom(RECEIVE_BUFFER_BYTES)
-            except (BlockingIOError, InterruptedError):
-                return poses
-            except OSError:
-                continue
-            received = time.perf_counter()
-            if sender[0] not in self.allowed_hosts:
-                self._ignore("from unknown sender %s:%d", sender[0], sender[1])
-                continue
-            try:
-                message = decode_object(data)
-            except ProtocolError as error:
-                self._ignore("%s (from %s:%d)", error, sender[0], sender[1])
-                continue
-            poses.append(
-                ObjectPose(
-                    sequence=message.sequence,
-                    source_id=message.source_id,
-                    position=message.position,
-                    orientation=message.orientation,
-                    latency_s=message.latency_s,
-                    received_s=received,
-                    valid=message.valid,
-                )
-            )
-
-    def close(self) -> None:
-        self._socket.close()
+    def _accept(self, data, sender, received_s) -> ObjectPose:
+        message = decode_object(data)
+        return ObjectPose(
+            sequence=message.sequence,
+            source_id=message.source_id,
+            position=message.position,
+            orientation=message.orientation,
+            latency_s=message.latency_s,
+            received_s=received_s,
+            valid=message.valid,
+        )
 
 
 class UdpObjectSender:
