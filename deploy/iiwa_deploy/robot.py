@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import select
-from abc import ABC, abstractmethod
 import socket
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
