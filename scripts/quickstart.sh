@@ -13,6 +13,6 @@ echo "== evaluate: 100 deterministic episodes"
 iiwa-rl eval "$RUN" --episodes 100
 echo "== export to ONNX (parity-checked against torch)"
 iiwa-rl export "$RUN" -o "$RUN/policy.onnx"
-echo "== deploy: 5 s in the real-time control loop against the simulator"
-iiwa-rl deploy "$RUN/policy.onnx" --robot sim --duration 5
+echo "== deploy: one episode (75 policy steps, 3 s) in the real-time control loop against the simulator"
+iiwa-rl deploy "$RUN/policy.onnx" --robot sim
 echo "== done: $RUN (learning curve: $RUN/learning_curve.png)"
