@@ -77,6 +77,11 @@ class PyBulletPlant:
         self.sim = BulletSim(gui=gui, physics_hz=physics_hz, solver_iterations=solver_iterations)
         self.robot = Iiwa14(self.sim, with_gripper=with_gripper)
 
+    @property
+    def with_gripper(self) -> bool:
+        """Whether this arm carries the gripper (the fake robot then speaks version 2)."""
+        return self.robot.with_gripper
+
     @classmethod
     def for_contract(cls, contract, period_s: float, gui: bool = False) -> PyBulletPlant:
         """The plant a policy was trained on: a grasp contract gets the grasp environment's

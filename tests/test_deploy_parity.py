@@ -215,3 +215,41 @@ def test_after_the_stop_the_arm_stands_still(prepared):
         assert np.linalg.norm(plant.tcp_position() - tcp_at_stop) < 1e-3
     finally:
         robot.close()
+
+
+def test_the_fake_robot_process_plays_the_reach_arm_over_udp(prepared):
+    """`iiwa-rl fake-robot` (its own process, no model: the bare arm) sends version 1 states
+    the controller takes; a plant without a gripper must not speak version 2."""
+    import subprocess
+
+    from iiwa_deploy import UdpRobot
+
+    backend = UdpRobot(("127.0.0.1", 0), 0.005)
+    host, port = backend.local_address
+    home = prepared.policy.contract.home_joint_positions
+    fake = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "iiwa_rl.cli",
+            "fake-robot",
+            "--controller",
+            f"{host}:{port}",
+            "--duration",
+            "20",
+            "--q0",
+            *map(str, home.tolist()),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        state = backend.receive_state(15.0)
+        assert state is not None, fake.stderr.read1().decode() if fake.poll() else "no state"
+        assert state.protocol_version == 1 and state.gripper is None
+        np.testing.assert_allclose(state.joint_positions, home, atol=1e-3)
+    finally:
+        fake.kill()
+        fake.wait()
+        backend.close()

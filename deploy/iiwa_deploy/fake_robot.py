@@ -12,7 +12,8 @@ Plant interface (kept small so a PyBullet plant on the training side can impleme
     apply(setpoint_q)   the position setpoint to track from now on (rad)
     step(dt) -> (q, qd) advance dt seconds; return measured positions (rad) and speeds (rad/s)
 
-A plant with a gripper also has `apply_gripper(command)` and `gripper_state()`: the fake robot
+A plant with a gripper (`with_gripper` True) also has `apply_gripper(command)` and
+`gripper_state()`: the fake robot
 then speaks protocol version 2 (the gripper in each STATE, the gripper command of each
 SETPOINT applied). With a `pose_sensor` (perception.SimulatedPoseSensor) and an
 `object_address` it also plays the pose estimator, sending OBJECT datagrams there.
@@ -162,7 +163,9 @@ class FakeRobot:
     ) -> None:
         self.controller_address = controller_address
         self.plant = plant
-        self.with_gripper = hasattr(plant, "gripper_state")
+        # A plant says whether it has a gripper: having the method is not enough (the
+        # PyBullet plant has it for its grasp scene, and has no gripper for a reach).
+        self.with_gripper = bool(getattr(plant, "with_gripper", False))
         self.pose_sensor = pose_sensor
         self._object_sender = None
         if pose_sensor is not None and object_address is not None:
