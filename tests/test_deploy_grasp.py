@@ -312,6 +312,8 @@ class NoPoses:
 class GripperWithoutContactSensing:
     """A NumpyPlant arm with a gripper that reports width and force but no contacts."""
 
+    with_gripper = True
+
     def __init__(self):
         from iiwa_deploy import NumpyPlant
 
