@@ -483,16 +483,8 @@ class ControlLoop:
         inputs.joint_positions = joint_positions
         inputs.joint_velocities = joint_velocities
         inputs.tcp_position = tcp
-        inputs.previous_action = self._previous_action
-        observation = self._observation.build(inputs)
-        if not self.safety.check_finite("observation", observation):
+        if not self._act(inputs):
             return None
-        inference_start = time.perf_counter()
-        action = self.policy.act(observation)
-        self._last_inference_s = time.perf_counter() - inference_start
-        if not self.safety.check_finite("policy action", action):
-            return None
-        np.clip(action, -1.0, 1.0, out=self._previous_action)
         return self._mapping.target(self._previous_action, joint_positions)
 
     def _grasp_target(
@@ -501,19 +493,26 @@ class ControlLoop:
         inputs = self._observation_inputs
         inputs.joint_positions = joint_positions
         inputs.joint_velocities = joint_velocities
-        inputs.previous_action = self._previous_action
         tcp = self._grasp.fill_inputs(inputs, joint_positions, pose)
         self.last_tcp_position = tcp[0]
+        if not self._act(inputs):
+            return None
+        return self._grasp.target(self._previous_action, joint_positions, tcp)
+
+    def _act(self, inputs: ObservationInputs) -> bool:
+        """Observation -> gated inference -> the clipped action in `_previous_action`;
+        False (a fault latched) for a non-finite observation or action."""
+        inputs.previous_action = self._previous_action
         observation = self._observation.build(inputs)
         if not self.safety.check_finite("observation", observation):
-            return None
+            return False
         inference_start = time.perf_counter()
         action = self.policy.act(observation)
         self._last_inference_s = time.perf_counter() - inference_start
         if not self.safety.check_finite("policy action", action):
-            return None
+            return False
         np.clip(action, -1.0, 1.0, out=self._previous_action)
-        return self._grasp.target(self._previous_action, joint_positions, tcp)
+        return True
 
     def _start_pose_refusal(self, positions: np.ndarray) -> str | None:
         offset = np.abs(positions - self.contract.home_joint_positions)
