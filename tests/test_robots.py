@@ -173,3 +173,43 @@ def test_a_urdf_without_the_described_joints_is_refused(second_arm):
             wrong.build(sim)
     finally:
         sim.close()
+
+
+def test_a_joint_off_the_serial_chain_is_refused(second_arm):
+    # The renamed arm described without its first joint: joint 2 hangs from link 1, which
+    # nothing in the description moves, so the controller's kinematics would lose a link.
+    description = robot_description(ROBOT)
+    gapped = type(description)(
+        **{
+            **description.__dict__,
+            "name": "gapped",
+            "joint_names": description.joint_names[1:],
+            "home_joint_positions": description.home_joint_positions[1:],
+        }
+    )
+    sim = BulletSim()
+    try:
+        arm = gapped.build(sim)
+        with pytest.raises(
+            ValueError, match="arm_joint_2 hangs from arm_link_1, not from arm_link_0"
+        ):
+            arm.kinematic_chain()
+    finally:
+        sim.close()
+
+
+@pytest.mark.parametrize("name, env_class", [("reach", IiwaReachEnv), ("grasp", IiwaGraspEnv)])
+def test_randomised_envs_are_bit_identical_to_before_the_robot_became_a_component(name, env_class):
+    # Recorded at 01697f9 (the iiwa wired into envs/base.py) with every randomisation term
+    # at its typical range: the randomised arm (envs/perturbed_robot.py) reads the robot
+    # through its description now. The nominal envs have their own recording
+    # (test_randomization.py); a deliberate change to the randomisation re-records this.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_randomization import rollout, typical_section
+
+    expected = np.load(Path(__file__).parent / "data" / "randomized_observations_01697f9.npz")
+    env = env_class(randomization=typical_section(env_class.with_gripper))
+    try:
+        assert np.array_equal(rollout(env, 25), expected[name])
+    finally:
+        env.close()

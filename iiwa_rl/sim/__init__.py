@@ -11,6 +11,7 @@ from iiwa_rl.sim.iiwa14 import IIWA14, Iiwa14  # noqa: E402  (registers the iiwa
 from iiwa_rl.sim.robot import (
     JointLimits,
     RobotDescription,
+    SimGripperRobot,
     SimRobot,
     UrdfArm,
     register_robot,
@@ -25,6 +26,7 @@ __all__ = [
     "Iiwa14",
     "JointLimits",
     "RobotDescription",
+    "SimGripperRobot",
     "SimRobot",
     "UrdfArm",
     "asset_path",

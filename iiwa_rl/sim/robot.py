@@ -189,6 +189,25 @@ class SimRobot(Protocol):
         forward kinematics and differential IK run on these)."""
 
 
+class SimGripperRobot(SimRobot, Protocol):
+    """An arm with the parallel-jaw gripper (`with_gripper`), as the grasp task drives it."""
+
+    finger_force: float  # N per finger
+    gripper_speed: float  # m/s of pad distance
+    finger_tip_depth: float  # m below the TCP along the tool axis
+    finger_thickness: float  # m
+    link_indices: dict[str, int]
+
+    def command_gripper_width(self, width: float) -> None:
+        """Drive both fingers towards a pad distance (m)."""
+
+    def finger_contacts(self, body_id: int) -> tuple[bool, bool]:
+        """Whether the left and right finger touch a body."""
+
+    def inverse_kinematics(self, tcp_position, tcp_orientation, rest_positions=None) -> np.ndarray:
+        """Joint positions that put the TCP at a pose (for the task's home pose)."""
+
+
 # ------------------------------------------------------------------------ the arm
 class UrdfArm:
     """The arm of a `RobotDescription` in a `BulletSim`, fixed at `base_position` (the base
@@ -539,8 +558,22 @@ class UrdfArm:
         and the fixed offset from the last arm link to the TCP."""
         root = ElementTree.parse(asset_path("urdf", self.urdf)).getroot()
         joints = []
+        # The chain is the actuated joints alone: each must hang from the link the one
+        # before moves (the first from the root link), or a fixed joint between them would
+        # be missing from the controller's kinematics.
+        children = {j.find("child").get("link") for j in root.findall("joint")}
+        parent_link = next(
+            link.get("name") for link in root.findall("link") if link.get("name") not in children
+        )
         for name in self.joint_names:
             element = root.find(f"joint[@name='{name}']")
+            if element.find("parent").get("link") != parent_link:
+                raise ValueError(
+                    f"{self.urdf}: joint {name} hangs from {element.find('parent').get('link')}, "
+                    f"not from {parent_link}: the arm's joints must form one serial chain "
+                    f"(robot {self.description.name})"
+                )
+            parent_link = element.find("child").get("link")
             origin = element.find("origin")
             joints.append(
                 {
