@@ -435,7 +435,7 @@ def cmd_fake_robot(args: argparse.Namespace) -> int:
     from iiwa_deploy import FakeRobot
     from iiwa_deploy.robot import parse_host_port
 
-    from iiwa_rl.sim.robot import HOME_JOINT_POSITIONS
+    from iiwa_rl.sim.iiwa14 import HOME_JOINT_POSITIONS
 
     camera = None
     object_address = None
@@ -503,7 +503,7 @@ def cmd_ros2_fake_arm(args: argparse.Namespace) -> int:
 
     from iiwa_deploy.ros2 import ArmMisbehaviour, FakeArm, Ros2Unavailable, ros2_settings_from
 
-    from iiwa_rl.sim.robot import HOME_JOINT_POSITIONS
+    from iiwa_rl.sim.iiwa14 import HOME_JOINT_POSITIONS
 
     try:
         settings = ros2_settings_from(args)

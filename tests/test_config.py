@@ -429,7 +429,7 @@ def test_console_script_exit_code(tmp_path):
         text=True,
         timeout=120,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'deploy'}"},
     )
     assert result.returncode == 2, result.stderr
     assert f"{path}: normalize: clip must be > 0" in result.stderr

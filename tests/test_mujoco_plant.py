@@ -12,8 +12,8 @@ pytest.importorskip("mujoco")
 
 from iiwa_rl.envs.randomization import Perturbation  # noqa: E402
 from iiwa_rl.sim import BulletSim, Iiwa14  # noqa: E402
+from iiwa_rl.sim.iiwa14 import HOME_JOINT_POSITIONS  # noqa: E402
 from iiwa_rl.sim.mujoco_plant import MujocoPlant  # noqa: E402
-from iiwa_rl.sim.robot import HOME_JOINT_POSITIONS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PERIOD = 0.005

@@ -191,7 +191,13 @@ def test_bad_seeds_exit_2_and_leave_no_run_directory(tmp_path, config_file, argv
         text=True,
         timeout=120,
         cwd=tmp_path,
-        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        env={
+            **__import__("os").environ,
+            # The checkout's own controller package too, not an installed one.
+            "PYTHONPATH": __import__("os").pathsep.join(
+                [str(Path(__file__).parents[1]), str(Path(__file__).parents[1] / "deploy")]
+            ),
+        },
     )
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr, result.stderr

@@ -10,14 +10,15 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 import pybullet
 import pytest
+from iiwa_deploy.kinematics import (
+    KinematicChain,
+    differential_ik_step,
+    quaternion_multiply,
+    rotation_error_floats,
+)
 
 from iiwa_rl.sim import BulletSim, Iiwa14, JointLimits, asset_path
-from iiwa_rl.sim.robot import (
-    ARM_JOINT_NAMES,
-    HOME_JOINT_POSITIONS,
-    quaternion_multiply,
-    rotation_error,
-)
+from iiwa_rl.sim.iiwa14 import ARM_JOINT_NAMES, HOME_JOINT_POSITIONS
 
 # The datasheet table, copied by hand so that a wrong edit of build_urdfs.py cannot also
 # change what it is checked against: range (deg, symmetric), speed (deg/s), torque (N m).
@@ -56,6 +57,11 @@ def gripper_arm():
 def _place(robot: Iiwa14, joint_positions) -> tuple[np.ndarray, np.ndarray]:
     robot.reset_joint_positions(np.asarray(joint_positions, dtype=float))
     return robot.tcp_pose()
+
+
+def rotation_error(current, target) -> np.ndarray:
+    """Rotation vector (axis times angle, rad) turning `current` into `target`."""
+    return np.array(rotation_error_floats(current, target))
 
 
 def _z_axis(quaternion: np.ndarray) -> np.ndarray:
@@ -206,9 +212,20 @@ def test_differential_ik_converges_to_a_nearby_pose(gripper_arm):
     start_error = np.linalg.norm(target - tcp)
     q = HOME_JOINT_POSITIONS.copy()
     errors = []
+    # The controller's numpy IK on the chain a contract carries, against PyBullet's arm.
+    chain = KinematicChain.from_contract(robot.kinematic_chain())
     for _ in range(6):
         position, current_orientation = _place(robot, q)
-        q = robot.differential_ik(q, position, current_orientation, target, orientation)
+        q = differential_ik_step(
+            chain,
+            q,
+            position,
+            current_orientation,
+            target,
+            orientation,
+            robot.limits.lower,
+            robot.limits.upper,
+        )
         assert np.all(q >= robot.limits.lower) and np.all(q <= robot.limits.upper)
         errors.append(np.linalg.norm(target - _place(robot, q)[0]))
     assert errors[0] < 0.2 * start_error  # one step does most of a short move

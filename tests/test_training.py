@@ -46,7 +46,9 @@ def _cli(*args: str) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # The checkout's own controller package too, not an installed one.
+    paths = os.pathsep.join([str(REPO), str(REPO / "deploy")])
+    return {**os.environ, "PYTHONPATH": paths, "OMP_NUM_THREADS": "1"}
 
 
 def _policy_results(actor, normalizer, env_id, env_kwargs, episodes, seed):

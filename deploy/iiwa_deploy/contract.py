@@ -9,12 +9,11 @@ operator reading it is deciding whether a model may drive a real arm.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 
@@ -31,6 +30,16 @@ from .observation import (
     OBSERVATION_TERMS,
     PREVIOUS_ACTION,
     TCP_POSE,
+)
+from .schema import (
+    CONTROLLER_PHRASING,
+    ConfigError,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    from_mapping,
 )
 
 CONTRACT_METADATA_KEY = "iiwa_rl_contract"
@@ -143,59 +152,122 @@ class _SessionLike(Protocol):
     def get_outputs(self) -> Any: ...
 
 
-def _get(mapping: Mapping[str, Any], key: str, where: str) -> Any:
-    if not isinstance(mapping, Mapping):
-        raise ContractError(f"contract{where}: expected a mapping, got {type(mapping).__name__}")
-    if key not in mapping:
-        raise ContractError(f"contract{where}.{key}: required key is missing")
-    return mapping[key]
+# ------------------------------------------------------------------ the document
+# The contract's JSON, section by section, read by the project's one validator (schema.py):
+# types, finiteness, ranges and unknown keys inside a section, each error naming the key
+# ("contract.action.scale: must be a positive number, got 0"). `parse_contract` then checks
+# what spans sections (sizes against the joint count, the layout against the terms).
 
 
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ContractError(f"contract{where}: expected a finite number, got {value!r}")
-    return float(value)
+@dataclass(frozen=True)
+class _ActionSection:
+    size: PositiveInt
+    mode: str
+    scale: PositiveFloat
+    joint_names: tuple[str, ...]
+    home_joint_positions: tuple[float, ...]
 
 
-def _integer(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ContractError(f"contract{where}: expected an integer, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class _ObservationPieceEntry:
+    name: str
+    size: int
 
 
-def _vector(value: Any, size: int, where: str) -> np.ndarray:
-    if not isinstance(value, Sequence) or isinstance(value, str):
-        raise ContractError(f"contract{where}: expected a list of {size} numbers, got {value!r}")
-    if len(value) != size:
-        raise ContractError(f"contract{where}: expected {size} numbers, got {len(value)}")
-    return np.array([_number(v, f"{where}[{i}]") for i, v in enumerate(value)], dtype=float)
+@dataclass(frozen=True)
+class _ObservationSection:
+    size: int
+    layout: tuple[_ObservationPieceEntry, ...]
+
+
+@dataclass(frozen=True)
+class _JointLimitsSection:
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    velocity: Annotated[tuple[float, ...], Range(gt=0)]
+    effort: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class _GoalSamplingSection:
+    low: tuple[float, float, float]
+    high: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class _StartSection:
+    initial_joint_noise_rad: NonNegativeFloat
+
+
+@dataclass(frozen=True)
+class _ActuationSection:
+    robot_period_s: PositiveFloat
+    command_delay_periods: NonNegativeInt
+    interpolator_velocity: Annotated[tuple[float, ...], Range(gt=0)]
+    interpolator_acceleration: Annotated[tuple[float, ...], Range(gt=0)]
+    target_margin_rad: NonNegativeFloat
+
+
+@dataclass(frozen=True)
+class _ContractDocument:
+    """The keys the controller reads; others (the training config, its algorithm, the
+    normalisation statistics baked into the graph) are the exporter's record and pass."""
+
+    format_version: Any  # checked first, on the raw mapping: other versions read differently
+    action: _ActionSection
+    observation: _ObservationSection
+    control_period_s: PositiveFloat
+    joint_limits: _JointLimitsSection
+    kinematics: Mapping[str, Any]  # KinematicChain.from_contract reads it
+    actuation: _ActuationSection
+    start: _StartSection
+    goal_sampling: _GoalSamplingSection | None = None  # a reach's; a grasp has none
+    success_threshold_m: PositiveFloat | None = None
+    success_hold_s: NonNegativeFloat | None = None
+    grasp: Any = None  # iiwa_deploy.grasp.parse_grasp_task reads it
+    simulation: Mapping[str, Any] = field(default_factory=dict)
+    env_id: str = ""
+    config_sha256: str = ""
+    model_sha256: str = ""
+    versions: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _joint_vector(values: tuple[float, ...], size: int, where: str) -> np.ndarray:
+    if len(values) != size:
+        raise ContractError(f"contract{where}: expected {size} numbers, got {len(values)}")
+    return np.array(values, dtype=float)
 
 
 def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
     """Validate the contract's own structure (not yet against a model or a robot)."""
     if not isinstance(data, Mapping):
         raise ContractError(f"contract: expected a JSON object, got {type(data).__name__}")
-    version = _get(data, "format_version", "")
-    if version != SUPPORTED_FORMAT_VERSION:
+    if "format_version" not in data:
+        raise ContractError("contract.format_version: required key is missing")
+    version = data["format_version"]
+    if version != SUPPORTED_FORMAT_VERSION or isinstance(version, bool):
         raise ContractError(
             f"contract.format_version: this runtime reads version {SUPPORTED_FORMAT_VERSION}, "
             f"the model has {version!r}"
         )
+    try:
+        document = from_mapping(
+            _ContractDocument, data, "contract", CONTROLLER_PHRASING, ignore_unknown=True
+        )
+    except ConfigError as error:
+        raise ContractError(str(error)) from None
 
-    action = _get(data, "action", "")
-    action_size = _integer(_get(action, "size", ".action"), ".action.size")
-    if action_size <= 0:
-        raise ContractError(f"contract.action.size: must be positive, got {action_size}")
-    mode = _get(action, "mode", ".action")
+    action = document.action
+    mode = action.mode
     if mode not in ACTION_MODES:
         raise ContractError(
             f"contract.action.mode: unknown action mode {mode!r}; this runtime supports "
             f"{', '.join(ACTION_MODES)}"
         )
     grasp = None
-    if "grasp" in data:
+    if document.grasp is not None:
         try:
-            grasp = parse_grasp_task(data["grasp"])
+            grasp = parse_grasp_task(document.grasp)
         except ValueError as error:
             raise ContractError(str(error)) from None
     if mode == CARTESIAN_ACTION_MODE and grasp is None:
@@ -203,43 +275,29 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
             "contract.grasp: a cartesian policy needs the grasp section (workspace box, yaw "
             "scale, gripper); re-export it with this version of `iiwa-rl export`"
         )
-    scale = _number(_get(action, "scale", ".action"), ".action.scale")
-    if scale <= 0.0:
-        raise ContractError(f"contract.action.scale: must be positive, got {scale}")
-    joint_names = _get(action, "joint_names", ".action")
-    if (
-        not isinstance(joint_names, Sequence)
-        or isinstance(joint_names, str)
-        or not all(isinstance(n, str) for n in joint_names)
-    ):
-        raise ContractError(
-            f"contract.action.joint_names: expected a list of names, got {joint_names!r}"
-        )
+    joint_names = action.joint_names
     joint_count = len(joint_names)
+    action_size = action.size
     expected_action = CARTESIAN_ACTION_SIZE if mode == CARTESIAN_ACTION_MODE else joint_count
     if action_size != expected_action:
         raise ContractError(
             f"contract.action.size: {action_size} for mode {mode!r} with {joint_count} joints; "
             f"expected {expected_action}"
         )
-    home = _vector(
-        _get(action, "home_joint_positions", ".action"), joint_count, ".action.home_joint_positions"
-    )
+    home = _joint_vector(action.home_joint_positions, joint_count, ".action.home_joint_positions")
 
-    observation = _get(data, "observation", "")
-    observation_size = _integer(_get(observation, "size", ".observation"), ".observation.size")
-    layout = _get(observation, "layout", ".observation")
-    if not isinstance(layout, Sequence) or isinstance(layout, str) or not layout:
+    observation_size = document.observation.size
+    layout = document.observation.layout
+    if not layout:
         raise ContractError("contract.observation.layout: expected a non-empty list of pieces")
+    buildable = (
+        GRASP_BUILDABLE_OBSERVATION_TERMS if grasp is not None else BUILDABLE_OBSERVATION_TERMS
+    )
     pieces = []
     offset = 0
-    for index, raw_piece in enumerate(layout):
+    for index, entry in enumerate(layout):
         where = f".observation.layout[{index}]"
-        name = _get(raw_piece, "name", where)
-        size = _integer(_get(raw_piece, "size", where), f"{where}.size")
-        buildable = (
-            GRASP_BUILDABLE_OBSERVATION_TERMS if grasp is not None else BUILDABLE_OBSERVATION_TERMS
-        )
+        name, size = entry.name, entry.size
         if name not in buildable:
             hint = (
                 " (object and gripper terms need a grasp contract, one with a grasp section)"
@@ -266,29 +324,19 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
             f"{offset}"
         )
 
-    period = _number(_get(data, "control_period_s", ""), ".control_period_s")
-    if period <= 0.0:
-        raise ContractError(f"contract.control_period_s: must be positive, got {period}")
-
-    limits = _get(data, "joint_limits", "")
-    lower = _vector(_get(limits, "lower", ".joint_limits"), joint_count, ".joint_limits.lower")
-    upper = _vector(_get(limits, "upper", ".joint_limits"), joint_count, ".joint_limits.upper")
-    velocity = _vector(
-        _get(limits, "velocity", ".joint_limits"), joint_count, ".joint_limits.velocity"
-    )
-    effort = _vector(_get(limits, "effort", ".joint_limits"), joint_count, ".joint_limits.effort")
+    limits = document.joint_limits
+    lower = _joint_vector(limits.lower, joint_count, ".joint_limits.lower")
+    upper = _joint_vector(limits.upper, joint_count, ".joint_limits.upper")
+    velocity = _joint_vector(limits.velocity, joint_count, ".joint_limits.velocity")
+    effort = _joint_vector(limits.effort, joint_count, ".joint_limits.effort")
     if np.any(lower >= upper):
         raise ContractError("contract.joint_limits: every lower limit must be below its upper")
-    if np.any(velocity <= 0.0):
-        raise ContractError("contract.joint_limits.velocity: values must be positive")
     if np.any(home < lower) or np.any(home > upper):
         raise ContractError("contract.action.home_joint_positions: outside the joint limits")
 
     try:
-        chain = KinematicChain.from_contract(_get(data, "kinematics", ""))
+        chain = KinematicChain.from_contract(document.kinematics)
     except ValueError as error:
-        if isinstance(error, ContractError):
-            raise
         raise ContractError(f"contract.{error}") from None
     if chain.joint_names != tuple(joint_names):
         raise ContractError(
@@ -296,50 +344,47 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
             f"action.joint_names {list(joint_names)}"
         )
 
-    if grasp is not None and "goal_sampling" not in data:
+    if grasp is not None and document.goal_sampling is None:
         # A grasp has no goal; its success test is the grasp section's (lift, hold).
         goal_low = goal_high = np.zeros(3)
         threshold, hold = grasp.lift_height_m, grasp.hold_s
     else:
-        goal_sampling = _get(data, "goal_sampling", "")
-        goal_low = _vector(_get(goal_sampling, "low", ".goal_sampling"), 3, ".goal_sampling.low")
-        goal_high = _vector(_get(goal_sampling, "high", ".goal_sampling"), 3, ".goal_sampling.high")
+        for key in ("goal_sampling", "success_threshold_m", "success_hold_s"):
+            if getattr(document, key) is None:
+                raise ContractError(f"contract.{key}: required key is missing")
+        goal_low = np.array(document.goal_sampling.low, dtype=float)
+        goal_high = np.array(document.goal_sampling.high, dtype=float)
         if np.any(goal_low > goal_high):
             raise ContractError("contract.goal_sampling: low must not exceed high")
-        threshold = _number(_get(data, "success_threshold_m", ""), ".success_threshold_m")
-        if threshold <= 0.0:
-            raise ContractError(f"contract.success_threshold_m: must be positive, got {threshold}")
-        hold = _number(_get(data, "success_hold_s", ""), ".success_hold_s")
-        if hold < 0.0:
-            raise ContractError(f"contract.success_hold_s: must be >= 0, got {hold}")
-    actuation = _parse_actuation(_get(data, "actuation", ""), joint_count)
-    start = data.get("start", {})
-    noise = _number(
-        _get(start, "initial_joint_noise_rad", ".start"), ".start.initial_joint_noise_rad"
+        threshold, hold = document.success_threshold_m, document.success_hold_s
+    trained = document.actuation
+    actuation = TrainedActuation(
+        trained.robot_period_s,
+        trained.command_delay_periods,
+        _joint_vector(
+            trained.interpolator_velocity, joint_count, ".actuation.interpolator_velocity"
+        ),
+        _joint_vector(
+            trained.interpolator_acceleration, joint_count, ".actuation.interpolator_acceleration"
+        ),
+        trained.target_margin_rad,
     )
-    if noise < 0.0:
-        raise ContractError(f"contract.start.initial_joint_noise_rad: must be >= 0, got {noise}")
-    simulation = data.get("simulation", {})
-    if not isinstance(simulation, Mapping):
-        raise ContractError("contract.simulation: expected a mapping")
-
-    versions = data.get("versions", {})
-    model_hash = data.get("model_sha256", "")
-    if not isinstance(model_hash, str) or (model_hash and not _SHA256_HEX.fullmatch(model_hash)):
+    model_hash = document.model_sha256
+    if model_hash and not _SHA256_HEX.fullmatch(model_hash):
         raise ContractError(
             f"contract.model_sha256: expected 64 lowercase hex digits, got {model_hash!r}"
         )
     return PolicyContract(
         raw=data,
-        env_id=str(data.get("env_id", "")),
+        env_id=document.env_id,
         observation_size=observation_size,
         observation_layout=tuple(pieces),
         action_size=action_size,
         action_mode=mode,
-        action_scale=scale,
+        action_scale=action.scale,
         joint_names=tuple(joint_names),
         home_joint_positions=home,
-        control_period_s=period,
+        control_period_s=document.control_period_s,
         lower=lower,
         upper=upper,
         velocity=velocity,
@@ -350,39 +395,13 @@ def parse_contract(data: Mapping[str, Any]) -> PolicyContract:
         success_threshold_m=threshold,
         success_hold_s=hold,
         actuation=actuation,
-        initial_joint_noise_rad=noise,
-        simulation=dict(simulation),
-        config_sha256=str(data.get("config_sha256", "")),
-        versions={str(k): str(v) for k, v in versions.items()}
-        if isinstance(versions, Mapping)
-        else {},
+        initial_joint_noise_rad=document.start.initial_joint_noise_rad,
+        simulation=dict(document.simulation),
+        config_sha256=document.config_sha256,
+        versions={str(k): str(v) for k, v in document.versions.items()},
         grasp=grasp,
         model_sha256=model_hash,
     )
-
-
-def _parse_actuation(raw: Any, joint_count: int) -> TrainedActuation:
-    where = ".actuation"
-    period = _number(_get(raw, "robot_period_s", where), f"{where}.robot_period_s")
-    if period <= 0.0:
-        raise ContractError(f"contract{where}.robot_period_s: must be positive, got {period}")
-    delay = _integer(_get(raw, "command_delay_periods", where), f"{where}.command_delay_periods")
-    if delay < 0:
-        raise ContractError(f"contract{where}.command_delay_periods: must be >= 0, got {delay}")
-    velocity = _vector(
-        _get(raw, "interpolator_velocity", where), joint_count, f"{where}.interpolator_velocity"
-    )
-    acceleration = _vector(
-        _get(raw, "interpolator_acceleration", where),
-        joint_count,
-        f"{where}.interpolator_acceleration",
-    )
-    if np.any(velocity <= 0.0) or np.any(acceleration <= 0.0):
-        raise ContractError(f"contract{where}: interpolator limits must be positive")
-    margin = _number(_get(raw, "target_margin_rad", where), f"{where}.target_margin_rad")
-    if margin < 0.0:
-        raise ContractError(f"contract{where}.target_margin_rad: must be >= 0, got {margin}")
-    return TrainedActuation(period, delay, velocity, acceleration, margin)
 
 
 def contract_text_from_session(session: _SessionLike, model_path: str | Path) -> str:
@@ -438,7 +457,10 @@ def read_contract(session: _SessionLike, model_path: str | Path) -> PolicyContra
                 f"{sidecar} differs from the contract inside {Path(model_path).name}: {shown}"
                 f"{more}. Re-export the model or remove the stale sidecar."
             )
-    return parse_contract(data)
+    try:
+        return parse_contract(data)
+    except ContractError as error:
+        raise ContractError(f"{model_path}: {error}") from None
 
 
 def verify_model_integrity(contract: PolicyContract, model_path: str | Path) -> None:

@@ -17,6 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from .schema import (
+    CONTROLLER_PHRASING,
+    ConfigError,
+    NonNegativeFloat,
+    PositiveFloat,
+    from_mapping,
+)
+
 # A lift below this never counts as "lifted" when classifying failures (m).
 LIFTED_M = 0.02
 # An object this far below its resting height has left the table (m).
@@ -27,9 +35,9 @@ FELL_OFF_BELOW_M = 0.05
 class GripperSpec:
     """The trained gripper: full opening (m), pad speed (m/s), squeeze force (N)."""
 
-    max_width_m: float
-    speed_m_s: float
-    force_n: float
+    max_width_m: PositiveFloat
+    speed_m_s: PositiveFloat
+    force_n: PositiveFloat
 
 
 @dataclass(frozen=True)
@@ -49,55 +57,51 @@ class GraspTask:
     hold_s: float
 
 
-def _number(raw: Mapping[str, Any], key: str, where: str, positive: bool = True) -> float:
-    value = raw.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{where}.{key}: expected a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{where}.{key}: must be positive, got {value}")
-    return float(value)
+Point3 = tuple[float, float, float]
 
 
-def _array(raw: Mapping[str, Any], key: str, where: str, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        values = np.array(raw.get(key), dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}.{key}: expected numbers of shape {shape}") from None
-    if values.shape != shape or not np.all(np.isfinite(values)):
-        raise ValueError(f"{where}.{key}: expected finite numbers of shape {shape}")
-    return values
+@dataclass(frozen=True)
+class _GraspSection:
+    """The contract's `grasp` JSON as the project's one validator (schema.py) reads it."""
+
+    workspace_low: Point3
+    workspace_high: Point3
+    yaw_scale: PositiveFloat
+    gripper: GripperSpec
+    table_height_m: float
+    finger_tip_points_m: tuple[Point3, ...]
+    object_size_m: PositiveFloat
+    object_rest_height_m: float
+    object_area_low: tuple[float, float]
+    object_area_high: tuple[float, float]
+    object_yaw_range_rad: NonNegativeFloat
+    lift_height_m: PositiveFloat
+    hold_s: NonNegativeFloat
 
 
 def parse_grasp_task(raw: Any, where: str = "contract.grasp") -> GraspTask:
-    """The contract's `grasp` section; ValueError names the key that is wrong."""
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{where}: expected a mapping")
-    gripper = raw.get("gripper")
-    if not isinstance(gripper, Mapping):
-        raise ValueError(f"{where}.gripper: expected a mapping")
-    tips = raw.get("finger_tip_points_m")
-    count = len(tips) if isinstance(tips, list) else 0
+    """The contract's `grasp` section; a ConfigError (a ValueError) names the key that is
+    wrong."""
+    section = from_mapping(_GraspSection, raw, where, CONTROLLER_PHRASING)
+    if not section.finger_tip_points_m:
+        raise ConfigError(f"{where}.finger_tip_points_m: expected at least one point")
     task = GraspTask(
-        workspace_low=_array(raw, "workspace_low", where, (3,)),
-        workspace_high=_array(raw, "workspace_high", where, (3,)),
-        yaw_scale=_number(raw, "yaw_scale", where),
-        gripper=GripperSpec(
-            _number(gripper, "max_width_m", f"{where}.gripper"),
-            _number(gripper, "speed_m_s", f"{where}.gripper"),
-            _number(gripper, "force_n", f"{where}.gripper"),
-        ),
-        table_height_m=_number(raw, "table_height_m", where, positive=False),
-        finger_tip_points_m=_array(raw, "finger_tip_points_m", where, (max(count, 1), 3)),
-        object_size_m=_number(raw, "object_size_m", where),
-        object_rest_height_m=_number(raw, "object_rest_height_m", where, positive=False),
-        object_area_low=_array(raw, "object_area_low", where, (2,)),
-        object_area_high=_array(raw, "object_area_high", where, (2,)),
-        object_yaw_range_rad=_number(raw, "object_yaw_range_rad", where, positive=False),
-        lift_height_m=_number(raw, "lift_height_m", where),
-        hold_s=_number(raw, "hold_s", where, positive=False),
+        workspace_low=np.array(section.workspace_low),
+        workspace_high=np.array(section.workspace_high),
+        yaw_scale=section.yaw_scale,
+        gripper=section.gripper,
+        table_height_m=section.table_height_m,
+        finger_tip_points_m=np.array(section.finger_tip_points_m),
+        object_size_m=section.object_size_m,
+        object_rest_height_m=section.object_rest_height_m,
+        object_area_low=np.array(section.object_area_low),
+        object_area_high=np.array(section.object_area_high),
+        object_yaw_range_rad=section.object_yaw_range_rad,
+        lift_height_m=section.lift_height_m,
+        hold_s=section.hold_s,
     )
     if not np.all(task.workspace_low < task.workspace_high):
-        raise ValueError(f"{where}: workspace_low must be below workspace_high on every axis")
+        raise ConfigError(f"{where}: workspace_low must be below workspace_high on every axis")
     return task
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .schema import CONTROLLER_PHRASING, ConfigError, from_mapping
+
 # The KUKA LBR iiwa 14 R820 chain in contract form (same origins as the common URDFs):
 # base-to-flange 1.306 m straight up at q = 0. Useful as a reference for contract producers.
 IIWA14_R820_KINEMATICS: dict[str, Any] = {
@@ -122,26 +124,27 @@ def axis_rotation_tuple(unit_axis: np.ndarray, angle: float) -> Matrix3:
     return _as_tuple(rotation_about_axis(unit_axis, angle))
 
 
+Point3 = tuple[float, float, float]
+
+
 @dataclass(frozen=True)
 class JointOrigin:
+    """One revolute joint of the contract's chain, as its JSON names it: the joint frame's
+    origin relative to the parent link (m, URDF roll-pitch-yaw rad) and its axis."""
+
     name: str
-    origin_xyz: tuple[float, float, float]
-    origin_rpy: tuple[float, float, float]
-    axis: tuple[float, float, float]
+    origin_xyz: Point3 = (0.0, 0.0, 0.0)
+    origin_rpy: Point3 = (0.0, 0.0, 0.0)
+    axis: Point3 = (0.0, 0.0, 1.0)
 
 
-def _triple(value: Any, where: str) -> tuple[float, float, float]:
-    if (
-        not isinstance(value, Sequence)
-        or isinstance(value, str)
-        or len(value) != 3
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    ):
-        raise ValueError(f"{where}: expected 3 numbers, got {value!r}")
-    triple = (float(value[0]), float(value[1]), float(value[2]))
-    if not all(math.isfinite(v) for v in triple):
-        raise ValueError(f"{where}: values must be finite, got {value!r}")
-    return triple
+@dataclass(frozen=True)
+class _KinematicsSection:
+    """The contract's `kinematics` JSON, read by the project's one validator (schema.py)."""
+
+    joints: tuple[JointOrigin, ...]
+    tcp_offset_xyz: Point3 = (0.0, 0.0, 0.0)
+    tcp_offset_rpy: Point3 = (0.0, 0.0, 0.0)
 
 
 class KinematicChain:
@@ -178,30 +181,12 @@ class KinematicChain:
 
     @classmethod
     def from_contract(cls, kinematics: Mapping[str, Any]) -> KinematicChain:
-        """Build from the contract's "kinematics" mapping; ValueError says what is wrong."""
-        if not isinstance(kinematics, Mapping):
-            raise ValueError("kinematics: expected a mapping")
-        raw_joints = kinematics.get("joints")
-        if not isinstance(raw_joints, Sequence) or not raw_joints:
-            raise ValueError("kinematics.joints: expected a non-empty list of joints")
-        joints = []
-        for index, raw in enumerate(raw_joints):
-            where = f"kinematics.joints[{index}]"
-            if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
-                raise ValueError(f"{where}: expected a mapping with a string 'name'")
-            joints.append(
-                JointOrigin(
-                    name=raw["name"],
-                    origin_xyz=_triple(raw.get("origin_xyz", (0, 0, 0)), f"{where}.origin_xyz"),
-                    origin_rpy=_triple(raw.get("origin_rpy", (0, 0, 0)), f"{where}.origin_rpy"),
-                    axis=_triple(raw.get("axis", (0, 0, 1)), f"{where}.axis"),
-                )
-            )
-        return cls(
-            joints,
-            _triple(kinematics.get("tcp_offset_xyz", (0, 0, 0)), "kinematics.tcp_offset_xyz"),
-            _triple(kinematics.get("tcp_offset_rpy", (0, 0, 0)), "kinematics.tcp_offset_rpy"),
-        )
+        """Build from the contract's "kinematics" mapping; a ConfigError (a ValueError)
+        names the key that is wrong."""
+        section = from_mapping(_KinematicsSection, kinematics, "kinematics", CONTROLLER_PHRASING)
+        if not section.joints:
+            raise ConfigError("kinematics.joints: expected a non-empty list of joints")
+        return cls(section.joints, section.tcp_offset_xyz, section.tcp_offset_rpy)
 
     def forward(self, joint_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """TCP position (m) and rotation matrix in the base frame for joint positions (rad)."""

@@ -2,6 +2,10 @@
 safety of inputs, time limits and rendering. A task (tasks/*.py) adds its scene, its
 reset, its observation inputs, its reward inputs and its success test.
 
+The robot is a component: `env.kwargs.robot` names a registered arm (iiwa_rl/sim/robot.py,
+one file per robot such as sim/iiwa14.py), which the env builds and drives through the
+`SimRobot` interface; its URDF limits must equal the controller's robot configuration's.
+
 Actuation is the controller's own code (iiwa_deploy.actuation): an action becomes a joint
 target, the target feeds the controller's interpolator, and the arm's position motors get
 one interpolated setpoint per robot period, the first `command_delay_periods` of them still
@@ -48,7 +52,7 @@ from iiwa_rl.envs.config import IiwaEnvConfig
 from iiwa_rl.envs.randomization import Perturbation, Randomizer
 from iiwa_rl.envs.rewards import RewardFunction, RewardInputs
 from iiwa_rl.schema import ConfigError, from_mapping, to_mapping
-from iiwa_rl.sim import BulletSim, Iiwa14
+from iiwa_rl.sim import BulletSim, SimRobot, robot_description
 
 # The URDF's limits and the robot configuration's must describe the same arm (rad, rad/s).
 _LIMIT_TOLERANCE = 1e-4
@@ -89,14 +93,19 @@ class IiwaEnv(gym.Env, ABC):
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.config.control_hz}
         cfg = self.config
-        self.robot_config = self._load_robot_config(cfg)
+        self.robot_description = robot_description(cfg.robot)
+        self.robot_config = self._load_robot_config(cfg, self.robot_description.robot_config)
         self.timing, self.physics_steps_per_period = self._control_timing(cfg, self.robot_config)
         self.sim = BulletSim(
             gui=render_mode == "human",
             physics_hz=cfg.physics_hz,
             solver_iterations=cfg.solver_iterations,
         )
-        self.robot = Iiwa14(self.sim, with_gripper=self.with_gripper)
+        if self.with_gripper and self.robot_description.gripper is None:
+            raise ConfigError(
+                f"env.kwargs.robot: {cfg.robot} has no gripper; {type(self).__name__} needs one"
+            )
+        self.robot: SimRobot = self.robot_description.build(self.sim, self.with_gripper)
         self._check_robot_limits()
         self.home_joint_positions = np.asarray(cfg.home_joint_positions, dtype=float)
         self._setup_scene()
@@ -140,9 +149,11 @@ class IiwaEnv(gym.Env, ABC):
 
     # -------------------------------------------------------------- configuration
     @staticmethod
-    def _load_robot_config(cfg: IiwaEnvConfig) -> RobotConfig:
+    def _load_robot_config(cfg: IiwaEnvConfig, robot_default: str | None) -> RobotConfig:
+        """`env.kwargs.robot_config`, else the robot's own, else the controller's shipped one."""
+        path = cfg.robot_config if cfg.robot_config is not None else robot_default
         try:
-            return load_robot_config(cfg.robot_config)
+            return load_robot_config(path)
         except (RobotConfigError, OSError) as error:
             raise ConfigError(f"env.kwargs.robot_config: {error}") from None
 
@@ -166,6 +177,12 @@ class IiwaEnv(gym.Env, ABC):
 
     def _check_robot_limits(self) -> None:
         limits, robot = self.robot.limits, self.robot_config
+        if robot.joint_names != self.robot.joint_names:
+            raise ConfigError(
+                f"env.kwargs.robot_config: joint_names of {robot.name} {list(robot.joint_names)} "
+                f"are not the simulated arm's ({self.config.robot}: "
+                f"{list(self.robot.joint_names)})"
+            )
         for name in ("lower", "upper", "velocity"):
             difference = np.abs(getattr(limits, name) - getattr(robot, name))
             if np.any(difference > _LIMIT_TOLERANCE):
@@ -243,7 +260,7 @@ class IiwaEnv(gym.Env, ABC):
             self._perturbation, self._randomization_info = self._randomizer.draw(self.np_random)
             if self._perturbation.start_pose_spread is not None:
                 spread = self._perturbation.start_pose_spread
-        noise = self.np_random.uniform(-spread, spread, 7)
+        noise = self.np_random.uniform(-spread, spread, self.robot.joint_count)
         robot_config = self.robot_config
         start = np.minimum(
             np.maximum(self.home_joint_positions + noise, robot_config.target_lower),
@@ -440,7 +457,7 @@ class IiwaEnv(gym.Env, ABC):
         """Engine parameters and timing of the episode's draw, at reset."""
         perturbation = self._perturbation
         self.perturbed_arm.apply(perturbation)
-        self._joint_history[:] = [(start.copy(), np.zeros(7))]
+        self._joint_history[:] = [(start.copy(), np.zeros(self.robot.joint_count))]
         self._set_command_delay()
 
     def _set_command_delay(self) -> None:
@@ -467,11 +484,11 @@ class IiwaEnv(gym.Env, ABC):
             q, qd = self._joint_history[0]
         q = q + perturbation.joint_position_bias
         qd = qd + perturbation.joint_velocity_bias
-        rng = self.np_random
+        rng, joint_count = self.np_random, self.robot.joint_count
         if perturbation.joint_position_noise:
-            q = q + rng.normal(0.0, perturbation.joint_position_noise, 7)
+            q = q + rng.normal(0.0, perturbation.joint_position_noise, joint_count)
         if perturbation.joint_velocity_noise:
-            qd = qd + rng.normal(0.0, perturbation.joint_velocity_noise, 7)
+            qd = qd + rng.normal(0.0, perturbation.joint_velocity_noise, joint_count)
         tcp_position, rotation = self._kinematics.forward(q)
         orientation = rotation_to_quaternion(rotation)
         return RobotSnapshot(
@@ -569,9 +586,7 @@ class IiwaEnv(gym.Env, ABC):
 
     @property
     def robot_joint_names(self) -> tuple[str, ...]:
-        from iiwa_rl.sim.robot import ARM_JOINT_NAMES
-
-        return ARM_JOINT_NAMES
+        return self.robot.joint_names
 
 
 def rotation_to_quaternion(rotation: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from iiwa_rl.envs.randomization import RandomizationRange
 from iiwa_rl.schema import check
-from iiwa_rl.sim.robot import HOME_JOINT_POSITIONS
+from iiwa_rl.sim import robot_description
 
 
 @dataclass
@@ -24,12 +24,16 @@ class RewardConfig:
 
 @dataclass
 class IiwaEnvConfig:
+    # The arm: a registered robot (iiwa_rl/sim, one file each) or `module:name` for one that
+    # importing `module` registers; it brings its URDF, its home pose and the controller's
+    # robot configuration for it.
+    robot: str = "iiwa14"
     # The robot configuration (deploy/iiwa_deploy/robot_iiwa14.yaml unless a path is given) is
     # the one file the controller reads too: joint limits, the robot period, the interpolator's
     # speed and acceleration limits and the target margin. The env streams the controller's
     # own setpoints at that period (iiwa_deploy.actuation), so the physics rate must be a
     # whole multiple of it: 200 Hz is one physics step per 5 ms robot period.
-    robot_config: str | None = None
+    robot_config: str | None = None  # None: the robot's own (see iiwa_rl/sim/robot.py)
     physics_hz: float = 200.0  # physics steps per second
     # Policy steps per second; the policy period must be a whole number of robot periods.
     # 25 Hz (40 ms) is a whole number of every FRI period (1, 2, 5, 10 ms) and of 4 ms, so a
@@ -37,7 +41,7 @@ class IiwaEnvConfig:
     control_hz: float = 25.0
     episode_steps: int = 75  # control steps before the episode is truncated
     action_scale: float = 0.1  # rad per step (joint_delta), rad (joint_offset), m (cartesian)
-    home_joint_positions: list[float] = field(default_factory=lambda: list(HOME_JOINT_POSITIONS))
+    home_joint_positions: list[float] | None = None  # rad; None: the robot's home pose
     initial_joint_noise: float = 0.1  # rad, uniform around home at reset
     solver_iterations: int = 10
     blowup_speed_factor: float = 3.0  # a joint faster than this times its limit = blow-up
@@ -54,7 +58,17 @@ class IiwaEnvConfig:
         )
         check(self.episode_steps >= 1, "episode_steps must be >= 1")
         check(self.action_scale > 0, "action_scale must be > 0")
-        check(len(self.home_joint_positions) == 7, "home_joint_positions needs 7 values (rad)")
+        try:
+            arm = robot_description(self.robot)
+        except ValueError as error:
+            raise ValueError(f"robot: {error}") from None
+        if self.home_joint_positions is None:
+            self.home_joint_positions = list(arm.home_joint_positions)
+        joint_count = len(arm.joint_names)
+        check(
+            len(self.home_joint_positions) == joint_count,
+            f"home_joint_positions needs {joint_count} values (rad), one per joint of {arm.name}",
+        )
         check(self.initial_joint_noise >= 0, "initial_joint_noise must be >= 0")
         check(self.solver_iterations >= 1, "solver_iterations must be >= 1")
 

@@ -20,7 +20,7 @@ import numpy as np
 import pybullet
 
 from iiwa_rl.envs.randomization import Perturbation
-from iiwa_rl.sim.robot import _FLANGE_JOINTS, Iiwa14, _fixed_offset
+from iiwa_rl.sim.robot import UrdfArm
 
 # PyBullet's position motor gains when a command passes none (setJointMotorControlArray).
 DEFAULT_POSITION_GAIN = 0.1
@@ -32,7 +32,7 @@ _GRAVITY_MAGNITUDE = 9.81  # m/s^2, the simulation's (BulletSim)
 
 
 class PerturbedArm:
-    def __init__(self, robot: Iiwa14, sim) -> None:
+    def __init__(self, robot: UrdfArm, sim) -> None:
         self.robot = robot
         self.client = sim.client
         client, body = self.client, robot.body_id
@@ -48,9 +48,8 @@ class PerturbedArm:
         self.nominal_finger_friction = [
             client.getDynamicsInfo(body, f)[1] for f in self.finger_links
         ]
-        urdf = "iiwa14_gripper.urdf" if robot.with_gripper else "iiwa14.urdf"
-        self.flange_in_link7 = _fixed_offset(urdf, _FLANGE_JOINTS)
-        self._friction_list = [0.0] * 7
+        self.flange_in_link7 = robot.flange_offset
+        self._friction_list = [0.0] * robot.joint_count
         self._any_friction = False
         self._payload_offset_list = [0.0, 0.0, 0.0]
         self._payload_mass = 0.0

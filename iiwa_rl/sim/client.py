@@ -183,7 +183,7 @@ class BulletSim:
         if gui:
             self.client.configureDebugVisualizer(pybullet.COV_ENABLE_GUI, 0)
         # Called after every physics step, by whoever steps the world: a robot enforces
-        # limits that PyBullet cannot hold per joint (see Iiwa14._limit_joint_speeds).
+        # limits that PyBullet cannot hold per joint (see robot.py, UrdfArm._limit_joint_speeds).
         self.post_step_hooks: list[Callable[[], None]] = []
         # Called before every physics step: external forces (PyBullet clears them after
         # each step), such as a randomised joint friction.

@@ -21,7 +21,8 @@ import numpy as np
 
 from iiwa_rl.envs.randomization import Perturbation
 from iiwa_rl.sim.client import _resolved_urdf, asset_path
-from iiwa_rl.sim.robot import _FLANGE_JOINTS, ARM_JOINT_NAMES, HOME_JOINT_POSITIONS, _fixed_offset
+from iiwa_rl.sim.iiwa14 import ARM_JOINT_NAMES, FLANGE_JOINTS, HOME_JOINT_POSITIONS
+from iiwa_rl.sim.robot import fixed_offset
 
 # MuJoCo steps 1 ms: five per 5 ms robot period, with the implicit-in-velocity integrator
 # the stiff servos of the light wrist joints stay stable.
@@ -118,7 +119,7 @@ class MujocoPlant:
         self.qpos_index = np.array([model.jnt_qposadr[j] for j in self.joint_ids])
         self.dof_index = np.array([model.jnt_dofadr[j] for j in self.joint_ids])
         self.link7 = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "iiwa_link_7")
-        self.flange_in_link7 = _fixed_offset("iiwa14.urdf", _FLANGE_JOINTS)
+        self.flange_in_link7 = fixed_offset("iiwa14.urdf", FLANGE_JOINTS)
         self._nominal = {
             "body_mass": model.body_mass.copy(),
             "body_inertia": model.body_inertia.copy(),

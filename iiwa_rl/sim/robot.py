@@ -1,43 +1,34 @@
-"""The KUKA LBR iiwa 14 R820, with or without the parallel-jaw gripper.
+"""A robot arm in PyBullet as a component: what an environment needs from an arm
+(`SimRobot`), the description that makes one (`RobotDescription`: its URDF, joint and link
+names, TCP frame, home pose and the controller's robot configuration), the arm built from
+such a description (`UrdfArm`), and the registry that names them (`env.kwargs.robot`).
 
-Joints and links are looked up by name, never by index. Joint-position commands pass
-each axis's datasheet torque and speed to PyBullet's motor (`force`, `maxVelocity`):
-PyBullet enforces a limit only when the motor carries it, and without them an axis was
-seen spinning at 60 rad/s. The speed is set on each motor once (it persists in the
-motor); the torque travels with every command.
+A new arm is one file that registers its description (see iiwa14.py) plus its robot YAML
+for the controller. Joints and links are looked up by name, never by index.
+
+Joint-position commands pass each axis's URDF torque and speed limit to PyBullet's motor
+(`force`, `maxVelocity`): PyBullet enforces a limit only when the motor carries it, and
+without them an iiwa axis was seen spinning at 60 rad/s. The speed is set on each motor
+once (it persists in the motor); the torque travels with every command.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pybullet
-from iiwa_deploy.kinematics import (
-    DEFAULT_IK_DAMPING,
-    KinematicChain,
-    differential_ik_step,
-    quaternion_multiply,  # noqa: F401  (re-exported: tests and callers import it from here)
-    rotation_error_floats,
-)
 
 from iiwa_rl.sim.client import BulletSim, asset_path
-
-ARM_JOINT_NAMES = tuple(f"iiwa_joint_{axis}" for axis in range(1, 8))
-FINGER_JOINT_NAMES = ("gripper_finger_left_joint", "gripper_finger_right_joint")
-LAST_ARM_LINK = "iiwa_link_7"
-# Fixed joints from link 7 to the flange, and on to the gripper's TCP.
-_FLANGE_JOINTS = ("iiwa_joint_flange",)
-_GRIPPER_TCP_JOINTS = ("iiwa_joint_flange", "gripper_mount", "tcp_joint")
-# A slightly bent pose in front of the robot, away from singularities and joint limits.
-HOME_JOINT_POSITIONS = np.array([0.0, 0.35, 0.0, -1.6, 0.0, 1.2, 0.0])
 
 
 @dataclass(frozen=True)
 class JointLimits:
-    """Datasheet limits of the arm's axes, in joint order (rad, rad/s, N m)."""
+    """URDF limits of the arm's axes, in joint order (rad, rad/s, N m)."""
 
     lower: np.ndarray
     upper: np.ndarray
@@ -59,7 +50,7 @@ class JointLimits:
         return np.minimum(np.maximum(joint_positions, bounds[0]), bounds[1])
 
 
-def _fixed_offset(urdf: str, joint_names: tuple[str, ...]) -> np.ndarray:
+def fixed_offset(urdf: str, joint_names: tuple[str, ...]) -> np.ndarray:
     """Summed origin of a chain of fixed joints (all unrotated), read from the URDF."""
     root = ElementTree.parse(asset_path("urdf", urdf)).getroot()
     offset = np.zeros(3)
@@ -72,36 +63,187 @@ def _fixed_offset(urdf: str, joint_names: tuple[str, ...]) -> np.ndarray:
     return offset
 
 
-def rotation_error(current, target) -> np.ndarray:
-    """Rotation vector (axis times angle, rad, world frame) turning `current` into `target`."""
-    return np.array(rotation_error_floats(current, target))
+# ------------------------------------------------------------------ description
+@dataclass(frozen=True)
+class GripperDescription:
+    """A parallel-jaw gripper on the arm's flange, as its URDF (the arm with the gripper)
+    names it: two prismatic fingers mirrored about the palm, each opening by its joint's
+    upper limit, with the TCP between the pads."""
+
+    urdf: str  # the arm with the gripper: a file under assets/urdf, or an absolute path
+    finger_joint_names: tuple[str, str]  # left, right
+    finger_link_name: str  # the left finger's link (its collision box gives the tip geometry)
+    tcp_joints: tuple[str, ...]  # fixed joints from the last arm link to the gripper's TCP
 
 
-class Iiwa14:
-    """The arm in a `BulletSim`, fixed at `base_position` (the base frame is the world frame
-    rotated by nothing and shifted by that position).
+@dataclass(frozen=True)
+class RobotDescription:
+    """Everything that makes one arm: the env builds it from this (`build`) and checks the
+    controller's robot configuration against its URDF."""
+
+    name: str  # the registry key, `env.kwargs.robot`
+    urdf: str  # the bare arm: a file under assets/urdf, or an absolute path
+    joint_names: tuple[str, ...]  # the actuated arm joints, base to tip
+    last_link: str  # the link the TCP is fixed to
+    tcp_joints: tuple[str, ...]  # fixed joints from `last_link` to the bare arm's TCP (flange)
+    home_joint_positions: tuple[float, ...]  # rad, the default `env.kwargs.home_joint_positions`
+    # The controller's robot YAML for this arm (limits, robot period, interpolator, safety);
+    # None: the controller's shipped one (iiwa_deploy/robot_iiwa14.yaml).
+    robot_config: str | None = None
+    gripper: GripperDescription | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.home_joint_positions) != len(self.joint_names):
+            raise ValueError(
+                f"robot {self.name}: home_joint_positions has {len(self.home_joint_positions)} "
+                f"values for {len(self.joint_names)} joints"
+            )
+
+    def urdf_for(self, with_gripper: bool) -> str:
+        if not with_gripper:
+            return self.urdf
+        if self.gripper is None:
+            raise ValueError(f"robot {self.name} has no gripper")
+        return self.gripper.urdf
+
+    def build(self, sim: BulletSim, with_gripper: bool = False, base_position=(0.0, 0.0, 0.0)):
+        """The arm in `sim`."""
+        return UrdfArm(sim, self, with_gripper, base_position)
+
+
+_ROBOTS: dict[str, RobotDescription] = {}
+
+
+def register_robot(description: RobotDescription) -> RobotDescription:
+    """Make `description` available as `env.kwargs.robot: <its name>`."""
+    known = _ROBOTS.get(description.name)
+    if known is not None and known != description:
+        raise ValueError(f"a different robot is already registered as {description.name!r}")
+    _ROBOTS[description.name] = description
+    return description
+
+
+def robot_names() -> list[str]:
+    return sorted(_ROBOTS)
+
+
+def robot_description(name: str) -> RobotDescription:
+    """The registered robot `name`, or with `module:name` the robot that importing `module`
+    registers (as gymnasium's `module:EnvId`: a user's arm in their own package, which
+    spawned env workers import too); a ValueError naming the known ones otherwise."""
+    module, separator, robot = name.rpartition(":")
+    if separator:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(f"robot {name!r}: cannot import {module}: {error}") from None
+        name = robot
+    try:
+        return _ROBOTS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown robot {name!r}; registered robots: {', '.join(robot_names())}"
+        ) from None
+
+
+# -------------------------------------------------------------------- interface
+class SimRobot(Protocol):
+    """What an environment needs from a simulated arm. Positions, velocities and limits are
+    per joint in `joint_names` order (rad, rad/s, N m); poses are in the base frame (m,
+    quaternion x, y, z, w)."""
+
+    description: RobotDescription
+    joint_names: tuple[str, ...]
+    joint_count: int
+    limits: JointLimits
+    with_gripper: bool
+    max_gripper_width: float  # m; 0 without a gripper
+    base_position: np.ndarray
+    body_id: int
+    # The largest |speed| / limit met since the env cleared it (inf for a non-finite speed).
+    peak_speed_fraction: float
+
+    def reset_joint_positions(self, joint_positions, gripper_width: float | None = None) -> None:
+        """Teleport to a configuration at rest (episode resets)."""
+
+    def command_joint_positions(self, targets: np.ndarray) -> np.ndarray:
+        """The position motors' targets for one robot period (clipped to the range)."""
+
+    def set_motor_parameters(self, position_gain=None, velocity_gain=None, force_limits=None):
+        """The motors' gains and torque limits from the next command on (randomisation)."""
+
+    def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """Measured joint positions and velocities."""
+
+    def joint_and_gripper_state(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Joint positions, velocities and the gripper width, from one read."""
+
+    def state_after_step(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """`joint_and_gripper_state()` right after a physics step, without a second read."""
+
+    def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """TCP position and orientation."""
+
+    def kinematic_chain(self) -> dict:
+        """The joint frames and TCP offset as a contract carries them (the controller's
+        forward kinematics and differential IK run on these)."""
+
+
+class SimGripperRobot(SimRobot, Protocol):
+    """An arm with the parallel-jaw gripper (`with_gripper`), as the grasp task drives it."""
+
+    finger_force: float  # N per finger
+    gripper_speed: float  # m/s of pad distance
+    finger_tip_depth: float  # m below the TCP along the tool axis
+    finger_thickness: float  # m
+    link_indices: dict[str, int]
+
+    def command_gripper_width(self, width: float) -> None:
+        """Drive both fingers towards a pad distance (m)."""
+
+    def finger_contacts(self, body_id: int) -> tuple[bool, bool]:
+        """Whether the left and right finger touch a body."""
+
+    def inverse_kinematics(self, tcp_position, tcp_orientation, rest_positions=None) -> np.ndarray:
+        """Joint positions that put the TCP at a pose (for the task's home pose)."""
+
+
+# ------------------------------------------------------------------------ the arm
+class UrdfArm:
+    """The arm of a `RobotDescription` in a `BulletSim`, fixed at `base_position` (the base
+    frame is the world frame rotated by nothing and shifted by that position).
 
     Args:
         sim: the simulation that owns the body.
-        with_gripper: load the variant with the parallel-jaw gripper on the flange.
-        base_position: where link_0 stands, m.
+        description: which arm (URDF, joint and link names, TCP frame).
+        with_gripper: load the variant with the description's gripper on the flange.
+        base_position: where the base link stands, m.
     """
 
-    def __init__(self, sim: BulletSim, with_gripper: bool = False, base_position=(0.0, 0.0, 0.0)):
+    def __init__(
+        self,
+        sim: BulletSim,
+        description: RobotDescription,
+        with_gripper: bool = False,
+        base_position=(0.0, 0.0, 0.0),
+    ):
         self.sim = sim
         self.client = sim.client
+        self.description = description
+        self.joint_names = tuple(description.joint_names)
+        self.joint_count = len(self.joint_names)
         self.with_gripper = with_gripper
         self.base_position = np.asarray(base_position, dtype=float)
-        urdf = "iiwa14_gripper.urdf" if with_gripper else "iiwa14.urdf"
-        # Merging the fixed links (flange, palm, TCP frame) into link 7 leaves the solver
-        # fewer bodies: about a quarter off each physics step. The TCP is then link 7's
-        # frame shifted by the fixed offset read from the same URDF.
+        self.urdf = urdf = description.urdf_for(with_gripper)
+        gripper = description.gripper if with_gripper else None
+        # Merging the fixed links (flange, palm, TCP frame) into the last arm link leaves
+        # the solver fewer bodies: about a quarter off each physics step. The TCP is then
+        # that link's frame shifted by the fixed offset read from the same URDF.
         self.body_id = sim.load_urdf(
             urdf, position=base_position, fixed_base=True, flags=pybullet.URDF_MERGE_FIXED_LINKS
         )
-        self.tcp_offset = _fixed_offset(
-            urdf, _GRIPPER_TCP_JOINTS if with_gripper else _FLANGE_JOINTS
-        )
+        self.flange_offset = fixed_offset(urdf, description.tcp_joints)
+        self.tcp_offset = fixed_offset(urdf, gripper.tcp_joints) if gripper else self.flange_offset
         self._tcp_offset_list = self.tcp_offset.tolist()
 
         joints, links = {}, {}
@@ -109,27 +251,34 @@ class Iiwa14:
             info = self.client.getJointInfo(self.body_id, index)
             joints[info[1].decode()] = info
             links[info[12].decode()] = index
-        self._joint_info = joints
-        self.arm_joint_indices = [joints[name][0] for name in ARM_JOINT_NAMES]
+        missing = [n for n in self.joint_names if n not in joints]
+        if missing:
+            raise ValueError(f"{urdf} has no joint {missing[0]} (robot {description.name})")
+        if description.last_link not in links:
+            raise ValueError(
+                f"{urdf} has no link {description.last_link} (robot {description.name})"
+            )
+        self.arm_joint_indices = [joints[name][0] for name in self.joint_names]
         self.limits = JointLimits(
-            lower=np.array([joints[n][8] for n in ARM_JOINT_NAMES]),
-            upper=np.array([joints[n][9] for n in ARM_JOINT_NAMES]),
-            velocity=np.array([joints[n][11] for n in ARM_JOINT_NAMES]),
-            effort=np.array([joints[n][10] for n in ARM_JOINT_NAMES]),
+            lower=np.array([joints[n][8] for n in self.joint_names]),
+            upper=np.array([joints[n][9] for n in self.joint_names]),
+            velocity=np.array([joints[n][11] for n in self.joint_names]),
+            effort=np.array([joints[n][10] for n in self.joint_names]),
         )
         # Plain Python lists: the motor loop runs every control step.
         self._arm_efforts = self.limits.effort.tolist()
         # Extra motor arguments (gains) a randomised episode sets; empty: PyBullet's defaults.
         self._motor_options: dict[str, list[float]] = {}
         self._arm_speeds = self.limits.velocity.tolist()
-        self.last_arm_link_index = links[LAST_ARM_LINK]
+        self.last_arm_link_index = links[description.last_link]
         self.link_indices = links
-        if with_gripper:
-            self.finger_joint_indices = [joints[name][0] for name in FINGER_JOINT_NAMES]
-            self.finger_link_indices = [joints[name][0] for name in FINGER_JOINT_NAMES]
-            self.finger_travel = float(joints[FINGER_JOINT_NAMES[0]][9])
-            self.finger_force = float(joints[FINGER_JOINT_NAMES[0]][10])
-            self.finger_speed = float(joints[FINGER_JOINT_NAMES[0]][11])
+        if gripper:
+            fingers = gripper.finger_joint_names
+            self.finger_joint_indices = [joints[name][0] for name in fingers]
+            self.finger_link_indices = [joints[name][0] for name in fingers]
+            self.finger_travel = float(joints[fingers[0]][9])
+            self.finger_force = float(joints[fingers[0]][10])
+            self.finger_speed = float(joints[fingers[0]][11])
         # PyBullet's default velocity motors would brake every joint: switch them off so
         # only our position commands act.
         for index in range(self.client.getNumJoints(self.body_id)):
@@ -175,7 +324,7 @@ class Iiwa14:
         non-finite speed, which is left alone so that blow-up detection sees it); whoever
         reads the peak clears it."""
         states = self.client.getJointStates(self.body_id, self._state_joint_indices)
-        velocities = [state[1] for state in states[:7]]
+        velocities = [state[1] for state in states[: self.joint_count]]
         for axis, (index, limit) in enumerate(zip(self.arm_joint_indices, self._arm_speeds)):
             speed = velocities[axis]
             if -limit <= speed <= limit:
@@ -198,14 +347,19 @@ class Iiwa14:
     def _finger_geometry(self) -> tuple[float, float]:
         """(tip depth below the TCP along the tool axis, finger thickness), m, from the
         URDF: the finger's collision box, where its joint sits on the palm, and the TCP."""
-        root = ElementTree.parse(asset_path("urdf", "iiwa14_gripper.urdf")).getroot()
+        gripper = self.description.gripper
+        root = ElementTree.parse(asset_path("urdf", gripper.urdf)).getroot()
         joint_z = float(
-            root.find(f"joint[@name='{FINGER_JOINT_NAMES[0]}']/origin").get("xyz").split()[2]
+            root.find(f"joint[@name='{gripper.finger_joint_names[0]}']/origin")
+            .get("xyz")
+            .split()[2]
         )
-        collision = root.find("link[@name='gripper_finger_left']/collision")
+        collision = root.find(f"link[@name='{gripper.finger_link_name}']/collision")
         box_z = float(collision.find("origin").get("xyz").split()[2])
         size = [float(v) for v in collision.find("geometry/box").get("size").split()]
-        tcp_z = float(root.find("joint[@name='tcp_joint']/origin").get("xyz").split()[2])
+        tcp_z = float(
+            root.find(f"joint[@name='{gripper.tcp_joints[-1]}']/origin").get("xyz").split()[2]
+        )
         return joint_z + box_z + size[2] / 2.0 - tcp_z, size[1]
 
     @property
@@ -230,7 +384,7 @@ class Iiwa14:
         """Arm joint positions (rad) and velocities (rad/s), and the gripper width (m; 0
         without a gripper), from one read of the simulator."""
         states = self.client.getJointStates(self.body_id, self._state_joint_indices)
-        return self._unpack_states(states, [state[1] for state in states[:7]])
+        return self._unpack_states(states, [state[1] for state in states[: self.joint_count]])
 
     def state_after_step(self) -> tuple[np.ndarray, np.ndarray, float]:
         """`joint_and_gripper_state()` right after `BulletSim.step`, as the speed clamp read
@@ -244,8 +398,9 @@ class Iiwa14:
         return self._unpack_states(read[1], read[2])
 
     def _unpack_states(self, states, arm_velocities) -> tuple[np.ndarray, np.ndarray, float]:
-        positions = np.array([state[0] for state in states[:7]])
-        width = states[7][0] + states[8][0] if self.with_gripper else 0.0
+        count = self.joint_count
+        positions = np.array([state[0] for state in states[:count]])
+        width = states[count][0] + states[count + 1][0] if self.with_gripper else 0.0
         return positions, np.array(arm_velocities), width
 
     def applied_torques(self) -> np.ndarray:
@@ -307,9 +462,9 @@ class Iiwa14:
         velocity gains (None: its defaults) and torque limits (None: the datasheet's)."""
         options = {}
         if position_gain is not None:
-            options["positionGains"] = [float(position_gain)] * 7
+            options["positionGains"] = [float(position_gain)] * self.joint_count
         if velocity_gain is not None:
-            options["velocityGains"] = [float(velocity_gain)] * 7
+            options["velocityGains"] = [float(velocity_gain)] * self.joint_count
         self._motor_options = options
         efforts = self.limits.effort if force_limits is None else np.asarray(force_limits)
         self._arm_efforts = [float(v) for v in efforts]
@@ -358,7 +513,7 @@ class Iiwa14:
         rest = current if rest_positions is None else np.asarray(rest_positions)
         limits = self.limits
         extra = 2 if self.with_gripper else 0
-        # IK solves for link 7's frame: step back from the TCP along the fixed offset.
+        # IK solves for the last arm link's frame: step back from the TCP along the fixed offset.
         inverse_offset = [-v for v in self._tcp_offset_list]
         link_position, _ = pybullet.multiplyTransforms(
             list(np.asarray(tcp_position) + self.base_position),
@@ -378,44 +533,14 @@ class Iiwa14:
             maxNumIterations=iterations,
             residualThreshold=1e-4,
         )
-        return limits.clip(np.asarray(solution[:7]))
-
-    @functools.cached_property
-    def chain(self) -> KinematicChain:
-        """The arm's kinematic chain from its URDF, in numpy (what a contract carries)."""
-        return KinematicChain.from_contract(self.kinematic_chain())
-
-    def differential_ik(
-        self,
-        joint_positions: np.ndarray,
-        tcp_position: np.ndarray,
-        tcp_orientation: np.ndarray,
-        target_position: np.ndarray,
-        target_orientation: np.ndarray,
-        damping: float = DEFAULT_IK_DAMPING,
-        margin: float = 0.0,
-    ) -> np.ndarray:
-        """One damped-least-squares step towards a TCP pose (base frame), through the
-        controller's numpy IK (iiwa_deploy.kinematics.differential_ik_step); joint targets at
-        least `margin` (rad) inside the joint ranges."""
-        return differential_ik_step(
-            self.chain,
-            joint_positions,
-            tcp_position,
-            tcp_orientation,
-            target_position,
-            target_orientation,
-            self.limits.lower + margin,
-            self.limits.upper - margin,
-            damping,
-        )
+        return limits.clip(np.asarray(solution[: self.joint_count]))
 
     def pybullet_jacobian(self, joint_positions: np.ndarray) -> np.ndarray:
-        """PyBullet's own 6 x 7 Jacobian at the TCP (linear rows, then angular): the
+        """PyBullet's own 6 x n Jacobian at the TCP (linear rows, then angular): the
         reference the numpy Jacobian is tested against."""
-        # The finger positions do not move link 7; any value serves.
+        # The finger positions do not move the last arm link; any value serves.
         extra = [self.finger_travel] * 2 if self.with_gripper else []
-        zeros = [0.0] * (7 + len(extra))
+        zeros = [0.0] * (self.joint_count + len(extra))
         linear, angular = self.client.calculateJacobian(
             self.body_id,
             self.last_arm_link_index,
@@ -424,18 +549,31 @@ class Iiwa14:
             zeros,
             zeros,
         )
-        return np.array(linear + angular)[:, :7]
+        return np.array(linear + angular)[:, : self.joint_count]
 
     # ------------------------------------------------------------ description
     def kinematic_chain(self) -> dict:
         """The arm's joint frames from the URDF, as the deploy runtime's numpy forward
         kinematics reads them: each joint's origin relative to its parent link, its axis,
-        and the fixed offset from link 7 to the TCP."""
-        urdf = "iiwa14_gripper.urdf" if self.with_gripper else "iiwa14.urdf"
-        root = ElementTree.parse(asset_path("urdf", urdf)).getroot()
+        and the fixed offset from the last arm link to the TCP."""
+        root = ElementTree.parse(asset_path("urdf", self.urdf)).getroot()
         joints = []
-        for name in ARM_JOINT_NAMES:
+        # The chain is the actuated joints alone: each must hang from the link the one
+        # before moves (the first from the root link), or a fixed joint between them would
+        # be missing from the controller's kinematics.
+        children = {j.find("child").get("link") for j in root.findall("joint")}
+        parent_link = next(
+            link.get("name") for link in root.findall("link") if link.get("name") not in children
+        )
+        for name in self.joint_names:
             element = root.find(f"joint[@name='{name}']")
+            if element.find("parent").get("link") != parent_link:
+                raise ValueError(
+                    f"{self.urdf}: joint {name} hangs from {element.find('parent').get('link')}, "
+                    f"not from {parent_link}: the arm's joints must form one serial chain "
+                    f"(robot {self.description.name})"
+                )
+            parent_link = element.find("child").get("link")
             origin = element.find("origin")
             joints.append(
                 {
