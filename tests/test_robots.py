@@ -201,13 +201,13 @@ def test_a_joint_off_the_serial_chain_is_refused(second_arm):
 @pytest.mark.parametrize("name, env_class", [("reach", IiwaReachEnv), ("grasp", IiwaGraspEnv)])
 def test_randomised_envs_are_bit_identical_to_before_the_robot_became_a_component(name, env_class):
     # Recorded at 01697f9 (the iiwa wired into envs/base.py) with every randomisation term
-    # at its typical range: the randomised arm (envs/perturbed_robot.py) reads the robot
-    # through its description now. The nominal envs have their own recording
-    # (test_randomization.py); a deliberate change to the randomisation re-records this.
+    # at its typical range. The randomised arm (envs/perturbed_robot.py) reads the robot through its description
+    # now. The nominal envs have their own recording (test_randomization.py); a deliberate
+    # change to the randomisation or the physics re-records this.
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_randomization import rollout, typical_section
 
-    expected = np.load(Path(__file__).parent / "data" / "randomized_observations_01697f9.npz")
+    expected = np.load(Path(__file__).parent / "data" / "randomized_observations.npz")
     env = env_class(randomization=typical_section(env_class.with_gripper))
     try:
         assert np.array_equal(rollout(env, 25), expected[name])
