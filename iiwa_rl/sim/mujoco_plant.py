@@ -61,19 +61,21 @@ ARMATURE = 0.01  # kg m^2 per joint
 # Friction cone: elliptic (the true Coulomb cone; the default pyramid is its linearisation)
 # with impratio 10. MuJoCo's friction constraints are soft like its normal ones, so at the
 # default impratio 1 a squeezed object creeps: it slides slowly under any load, where static
-# friction would hold it. impratio makes the friction constraints that many times stiffer than
-# the normal ones (MuJoCo's documented remedy for slip in grasps) without changing the
-# friction limit: a cube pulled harder than mu N still slides.
+# friction would hold it (the held cube here: 0.42 mm down the pads in 2 s, at 2 N as at
+# 40 N of squeeze; 0.04 mm with impratio 10). impratio makes the friction constraints that
+# many times stiffer than the normal ones (MuJoCo's documented remedy for slip in grasps)
+# without changing the friction limit: a cube pulled harder than mu N still slides.
 FRICTION_CONE_IMPRATIO = 10.0
 # The contacts of the pads, the cube and the table: stiff, as rubber pads on a plastic cube on
 # a wooden table are. solref: a time constant of 4 ms (critically damped), MuJoCo's stiffest
 # stable choice at the 1 ms step (it asks for at least two steps); solimp: full impedance
 # (0.95 to 0.99) reached within 1 mm of penetration. Measured in this scene: a 40 N squeeze
-# sinks each pad 0.12 mm into the cube, and the cube pressed onto the table with 500 N sinks
-# 0.55 mm (a pad of a few mm of rubber gives about that). MuJoCo's defaults (20 ms; 0.9 to
-# 0.95) are mush here: 2.7 mm per pad at 40 N, and a 500 N press pushes the cube 25 mm, half
-# its height, into the table. (The arm presses that hard: its position servos push a finger
-# the policy commands below the table, or onto the cube, with some hundreds of N.)
+# sinks each pad 0.14 mm into the cube (a 3 mm rubber pad, about 1.5 MPa over the 20 x 45 mm
+# it touches, gives 0.1 mm), and the cube pressed onto the table with 500 N sinks 0.55 mm
+# (plastic on wood would give less). MuJoCo's defaults (20 ms; 0.9 to 0.95) are mush here:
+# 3.4 mm per pad at 40 N, and a 500 N press pushes the cube 25 mm, half its height, into the
+# table. (The arm presses that hard: its position servos push a finger the policy commands
+# below the table, or onto the cube, with some hundreds of N.)
 CONTACT_SOLREF = (0.004, 1.0)
 CONTACT_SOLIMP = (0.95, 0.99, 0.001, 0.5, 2.0)
 # condim: a box pressed on a box is a patch, which MuJoCo's box-box collider represents by
