@@ -31,7 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from iiwa_rl.envs.base import quaternion_yaw
 from iiwa_rl.envs.randomization import Perturbation
+from iiwa_rl.envs.tasks.grasp import TABLE_POSITION
 from iiwa_rl.sim.client import _resolved_urdf, asset_path
 from iiwa_rl.sim.robot import (
     _FLANGE_JOINTS,
@@ -237,8 +239,6 @@ def _add_table_and_cube(spec, mujoco, grasp: GraspScene) -> None:
     """The table of table.urdf where the grasp env stands it, and the cube of cube.urdf (the
     contract's size, the URDF's mass; MuJoCo derives the inertia from mass and box as
     PyBullet does), with the contact pairs of the PyBullet scene."""
-    from iiwa_rl.envs.tasks.grasp import TABLE_POSITION
-
     table = _urdf_box("table.urdf", "table")
     cube = _urdf_box("cube.urdf", "cube")
     pad = _urdf_box("iiwa14_gripper.urdf", "gripper_finger_left")
@@ -452,9 +452,8 @@ class MujocoPlant:
     def object_pose(self) -> tuple[np.ndarray, float]:
         """The cube's true position (base frame = world frame, m) and yaw (rad)."""
         cube = self.cube_qpos_index
-        w, x, y, z = self.data.qpos[cube + 3 : cube + 7]
-        yaw = math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
-        return self.data.qpos[cube : cube + 3].copy(), yaw
+        w, x, y, z = self.data.qpos[cube + 3 : cube + 7]  # MuJoCo's order: scalar first
+        return self.data.qpos[cube : cube + 3].copy(), quaternion_yaw((x, y, z, w))
 
     def apply_gripper(self, command) -> None:
         """A GripperCommand (width m, speed m/s, force N): the pad distance to go to, at
