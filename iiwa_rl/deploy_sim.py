@@ -126,32 +126,16 @@ class PyBulletPlant:
     def gripper_state(self):
         """The gripper as a version 2 STATE reports it; the simulated fingers sense
         contacts (as tactile pads would), and the force is the finger motors' own."""
-        from iiwa_deploy.protocol import (
-            GRIPPER_CONTACT_LEFT,
-            GRIPPER_CONTACT_RIGHT,
-            GRIPPER_CONTACTS_MEASURED,
-            GRIPPER_FORCE_VALID,
-            GRIPPER_MOVING,
-            GRIPPER_OBJECT_DETECTED,
-            GRIPPER_READY,
-            GripperState,
-        )
+        from iiwa_deploy.protocol import GripperState
 
         robot = self.robot
         fingers = self.sim.client.getJointStates(robot.body_id, robot.finger_joint_indices)
-        width = fingers[0][0] + fingers[1][0]
-        force = max(abs(fingers[0][3]), abs(fingers[1][3]))
-        left, right = robot.finger_contacts(self.grasp_env.cube_id)
-        status = GRIPPER_READY | GRIPPER_FORCE_VALID | GRIPPER_CONTACTS_MEASURED
-        if left:
-            status |= GRIPPER_CONTACT_LEFT
-        if right:
-            status |= GRIPPER_CONTACT_RIGHT
-        if left and right:
-            status |= GRIPPER_OBJECT_DETECTED
-        if abs(fingers[0][1]) + abs(fingers[1][1]) > 1e-3:
-            status |= GRIPPER_MOVING
-        return GripperState(float(width), float(force), status)
+        return GripperState.sensed(
+            width_m=fingers[0][0] + fingers[1][0],
+            force_n=max(abs(fingers[0][3]), abs(fingers[1][3])),
+            contacts=robot.finger_contacts(self.grasp_env.cube_id),
+            moving=abs(fingers[0][1]) + abs(fingers[1][1]) > 1e-3,
+        )
 
     def reset(self, initial_positions: np.ndarray) -> None:
         self.robot.reset_joint_positions(np.asarray(initial_positions, dtype=float))
@@ -183,7 +167,8 @@ class PyBulletPlant:
 
 class SimRobot:
     """A `RobotBackend` (see iiwa_deploy.robot) backed by a simulated plant: `PyBulletPlant`,
-    or any plant with `joint_state()` besides the `Plant` interface (the MuJoCo one).
+    or any plant with `joint_state()` besides the `Plant` interface (the MuJoCo one); a
+    grasp plant (`with_gripper`) also has the gripper and the cube of `PyBulletPlant`.
 
     In real time the simulated robot keeps its own clock, as a robot controller does: every
     period boundary it advances the physics one period with the newest setpoint it has and
@@ -202,7 +187,11 @@ class SimRobot:
         self._state_type = RobotState
         self.plant = plant
         self.period_s = float(plant.period_s)
-        if plant.grasp_env is None:
+        # A plant says whether it has a gripper (and so a grasp scene, which its
+        # place_object started as the env's reset does); a wrapper without the attribute
+        # (robustness.PerturbedPlant) is an arm alone.
+        self.with_gripper = bool(getattr(plant, "with_gripper", False))
+        if not self.with_gripper:
             self.plant.reset(np.asarray(initial_positions, dtype=float))
         self.camera = camera
         self.real_time = real_time
@@ -237,7 +226,7 @@ class SimRobot:
                 q, qd = self.plant.step(self.period_s)
             self.periods_without_answer += periods - 1
         self.sequence += periods
-        if self.plant.grasp_env is None:
+        if not self.with_gripper:
             return self._state_type(self.sequence, time.perf_counter(), q.copy(), qd.copy())
         if self.camera is not None:
             self.camera.advance(self.sequence * self.period_s)
@@ -304,8 +293,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             # policy acts beyond anything it was trained on (the shipped reach drifts off
             # the box-centre goal, 6 mm at 3 s to 19 mm at 5 s, in the env as here).
             policy_steps = int(contract.raw["env_kwargs"]["episode_steps"])
-        if args.robot == "sim":
-            plant = PyBulletPlant.for_contract(contract, robot_config.robot_period_s, gui=args.gui)
+        if args.robot in ("sim", "mujoco"):
+            if args.robot == "sim":
+                plant = PyBulletPlant.for_contract(
+                    contract, robot_config.robot_period_s, gui=args.gui
+                )
+            else:
+                from iiwa_rl.sim.mujoco_plant import MujocoPlant
+
+                # The second engine: the same arm (and for a grasp the same gripper, table and
+                # cube) from the same URDFs, MuJoCo's own servos and gripper drive.
+                plant = MujocoPlant.for_contract(contract, robot_config.robot_period_s)
             camera = None
             if grasp is not None:
                 xy, yaw = _cube_pose(args, grasp)
@@ -323,13 +321,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 )
             robot = SimRobot(plant, contract.home_joint_positions, camera=camera)
             objects = robot if grasp is not None else None
-        elif args.robot == "mujoco":
-            from iiwa_rl.sim.mujoco_plant import MujocoPlant
-
-            # The second engine: the same arm from the same URDF, MuJoCo's own servos.
-            robot = SimRobot(
-                MujocoPlant(robot_config.robot_period_s), contract.home_joint_positions
-            )
         elif args.robot == "ros2":
             from iiwa_deploy.ros2 import Ros2Robot
 
@@ -776,16 +767,19 @@ def grasp_in_sim(
     noise=None,
     real_time: bool = True,
     seed: int = 0,
+    plant=None,
 ):
-    """The controller loop against the in-process grasp scene (training physics), the cube
-    placed at (x, y, yaw), its pose seen through a simulated camera with `noise`
-    (iiwa_deploy.perception.PoseNoise): `iiwa-rl deploy <grasp> --robot sim` without the
-    command line. Returns the loop's summary."""
+    """The controller loop against the in-process grasp scene (training physics, or
+    `plant`: the MuJoCo one), the cube placed at (x, y, yaw), its pose seen through a
+    simulated camera with `noise` (iiwa_deploy.perception.PoseNoise): `iiwa-rl deploy
+    <grasp> --robot sim|mujoco` without the command line. Returns the loop's summary; the
+    plant is closed."""
     from iiwa_deploy import ControlLoop
     from iiwa_deploy.perception import PoseNoise, SimulatedPoseSensor
 
     contract = prepared.policy.contract
-    plant = PyBulletPlant.for_contract(contract, prepared.robot.robot_period_s)
+    if plant is None:
+        plant = PyBulletPlant.for_contract(contract, prepared.robot.robot_period_s)
     try:
         plant.place_object(cube_xy, cube_yaw, seed=seed)
         camera = SimulatedPoseSensor(

@@ -208,8 +208,8 @@ def run_mujoco(source: str, suite: SuiteConfig, settings: list[Setting], episode
 
     if suite.task != "reach":
         raise ConfigError(
-            "robustness --engine mujoco: only the reach task; the MuJoCo plant has no grasp "
-            "scene (table, cube, gripper) yet"
+            "robustness --engine mujoco: only the reach task; the grasp's terms (cube, "
+            "fingers, camera) are not applied to the MuJoCo grasp scene yet"
         )
     unsupported = [name for name in suite.terms if name not in MUJOCO_TERMS]
     if unsupported:

@@ -117,6 +117,25 @@ class GripperState:
             return None
         return bool(self.status & GRIPPER_CONTACT_LEFT), bool(self.status & GRIPPER_CONTACT_RIGHT)
 
+    @classmethod
+    def sensed(
+        cls, width_m: float, force_n: float, contacts: tuple[bool, bool], moving: bool
+    ) -> GripperState:
+        """A ready gripper that measures its force and senses per-finger contacts (as
+        tactile pads would; the simulated grippers do): the object is detected when both
+        fingers touch it."""
+        left, right = contacts
+        status = GRIPPER_READY | GRIPPER_FORCE_VALID | GRIPPER_CONTACTS_MEASURED
+        if left:
+            status |= GRIPPER_CONTACT_LEFT
+        if right:
+            status |= GRIPPER_CONTACT_RIGHT
+        if left and right:
+            status |= GRIPPER_OBJECT_DETECTED
+        if moving:
+            status |= GRIPPER_MOVING
+        return cls(float(width_m), float(force_n), status)
+
 
 @dataclass(frozen=True)
 class GripperSetpoint:

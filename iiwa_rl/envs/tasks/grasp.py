@@ -22,6 +22,10 @@ from iiwa_rl.envs.base import IiwaEnv, RobotSnapshot, down_orientation, quaterni
 from iiwa_rl.envs.config import GraspConfig
 from iiwa_rl.envs.rewards import RewardInputs
 
+# Where the table's frame (the middle of its top surface) stands, world frame, m: its top is
+# the robot's base plane. The MuJoCo plant's grasp scene stands it in the same place.
+TABLE_POSITION = (0.35, 0.0, 0.0)
+
 
 class IiwaGraspEnv(IiwaEnv):
     """`IiwaGrasp-v0`. Action modes:
@@ -85,7 +89,7 @@ class IiwaGraspEnv(IiwaEnv):
     def _setup_scene(self) -> None:
         cfg = self.config
         self.table_id = self.sim.load_urdf(
-            "table.urdf", position=(0.35, 0.0, 0.0), fixed_base=True, maximal_coordinates=True
+            "table.urdf", position=TABLE_POSITION, fixed_base=True, maximal_coordinates=True
         )
         # The robot stands on the table: its base and first link rest in (or on) the top,
         # which would keep a useless contact manifold alive every physics step.
