@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from iiwa_rl.config import load_config
+from iiwa_rl.envs.perturbed_robot import position_motor_gains
 from iiwa_rl.envs.randomization import TERMS, available_terms
 from iiwa_rl.envs.tasks.grasp import IiwaGraspEnv
 from iiwa_rl.envs.tasks.reach import IiwaReachEnv
@@ -212,11 +213,67 @@ def test_motor_gain_and_force_limit_terms_reach_pybullets_motor():
     try:
         env.reset(seed=0)
         options = env.robot._motor_options
-        assert options["positionGains"] == [pytest.approx(0.15)] * 7
-        assert options["velocityGains"] == [pytest.approx(2.0)] * 7
+        # Damping above nominal: the position gain divided by it (position_motor_gains).
+        assert options["positionGains"] == [pytest.approx(0.15 / 2.0)] * 7
+        assert options["velocityGains"] == [pytest.approx(1.0)] * 7
         assert env.robot._arm_efforts == pytest.approx(list(env.robot.limits.effort * 0.5))
     finally:
         env.close()
+
+
+def test_motor_gains_scale_the_servos_stiffness_and_damping():
+    # Below nominal damping PyBullet's velocity gain is the damping; above it, the position
+    # gain over the damping (the overdamped servo's K / D); the two meet at the nominal.
+    assert position_motor_gains(1.0, 1.0) == (pytest.approx(0.1), pytest.approx(1.0))
+    assert position_motor_gains(1.5, 0.5) == (pytest.approx(0.15), pytest.approx(0.5))
+    assert position_motor_gains(0.75, 3.0) == (pytest.approx(0.025), pytest.approx(1.0))
+    below = position_motor_gains(1.0, 1.0 - 1e-9)
+    above = position_motor_gains(1.0, 1.0 + 1e-9)
+    assert below == (pytest.approx(above[0]), pytest.approx(above[1]))
+    with pytest.raises(ValueError, match="damping"):
+        position_motor_gains(1.0, 0.0)
+
+
+def _joint_4_on_a_ramp(damping_scale: float) -> dict[str, float]:
+    """A4 follows a setpoint ramp (0.5 rad/s for 0.2 s, then held) on the bare motor, one
+    setpoint per physics step: its lag on the ramp (s), how often its velocity changes sign,
+    and its largest torque over its limit."""
+    env = IiwaReachEnv(randomization=pinned(actuator_damping_scale=damping_scale))
+    try:
+        env.reset(seed=0)
+        robot, rate = env.robot, 0.5
+        start, _ = robot.joint_state()
+        errors, velocities, torques = [], [], []
+        for step in range(120):
+            setpoint = start.copy()
+            setpoint[3] += rate * min(step * 0.005, 0.2)
+            robot.command_joint_positions(setpoint)
+            env.sim.step(1)
+            position, velocity = robot.joint_state()
+            errors.append(setpoint[3] - position[3])
+            velocities.append(velocity[3])
+            torques.append(abs(robot.applied_torques()[3]) / robot.limits.effort[3])
+        velocities = np.array(velocities)
+        return {
+            "lag_s": float(np.mean(errors[30:40])) / rate,
+            "sign_changes": float(np.mean(velocities[1:] * velocities[:-1] < 0)),
+            "peak_torque": max(torques),
+        }
+    finally:
+        env.close()
+
+
+def test_damping_term_slows_or_quickens_the_servo_and_never_makes_it_chatter():
+    nominal = _joint_4_on_a_ramp(1.0)
+    damped = _joint_4_on_a_ramp(2.0)
+    light = _joint_4_on_a_ramp(0.5)
+    # More damping: a servo that follows more slowly (PyBullet's velocity gain 2 instead
+    # chattered: the velocity changed sign on 3 of 4 steps, A4 at its full torque).
+    assert 1.5 * nominal["lag_s"] < damped["lag_s"] < 2.5 * nominal["lag_s"]
+    assert damped["sign_changes"] < 0.05 and damped["peak_torque"] < 0.5
+    # Less damping: a servo that follows more closely.
+    assert light["lag_s"] < 0.8 * nominal["lag_s"]
+    assert light["sign_changes"] < 0.1 and light["peak_torque"] < 0.5
 
 
 def test_passing_pybullets_default_gains_changes_nothing():

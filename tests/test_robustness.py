@@ -95,6 +95,7 @@ def test_cli_names_the_suite_file_on_a_bad_suite(tmp_path, capsys):
 
 class _Recorder:
     period_s = 0.005
+    grasp_env = None  # the arm alone, as MujocoPlant
 
     def __init__(self):
         self.applied, self.q = [], np.zeros(7)
@@ -141,3 +142,20 @@ def test_mujoco_engine_asks_for_an_export_not_a_run_directory(tmp_path, capsys):
     code = main(["robustness", str(run_dir), "--suite", str(suite), "--engine", "mujoco"])
     assert code == 2
     assert "iiwa-rl export RUN_DIR" in capsys.readouterr().err
+
+
+def test_mujoco_engine_runs_the_controller_against_the_perturbed_plant(tmp_path, capsys):
+    pytest.importorskip("mujoco")
+    suite = write(
+        tmp_path, "task: reach\nepisodes: 1\nterms:\n  command_latency: {range: [2, 2]}\n"
+    )
+    out = tmp_path / "out"
+    code = main(
+        ["robustness", str(REACH_POLICY), "--suite", str(suite), "--engine", "mujoco"]
+        + ["--output-dir", str(out)]
+    )
+    assert code == 0, capsys.readouterr().err
+    with (out / "robustness.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["setting"] for row in rows] == ["nominal", "command_latency=2"]
+    assert all(0.0 <= float(row["median_final_distance_mm"]) < 500.0 for row in rows)

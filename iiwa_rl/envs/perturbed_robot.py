@@ -1,5 +1,5 @@
 """An episode's randomised arm in PyBullet: link masses, a flange payload, joint friction and
-damping, the position motors' gains and torque limits, the finger pads' friction.
+damping, the position motors' stiffness, damping and torque limits, the finger pads' friction.
 
 Every value is set from the arm's nominal (URDF) figures, read once, so episodes never
 accumulate changes. PyBullet has no per-joint Coulomb friction and no way to move a link's
@@ -29,6 +29,42 @@ DEFAULT_VELOCITY_GAIN = 1.0
 # kicked back and forth; the position motor holds it anyway.
 _FRICTION_SPEED = 0.01
 _GRAVITY_MAGNITUDE = 9.81  # m/s^2, the simulation's (BulletSim)
+
+
+def position_motor_gains(stiffness_scale: float, damping_scale: float) -> tuple[float, float]:
+    """PyBullet's (positionGain, velocityGain) for a servo whose stiffness and damping are the
+    nominal motor's times these scales.
+
+    PyBullet's POSITION_CONTROL motor is a velocity constraint (btMultiBodyJointMotor): each
+    physics step of dt it sets the joint velocity, within the torque limit, to
+        v+ = kp (q* - q) / dt + v + kd (0 - v).
+    That is a PD servo per unit inertia, qdd = K (q* - q) - D qd, stepped explicitly, with
+    K = kp / dt^2 and D = kd / dt. At the defaults (kp 0.1, kd 1) D dt = 1: the damping takes
+    the whole velocity each step and the joint moves at (K / D)(q* - q) = kp / dt = 20 /s
+    times its error (a 45 ms lag), the slow mode of a servo this overdamped (damping ratio
+    1.6). Scaling D by `damping_scale` s:
+    - s <= 1: kd = s, PyBullet's own step: the joint keeps (1 - s) of its velocity each step,
+      a less damped servo: it follows more closely and sags under gravity (A4 on a ramp,
+      measured: 25 ms of lag at s = 0.5 against 45, 3 mrad of sag at rest).
+    - s > 1: kd = s would have the damper reverse the velocity every step (v+ = (1 - s) v +
+      ...), which a damper never does: the joint chatters at half the physics rate, unstable
+      beyond s = 1.95 at kp 0.1 (at s = 2 an eigenvalue of -1.05), held only by the torque
+      limit (measured at s = 2: the velocity changed sign on 50 to 70 % of the steps of a
+      reach, A2 and A4 at their full torque).
+      Integrated implicitly just far enough that it takes the velocity exactly (the damping
+      acts on (1 - 1/s) of the new velocity and 1/s of the old), the step is
+      v+ = kp (q* - q) / (s dt): the overdamped servo's slow mode K / D, lagging about s
+      times as long. In PyBullet's terms positionGain kp / s, velocityGain 1.
+    Both branches meet at s = 1 (the nominal motor), and `stiffness_scale` scales K in both.
+    """
+    if stiffness_scale <= 0 or damping_scale <= 0:
+        raise ValueError(
+            f"motor scales must be > 0, got stiffness {stiffness_scale}, damping {damping_scale}"
+        )
+    position_gain = DEFAULT_POSITION_GAIN * stiffness_scale
+    if damping_scale <= 1.0:
+        return position_gain, DEFAULT_VELOCITY_GAIN * damping_scale
+    return position_gain / damping_scale, DEFAULT_VELOCITY_GAIN
 
 
 class PerturbedArm:
@@ -86,10 +122,13 @@ class PerturbedArm:
         self._friction_list = [float(v) for v in perturbation.joint_friction]
         self._any_friction = any(self._friction_list)
         nominal_gains = perturbation.stiffness_scale == 1.0 and perturbation.damping_scale == 1.0
+        position_gain, velocity_gain = (
+            (None, None)
+            if nominal_gains
+            else position_motor_gains(perturbation.stiffness_scale, perturbation.damping_scale)
+        )
         robot.set_motor_parameters(
-            None if nominal_gains else DEFAULT_POSITION_GAIN * perturbation.stiffness_scale,
-            None if nominal_gains else DEFAULT_VELOCITY_GAIN * perturbation.damping_scale,
-            robot.limits.effort * perturbation.force_limit_scale,
+            position_gain, velocity_gain, robot.limits.effort * perturbation.force_limit_scale
         )
         if self.finger_links:
             for link, nominal in zip(self.finger_links, self.nominal_finger_friction):

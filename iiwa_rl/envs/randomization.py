@@ -57,8 +57,10 @@ class Perturbation:
     payload_com_z: float = 0.0  # m along the flange's z axis from the flange
     joint_friction: np.ndarray = field(default_factory=lambda: np.zeros(7))  # N m, Coulomb
     joint_damping: np.ndarray | None = None  # N m s/rad; None keeps the URDF's
-    stiffness_scale: float = 1.0  # position motor gain, times PyBullet's default
-    damping_scale: float = 1.0  # motor velocity gain, times PyBullet's default
+    # The joint servo's stiffness and damping, times the nominal's (PyBullet:
+    # perturbed_robot.position_motor_gains; MuJoCo: the position actuator's kp and kv).
+    stiffness_scale: float = 1.0
+    damping_scale: float = 1.0
     force_limit_scale: float = 1.0  # times the datasheet torque
     command_latency_periods: int = 0  # on top of the loop's own one-period delay
     command_jitter_periods: int = 0  # per step, 0..this many more periods
@@ -173,7 +175,7 @@ TERMS: dict[str, Term] = {
             "stiffness_scale",
             "x",
             Range(gt=0),
-            "the joint position controller's position gain",
+            "the joint position controller's stiffness (position gain)",
             typical=(0.75, 1.5),
         ),
         Term(
@@ -181,7 +183,7 @@ TERMS: dict[str, Term] = {
             "damping_scale",
             "x",
             Range(gt=0),
-            "the joint position controller's velocity gain",
+            "the joint position controller's damping (velocity gain), its stiffness held",
             typical=(0.3, 3.0),
         ),
         Term(
