@@ -14,8 +14,11 @@ Each round measures, one right after the other so that all meet the same machine
   normalisation, the update, everything but evaluation and checkpoints), once per value
   of `--main-process-envs` (batched mode: how many envs the main process steps, the one
   that also acts; "config" is the config's own setting).
-The ratio is training over env-only per round, and the ratio of the totals. The machine
-is shared: the load average before and after each round is printed beside it.
+The ratio is training over env-only per round, and the ratio of the totals. Beside each
+figure: the CPU milliseconds per vector step of the main process and of each subprocess
+(from /proc), which say how evenly the work is spread whatever else runs: on a shared
+machine (the load average before and after each round is printed) the wall-clock
+figures mix in other processes' share of the cores.
 """
 
 from __future__ import annotations
@@ -39,8 +42,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def env_only_steps_per_second(config, steps: int, seed: int) -> float:
-    """Env steps per wall second of the config's vector env under random actions."""
+def cpu_seconds(envs) -> list[float]:
+    """CPU seconds (user + system) used so far by this process and by each subprocess of
+    `envs` (a batched vector env; none for the other modes), read from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: int | str) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+    return [of("self"), *(of(process.pid) for process in getattr(envs, "_processes", []))]
+
+
+def env_only(config, steps: int, seed: int) -> dict:
+    """Env steps per wall second of the config's vector env under random actions, and
+    each process's CPU milliseconds per vector step."""
     from iiwa_rl.envs import make_vector_env
 
     env = config.env
@@ -51,17 +67,24 @@ def env_only_steps_per_second(config, steps: int, seed: int) -> float:
         iterations = max(1, steps // env.num_envs)
         shape = (env.num_envs, *envs.single_action_space.shape)
         actions = rng.uniform(-1.0, 1.0, (iterations, *shape)).astype(np.float32)
+        cpu_before = cpu_seconds(envs)
         started = time.perf_counter()
         for action in actions:
             envs.step(action)
         elapsed = time.perf_counter() - started
+        cpu = [b - a for a, b in zip(cpu_before, cpu_seconds(envs))]
     finally:
         envs.close()
-    return iterations * env.num_envs / elapsed
+    return {
+        "steps_per_s": iterations * env.num_envs / elapsed,
+        "cpu_ms_per_vector_step": [1000 * c / iterations for c in cpu],
+    }
 
 
-def training_steps_per_second(config_path: str, overrides: list[str], steps: int) -> float:
-    """Steps per second of a PPO training as its loop logs it (evaluation excluded)."""
+def training(config_path: str, overrides: list[str], steps: int) -> dict:
+    """Steps per second of a PPO training as its loop logs it (evaluation excluded), and
+    each process's CPU milliseconds per vector step over the whole `train()` (the closing
+    one-episode evaluation and checkpoint included: a few ms)."""
     from iiwa_rl.config import load_config
     from iiwa_rl.train import Trainer
     from iiwa_rl.viz.plots import read_csv
@@ -81,9 +104,25 @@ def training_steps_per_second(config_path: str, overrides: list[str], steps: int
                 "train.progress=quiet",
             ],
         )
-        Trainer(config, run_dir).train()
+        trainer = Trainer(config, run_dir)
+        collector = trainer.collector
+        close, cpu = collector.close, {}
+
+        def close_after_reading_cpu() -> None:  # the subprocesses' CPU, before they stop
+            cpu["after"] = cpu_seconds(collector.envs)
+            close()
+
+        collector.close = close_after_reading_cpu
+        cpu["before"] = cpu_seconds(collector.envs)
+        trainer.train()
         metrics = read_csv(run_dir / "metrics.csv")
-        return float(metrics["steps_per_second"][-1])
+        iterations = steps / config.env.num_envs
+        return {
+            "steps_per_s": float(metrics["steps_per_second"][-1]),
+            "cpu_ms_per_vector_step": [
+                1000 * (b - a) / iterations for a, b in zip(cpu["before"], cpu["after"])
+            ],
+        }
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -127,40 +166,49 @@ def main(argv: list[str] | None = None) -> dict:
         f"{config.env.main_process_envs}; {args.steps:,} steps per measurement",
         flush=True,
     )
+
+    def cpu_text(figures: dict) -> str:
+        return "CPU ms per vector step " + " + ".join(
+            f"{c:.2f}" for c in figures["cpu_ms_per_vector_step"]
+        )
+
     rounds = []
     for index in range(args.rounds):
         load_before = os.getloadavg()[0]
-        env_only = env_only_steps_per_second(env_only_config, args.steps, seed=config.seed)
-        training = {
-            value: training_steps_per_second(args.config, layout, args.steps)
-            for value, layout in layouts.items()
+        reference = env_only(env_only_config, args.steps, seed=config.seed)
+        trained = {
+            value: training(args.config, layout, args.steps) for value, layout in layouts.items()
         }
         load_after = os.getloadavg()[0]
         rounds.append(
             {
-                "env_only_steps_per_s": env_only,
-                "training_steps_per_s": training,
-                "ratio": {value: speed / env_only for value, speed in training.items()},
+                "env_only": reference,
+                "training": trained,
+                "ratio": {
+                    v: t["steps_per_s"] / reference["steps_per_s"] for v, t in trained.items()
+                },
                 "load_average_before_after": [load_before, load_after],
             }
         )
-        figures = ", ".join(
-            f"main_process_envs {value}: {speed:,.0f} ({speed / env_only:.1%})"
-            for value, speed in training.items()
-        )
         print(
-            f"round {index + 1}: env-only {env_only:,.0f} steps/s; PPO training {figures} "
-            f"(load {load_before:.2f} -> {load_after:.2f})",
+            f"round {index + 1} (load {load_before:.2f} -> {load_after:.2f}): env-only "
+            f"{reference['steps_per_s']:,.0f} steps/s ({cpu_text(reference)})",
             flush=True,
         )
+        for value, figures in trained.items():
+            print(
+                f"  PPO training, main_process_envs {value}: {figures['steps_per_s']:,.0f} "
+                f"steps/s = {rounds[-1]['ratio'][value]:.1%} of env-only ({cpu_text(figures)})",
+                flush=True,
+            )
 
     # Each measurement covers the same steps, so the totals' rate is the harmonic mean.
     def total(rates: list[float]) -> float:
         return len(rates) / sum(1.0 / rate for rate in rates)
 
-    env_total = total([r["env_only_steps_per_s"] for r in rounds])
+    env_total = total([r["env_only"]["steps_per_s"] for r in rounds])
     training_total = {
-        value: total([r["training_steps_per_s"][value] for r in rounds]) for value in layouts
+        value: total([r["training"][value]["steps_per_s"] for r in rounds]) for value in layouts
     }
     ratio = {value: speed / env_total for value, speed in training_total.items()}
     for value, speed in training_total.items():

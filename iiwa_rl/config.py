@@ -244,6 +244,11 @@ class TrainSection:
     max_wall_seconds: PositiveFloat | None = None  # stop (and save) after this much time
     eval_every_steps: PositiveInt = 100_000
     eval_episodes: PositiveInt = 20
+    # The scheduled evaluations in a subprocess at the lowest CPU priority, which runs in
+    # the cores' idle moments while training goes on (evaluation.BackgroundEvaluation);
+    # each result is logged (and the best checkpoint saved) when it arrives. The final
+    # evaluation always runs in the loop's process, after all the scheduled ones.
+    eval_in_background: bool = False
     checkpoint_every_steps: PositiveInt = 50_000
     progress: Literal["auto", "bar", "quiet"] = "auto"
     torch_threads: PositiveInt = (

@@ -126,6 +126,16 @@ BAD_CONFIGS = [
     ),
     ("bad value: num_envs", _with("env.num_envs", 0), ["env", "num_envs must be >= 1"]),
     (
+        "main_process_envs outside batched mode",
+        _with("env", {**_reach_data()["env"], "vector_mode": "sync", "main_process_envs": 4}),
+        ["env", "main_process_envs is for vector_mode batched, not sync"],
+    ),
+    (
+        "main_process_envs above num_envs",
+        _with("env.main_process_envs", 17),
+        ["env", "main_process_envs (17) cannot exceed num_envs (16)"],
+    ),
+    (
         "bad value: log_std bounds",
         _with("policy.log_std.min", 2.0),
         ["policy.log_std", "log_std.min must be < log_std.max"],
