@@ -12,8 +12,9 @@ Each round measures, one right after the other so that all meet the same machine
 - PPO training: the config trained for `--steps` steps with evaluation only after the
   timed part (steps/s as the loop logs it at its last update: acting, stepping,
   normalisation, the update, everything but evaluation and checkpoints), once per value
-  of `--main-process-envs` (batched mode: how many envs the main process steps, the one
-  that also acts; "config" is the config's own setting).
+  of `--main-process-share` (batched mode: the share of the envs, relative to an even
+  one, that the main process steps, the process that also acts; "config" is the
+  config's own setting).
 The ratio is training over env-only per round, and the ratio of the totals. Beside each
 figure: the CPU milliseconds per vector step of the main process and of each subprocess
 (from /proc), which say how evenly the work is spread whatever else runs: on a shared
@@ -136,10 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
         "overrides", nargs="*", help="config overrides (key=value), applied to both sides"
     )
     parser.add_argument(
-        "--main-process-envs",
+        "--main-process-share",
         nargs="+",
         default=["config"],
-        help="training layouts to measure in each round: an env count, or config",
+        help="training layouts to measure in each round: a share (0 to 1), or config",
     )
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -156,14 +157,14 @@ def main(argv: list[str] | None = None) -> dict:
     if config.algorithm != "ppo":
         parser.error(f"{args.config} trains {config.algorithm}, not ppo")
     layouts = {
-        value: overrides if value == "config" else [*overrides, f"env.main_process_envs={value}"]
-        for value in args.main_process_envs
+        value: overrides if value == "config" else [*overrides, f"env.main_process_share={value}"]
+        for value in args.main_process_share
     }
-    env_only_config = load_config(args.config, [*overrides, "env.main_process_envs=null"])
+    env_only_config = load_config(args.config, [*overrides, "env.main_process_share=1"])
     print(
         f"{config.env.id}: {config.env.num_envs} envs, vector_mode {config.env.vector_mode}, "
-        f"workers {config.env.workers or os.cpu_count()}, main_process_envs (config) "
-        f"{config.env.main_process_envs}; {args.steps:,} steps per measurement",
+        f"workers {config.env.workers or os.cpu_count()}, main_process_share (config) "
+        f"{config.env.main_process_share}; {args.steps:,} steps per measurement",
         flush=True,
     )
 
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for value, figures in trained.items():
             print(
-                f"  PPO training, main_process_envs {value}: {figures['steps_per_s']:,.0f} "
+                f"  PPO training, main_process_share {value}: {figures['steps_per_s']:,.0f} "
                 f"steps/s = {rounds[-1]['ratio'][value]:.1%} of env-only ({cpu_text(figures)})",
                 flush=True,
             )
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = {value: speed / env_total for value, speed in training_total.items()}
     for value, speed in training_total.items():
         print(
-            f"all rounds, main_process_envs {value}: env-only {env_total:,.0f} steps/s, PPO "
+            f"all rounds, main_process_share {value}: env-only {env_total:,.0f} steps/s, PPO "
             f"training {speed:,.0f} steps/s: {ratio[value]:.1%} "
             f"(target >= 85 %: {'met' if ratio[value] >= 0.85 else 'NOT met'})"
         )

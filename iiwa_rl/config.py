@@ -5,7 +5,7 @@ A YAML file has these sections (see configs/*.yaml for complete examples):
     algorithm: ppo | trpo | ddpg
     seed: 0
     device: auto | cpu | cuda
-    env:        id, num_envs, vector_mode, workers, main_process_envs (vector_mode:
+    env:        id, num_envs, vector_mode, workers, main_process_share (vector_mode:
                 batched), ray (vector_mode: ray), kwargs (the environment's own parameters)
     normalize:  observations, rewards, clip
     policy:     actor network (Gaussian for PPO/TRPO, deterministic for DDPG)
@@ -111,22 +111,14 @@ class EnvSection:
     # stepping `ray.envs_per_worker` envs each, on one machine or a cluster.
     vector_mode: Literal["sync", "async", "batched", "ray"] = "sync"
     workers: PositiveInt | None = None  # batched mode; default: one per CPU core
-    # batched mode: how many of the envs the main process steps itself (the rest spread
-    # over the subprocesses). Default: an even share. The main process also acts, so
-    # giving it fewer envs keeps the subprocesses from waiting on the policy.
-    main_process_envs: NonNegativeInt | None = None
+    # batched mode: the main process's share of the envs, relative to an even share (the
+    # rest spread evenly over the subprocesses). The main process also acts, so a smaller
+    # share keeps the subprocesses from waiting on the policy; no layout changes a number.
+    main_process_share: Annotated[float, Range(ge=0.0, le=1.0)] = 1.0
     ray: RaySection = field(default_factory=RaySection)
     kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        check(
-            self.main_process_envs is None or self.vector_mode == "batched",
-            f"main_process_envs is for vector_mode batched, not {self.vector_mode}",
-        )
-        check(
-            self.main_process_envs is None or self.main_process_envs <= self.num_envs,
-            f"main_process_envs ({self.main_process_envs}) cannot exceed num_envs ({self.num_envs})",
-        )
         if self.vector_mode != "ray":
             return
         ray = self.ray

@@ -126,14 +126,9 @@ BAD_CONFIGS = [
     ),
     ("bad value: num_envs", _with("env.num_envs", 0), ["env", "num_envs must be >= 1"]),
     (
-        "main_process_envs outside batched mode",
-        _with("env", {**_reach_data()["env"], "vector_mode": "sync", "main_process_envs": 4}),
-        ["env", "main_process_envs is for vector_mode batched, not sync"],
-    ),
-    (
-        "main_process_envs above num_envs",
-        _with("env.main_process_envs", 17),
-        ["env", "main_process_envs (17) cannot exceed num_envs (16)"],
+        "main_process_share above 1",
+        _with("env.main_process_share", 1.5),
+        ["env", "main_process_share must be in [0, 1], got 1.5"],
     ),
     (
         "bad value: log_std bounds",

@@ -68,28 +68,27 @@ def test_slice_bounds_even_and_with_a_main_process_share():
     def sizes(*args):
         return [part.stop - part.start for part in slice_bounds(*args)]
 
-    assert sizes(16, 2, None) == [8, 8]
-    assert sizes(16, 2, 7) == [7, 9]
-    assert sizes(16, 3, 4) == [4, 6, 6]
-    assert sizes(5, 2, 0) == [0, 5]
-    assert sizes(4, 1, 4) == [4]
-    parts = slice_bounds(16, 3, 4)
+    assert sizes(16, 2) == [8, 8]
+    assert sizes(16, 3) == [5, 6, 5]  # even shares as they always were
+    assert sizes(16, 2, 0.875) == [7, 9]
+    assert sizes(32, 2, 0.875) == [14, 18]
+    assert sizes(2, 2, 0.875) == [1, 1]
+    assert sizes(16, 3, 0.75) == [4, 6, 6]
+    assert sizes(5, 2, 0.0) == [0, 5]
+    assert sizes(4, 1, 0.5) == [4]  # the main process is the only one
+    parts = slice_bounds(16, 3, 0.75)
     assert [p.start for p in parts] == [0, 4, 10] and parts[-1].stop == 16
-    with pytest.raises(ValueError, match="main_process_envs must be between 0 and 15"):
-        slice_bounds(16, 2, 16)
-    with pytest.raises(ValueError, match="must equal num_envs"):
-        slice_bounds(4, 1, 3)
-    with pytest.raises(ValueError, match="main_process_envs is for vector mode 'batched'"):
-        make_vector_env("IiwaReach-v0", 2, mode="sync", main_process_envs=1)
+    with pytest.raises(ValueError, match="main_process_share must be in"):
+        slice_bounds(16, 2, 1.5)
 
 
-@pytest.mark.parametrize("main_process_envs", [None, 1, 0])
-def test_batched_rollout_equals_single_env_rollouts(main_process_envs):
+@pytest.mark.parametrize("main_process_share", [1.0, 0.75, 0.0])
+def test_batched_rollout_equals_single_env_rollouts(main_process_share):
     """Bit for bit: env i of the batched vector env, whichever process steps it, is a
     single env seeded s + i given the same actions, through SAME_STEP autoresets."""
     kwargs, count, seed = {"episode_steps": 3}, 3, 11
     batched = make_vector_env(
-        "IiwaReach-v0", count, kwargs, "batched", workers=2, main_process_envs=main_process_envs
+        "IiwaReach-v0", count, kwargs, "batched", workers=2, main_process_share=main_process_share
     )
     singles = [gym.make("IiwaReach-v0", **kwargs) for _ in range(count)]
     try:
@@ -146,8 +145,8 @@ def test_ppo_training_is_the_same_in_every_vector_layout(tmp_path):
     number: a run is reproducible from its config and seed whatever its layout."""
     reference = _trained_weights(tmp_path, "sync", ["env.vector_mode=sync"])
     for name, layout in {
-        "even": ["env.vector_mode=batched", "env.workers=2"],
-        "main1": ["env.vector_mode=batched", "env.workers=2", "env.main_process_envs=1"],
+        "even": ["env.vector_mode=batched", "env.workers=2", "env.main_process_share=1"],
+        "main1": ["env.vector_mode=batched", "env.workers=2", "env.main_process_share=0.5"],
     }.items():
         weights = _trained_weights(tmp_path, name, layout)
         assert all(torch.equal(a, b) for a, b in zip(reference, weights)), name

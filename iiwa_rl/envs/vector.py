@@ -115,27 +115,19 @@ def stack_infos(infos: list[dict]) -> dict:
     return stacked
 
 
-def slice_bounds(num_envs: int, workers: int, main_process_envs: int | None) -> list[slice]:
+def slice_bounds(num_envs: int, workers: int, main_process_share: float = 1.0) -> list[slice]:
     """The contiguous slices of `num_envs` environments over `workers` processes, the
-    main process's first: even shares, or `main_process_envs` in the main process and the
-    rest spread evenly over the subprocesses. Which process steps an env never changes
-    what it computes: env i is env i, seeded s + i, in every layout."""
-    if main_process_envs is None:
+    main process's first. Even shares by default; with `main_process_share` s < 1 the
+    main process steps round(s * num_envs / workers) envs and the rest are spread evenly
+    over the subprocesses. Which process steps an env never changes what it computes:
+    env i is env i, seeded s + i, in every layout."""
+    if not 0.0 <= main_process_share <= 1.0:
+        raise ValueError(f"main_process_share must be in [0, 1], got {main_process_share}")
+    if main_process_share == 1.0 or workers == 1:
         bounds = np.linspace(0, num_envs, workers + 1).round().astype(int)
-    else:
-        if workers == 1 and main_process_envs != num_envs:
-            raise ValueError(
-                f"main_process_envs ({main_process_envs}) must equal num_envs ({num_envs}) "
-                "with one worker: the main process is the only one"
-            )
-        if workers > 1 and not 0 <= main_process_envs <= num_envs - (workers - 1):
-            raise ValueError(
-                f"main_process_envs must be between 0 and {num_envs - (workers - 1)} "
-                f"(num_envs {num_envs}, {workers - 1} subprocess(es) with an env each), "
-                f"got {main_process_envs}"
-            )
-        rest = np.linspace(main_process_envs, num_envs, workers).round().astype(int)
-        bounds = np.concatenate([[0], rest])
+    else:  # at most an even share, so every subprocess keeps at least one env
+        main = round(main_process_share * num_envs / workers)
+        bounds = np.concatenate([[0], np.linspace(main, num_envs, workers).round().astype(int)])
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
@@ -150,11 +142,11 @@ class BatchedSubprocVectorEnv(VectorEnv):
         self,
         factories: list[Callable[[], gym.Env]],
         workers: int,
-        main_process_envs: int | None = None,
+        main_process_share: float = 1.0,
     ):
         self.num_envs = len(factories)
         workers = max(1, min(workers, self.num_envs))
-        slices = slice_bounds(self.num_envs, workers, main_process_envs)
+        slices = slice_bounds(self.num_envs, workers, main_process_share)
         self._local_slice, self._remote_slices = slices[0], slices[1:]
         context = multiprocessing.get_context("spawn")  # no inherited threads or sim state
         self._connections, self._processes = [], []
@@ -233,19 +225,19 @@ def make_vector_env(
     env_kwargs: dict | None = None,
     mode: Literal["sync", "async", "batched"] = "sync",
     workers: int | None = None,
-    main_process_envs: int | None = None,
+    main_process_share: float = 1.0,
 ) -> gym.vector.VectorEnv:
     """`num_envs` copies of `env_id`; seed them with ``reset(seed=s)``, which gives env i the
     seed s + i. `workers` (batched mode: stepping processes, the main one included)
-    defaults to the number of CPU cores; `main_process_envs` (batched mode) is how many
-    envs the main process steps itself, by default an even share."""
+    defaults to the number of CPU cores; `main_process_share` (batched mode) is the main
+    process's share of the envs relative to an even one (`slice_bounds`)."""
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    if main_process_envs is not None and mode != "batched":
-        raise ValueError(f"main_process_envs is for vector mode 'batched', not {mode!r}")
     factories = [make_env_factory(env_id, env_kwargs) for _ in range(num_envs)]
     if mode == "batched":
-        return BatchedSubprocVectorEnv(factories, workers or os.cpu_count() or 1, main_process_envs)
+        return BatchedSubprocVectorEnv(
+            factories, workers or os.cpu_count() or 1, main_process_share
+        )
     if mode == "async":
         return AsyncVectorEnv(
             factories, context="spawn", autoreset_mode=AutoresetMode.SAME_STEP, copy=False
