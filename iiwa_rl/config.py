@@ -238,8 +238,9 @@ class TrainSection:
     eval_episodes: PositiveInt = 20
     # The scheduled evaluations in a subprocess at the lowest CPU priority, which runs in
     # the cores' idle moments while training goes on (evaluation.BackgroundEvaluation);
-    # each result is logged (and the best checkpoint saved) when it arrives. The final
-    # evaluation always runs in the loop's process, after all the scheduled ones.
+    # each result is logged (and the best checkpoint saved) when it arrives, with its own
+    # step's wall time and state. The run waits for them all before it ends; a last step
+    # that no scheduled evaluation covered is evaluated in the loop's own process.
     eval_in_background: bool = False
     checkpoint_every_steps: PositiveInt = 50_000
     progress: Literal["auto", "bar", "quiet"] = "auto"
