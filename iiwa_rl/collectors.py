@@ -159,5 +159,6 @@ def make_collector(config) -> RolloutCollector:
             env_config.kwargs,
             env_config.vector_mode,
             env_config.workers,
+            env_config.main_process_share,
         )
     )

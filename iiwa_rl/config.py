@@ -5,8 +5,8 @@ A YAML file has these sections (see configs/*.yaml for complete examples):
     algorithm: ppo | trpo | ddpg
     seed: 0
     device: auto | cpu | cuda
-    env:        id, num_envs, vector_mode, workers, ray (vector_mode: ray), kwargs (the
-                environment's own parameters)
+    env:        id, num_envs, vector_mode, workers, main_process_share (vector_mode:
+                batched), ray (vector_mode: ray), kwargs (the environment's own parameters)
     normalize:  observations, rewards, clip
     policy:     actor network (Gaussian for PPO/TRPO, deterministic for DDPG)
     critic:     value / Q network
@@ -111,6 +111,10 @@ class EnvSection:
     # stepping `ray.envs_per_worker` envs each, on one machine or a cluster.
     vector_mode: Literal["sync", "async", "batched", "ray"] = "sync"
     workers: PositiveInt | None = None  # batched mode; default: one per CPU core
+    # batched mode: the main process's share of the envs, relative to an even share (the
+    # rest spread evenly over the subprocesses). The main process also acts, so a smaller
+    # share keeps the subprocesses from waiting on the policy; no layout changes a number.
+    main_process_share: Annotated[float, Range(ge=0.0, le=1.0)] = 1.0
     ray: RaySection = field(default_factory=RaySection)
     kwargs: dict = field(default_factory=dict)
 
@@ -232,6 +236,12 @@ class TrainSection:
     max_wall_seconds: PositiveFloat | None = None  # stop (and save) after this much time
     eval_every_steps: PositiveInt = 100_000
     eval_episodes: PositiveInt = 20
+    # The scheduled evaluations in a subprocess at the lowest CPU priority, which runs in
+    # the cores' idle moments while training goes on (evaluation.BackgroundEvaluation);
+    # each result is logged (and the best checkpoint saved) when it arrives, with its own
+    # step's wall time and state. The run waits for them all before it ends; a last step
+    # that no scheduled evaluation covered is evaluated in the loop's own process.
+    eval_in_background: bool = False
     checkpoint_every_steps: PositiveInt = 50_000
     progress: Literal["auto", "bar", "quiet"] = "auto"
     torch_threads: PositiveInt = (

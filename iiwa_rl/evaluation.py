@@ -7,6 +7,9 @@ episode i of an evaluation is seeded `seed + i`, whatever the number of training
 
 from __future__ import annotations
 
+import copy
+import multiprocessing
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -89,3 +92,78 @@ def summarize_episodes(results: list[EpisodeResult]) -> dict[str, float]:
             count = sum(failure_reason(r.final_info) == reason for r in results)
             summary[f"failed_{reason.replace(' ', '_')}"] = count
     return summary
+
+
+def _evaluation_worker(connection, env_id: str, env_kwargs: dict) -> None:
+    """A subprocess answering each (actor, normaliser, episodes, seed) with its summary."""
+    os.nice(19)  # the cores' idle moments only: training keeps its share
+    torch.set_num_threads(1)
+    import gymnasium as gym
+
+    import iiwa_rl.envs  # noqa: F401  (registers the ids in this process)
+
+    env = gym.make(env_id, **env_kwargs)
+    try:
+        while True:
+            request = connection.recv()
+            if request is None:
+                break
+            actor, normalizer, episodes, seed = request
+            act = deterministic_policy(actor, normalizer)
+            connection.send(summarize_episodes(run_episodes(act, env, episodes, seed)))
+    except (EOFError, KeyboardInterrupt):  # the parent went away: just stop
+        pass
+    finally:
+        env.close()
+        connection.close()
+
+
+class BackgroundEvaluation:
+    """Deterministic evaluations in a subprocess of their own, so the process that
+    trains does not wait for them: `submit` hands over a snapshot of the policy (the
+    actor and the normaliser as they are now, pickled on the spot) and returns at once;
+    `results` gives the summaries back in the order they were submitted. The
+    subprocess runs at nice 19, so on a small machine it takes the CPU the training
+    leaves idle (the stepping workers wait on every update and on acting) rather than
+    time from the training. Episodes and seeds are those of `run_episodes`: a summary is
+    the one the same policy gets in the training process."""
+
+    def __init__(self, env_id: str, env_kwargs: dict):
+        context = multiprocessing.get_context("spawn")  # no inherited threads or sim state
+        self._connection, child = context.Pipe()
+        self._process = context.Process(
+            target=_evaluation_worker, args=(child, env_id, dict(env_kwargs)), daemon=True
+        )
+        self._process.start()
+        child.close()
+        self.pending = 0
+
+    def submit(self, actor: torch.nn.Module, normalizer, episodes: int, seed: int) -> None:
+        # A CPU copy: a CUDA actor's tensors would make the subprocess start CUDA.
+        snapshot = copy.deepcopy(actor).cpu().eval()
+        self._connection.send((snapshot, normalizer, episodes, seed))
+        self.pending += 1
+
+    def results(self, wait: bool = False) -> list[dict]:
+        """The summaries that have arrived (with `wait`: all those submitted)."""
+        summaries = []
+        while self.pending and (wait or self._connection.poll()):
+            try:
+                summaries.append(self._connection.recv())
+            except EOFError:
+                raise RuntimeError(
+                    f"the background evaluation process stopped (exit code "
+                    f"{self._process.exitcode}) with {self.pending} evaluation(s) pending"
+                ) from None
+            self.pending -= 1
+        return summaries
+
+    def close(self) -> None:
+        try:
+            self._connection.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.terminate()
+        self._connection.close()

@@ -35,6 +35,15 @@ def mlp(input_size: int, spec: NetworkSection) -> tuple[nn.Sequential, int]:
     return trunk, size
 
 
+def through(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """`layers(x)` without nn.Module.__call__'s hook dispatch per layer: the same
+    computation, for about 5 us less a layer, which at 16 envs was a fifth of acting's
+    cost for two 2 x 128 MLPs. The networks here register no hooks."""
+    for layer in layers:
+        x = layer.forward(x)
+    return x
+
+
 def init_linear(layer: nn.Linear, gain: float) -> None:
     nn.init.orthogonal_(layer.weight, gain=gain)
     nn.init.zeros_(layer.bias)
@@ -71,16 +80,16 @@ class GaussianActor(nn.Module):
 
     def forward(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-std of the action distribution."""
-        features = self.trunk(observation)
-        mean = self.mean_head(features)
+        features = through(self.trunk, observation)
+        mean = self.mean_head.forward(features)
         if self.state_dependent_std:
-            log_std = self._squash(self.log_std_head(features))
+            log_std = self._squash(self.log_std_head.forward(features))
         else:
             log_std = self._squash(self.log_std_raw).expand_as(mean)
         return mean, log_std
 
     def sample(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = self(observation)
+        mean, log_std = self.forward(observation)
         action = mean + torch.randn_like(mean) * log_std.exp()
         return action, gaussian_log_prob(action, mean, log_std)
 
@@ -126,7 +135,7 @@ class ValueCritic(nn.Module):
             init_linear(self.head, gain=1.0)
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(observation)).squeeze(-1)
+        return self.head.forward(through(self.trunk, observation)).squeeze(-1)
 
 
 class DeterministicActor(nn.Module):

@@ -13,7 +13,9 @@ directory's rules in run_dir.py. Algorithms see normalised observations and scal
 
 from __future__ import annotations
 
+import copy
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,12 @@ from iiwa_rl.checkpoint import load_checkpoint, remove_stale_partials, restore, 
 from iiwa_rl.collectors import Acting, make_collector
 from iiwa_rl.config import TrainConfig
 from iiwa_rl.episode_stats import EpisodeStatistics
-from iiwa_rl.evaluation import deterministic_policy, run_episodes, summarize_episodes
+from iiwa_rl.evaluation import (
+    BackgroundEvaluation,
+    deterministic_policy,
+    run_episodes,
+    summarize_episodes,
+)
 from iiwa_rl.logger import CsvLog, Progress, TensorBoardLog
 from iiwa_rl.normalization import ObservationNormalizer, RewardScaler
 from iiwa_rl.schema import ConfigError
@@ -114,6 +121,10 @@ class Trainer:
             self.run_dir / "tensorboard", purge_step=self.global_step or None
         )
         self._eval_env = None
+        self._background_evaluation: BackgroundEvaluation | None = None
+        # (step, wall time, checkpoint state) of each evaluation submitted in the
+        # background, in order: a result is logged, and saved as best, with its own.
+        self._pending_evaluations: deque[tuple[int, float, dict]] = deque()
 
     @property
     def envs(self):
@@ -132,6 +143,10 @@ class Trainer:
 
         # Resumed runs restart their episodes: environment state is not checkpointed.
         self.collector.notify = progress.message  # a worker restart, say
+        if cfg.eval_in_background and self._background_evaluation is None:
+            self._background_evaluation = BackgroundEvaluation(
+                self.config.env.id, self.config.env.kwargs
+            )
         self.collector.start(
             Acting(self.algorithm, self.obs_normalizer, self.flatten, self.scale_action),
             seed=self.config.seed + 7919 * (self.global_step // num_envs),
@@ -182,7 +197,12 @@ class Trainer:
 
             if self.global_step >= next_eval:
                 next_eval += cfg.eval_every_steps
-                summary = self.evaluate_and_log(progress, started)
+                if self._background_evaluation is None:
+                    summary = self.evaluate_and_log(progress, started)
+                else:
+                    self._submit_evaluation(started)
+            if self._pending_evaluations:
+                summary = self._log_background_evaluations(progress) or summary
             if self.global_step >= next_checkpoint:
                 next_checkpoint += cfg.checkpoint_every_steps
                 self.save_checkpoint("last", started)
@@ -193,6 +213,8 @@ class Trainer:
                 stop_reason = f"max_wall_seconds ({cfg.max_wall_seconds:g} s) reached"
                 break
 
+        if self._pending_evaluations:
+            summary = self._log_background_evaluations(progress, wait=True) or summary
         if self._last_eval_step != self.global_step:
             summary = self.evaluate_and_log(progress, started)
         elif not summary:
@@ -205,6 +227,9 @@ class Trainer:
         if self._eval_env is not None:
             self._eval_env.close()
             self._eval_env = None  # a later evaluate() builds a fresh one
+        if self._background_evaluation is not None:
+            self._background_evaluation.close()
+            self._background_evaluation = None
         return {**summary, "stop_reason": stop_reason, "step": self.global_step}
 
     # ----------------------------------------------------------------- evaluation
@@ -219,20 +244,54 @@ class Trainer:
         )
         return summarize_episodes(run_episodes(act, self._eval_env, episodes, seed))
 
-    def evaluate_and_log(self, progress: Progress, started: float) -> dict:
-        cfg = self.config
+    def _evaluation_seed(self) -> int:
         # Evaluation seeds differ per evaluation but never meet the final `iiwa-rl eval` ones.
-        summary = self.evaluate(cfg.train.eval_episodes, cfg.eval.seed + 100_000 + self.global_step)
-        self._last_eval_step = self.global_step
-        row = {
-            "step": self.global_step,
-            "wall_time": self.wall_time_before + time.monotonic() - started,
-            **summary,
-        }
+        return self.config.eval.seed + 100_000 + self.global_step
+
+    def evaluate_and_log(self, progress: Progress, started: float) -> dict:
+        summary = self.evaluate(self.config.train.eval_episodes, self._evaluation_seed())
+        wall_time = self.wall_time_before + time.monotonic() - started
+        return self._log_evaluation(
+            self.global_step, wall_time, summary, progress, lambda: self._state(started)
+        )
+
+    def _submit_evaluation(self, started: float) -> None:
+        """Hand the policy as it is now to the background evaluation, and keep what its
+        result will be logged with: this step, this wall time, this checkpoint state (a
+        deep copy: training moves the networks on meanwhile)."""
+        self._background_evaluation.submit(
+            self.algorithm.deterministic_actor(),
+            self.obs_normalizer,
+            self.config.train.eval_episodes,
+            self._evaluation_seed(),
+        )
+        state = copy.deepcopy(self._state(started))
+        self._pending_evaluations.append((self.global_step, state["wall_time"], state))
+
+    def _log_background_evaluations(self, progress: Progress, wait: bool = False) -> dict:
+        """Log the background results that have arrived (all pending ones with `wait`);
+        the last one's summary, or {} if none arrived."""
+        summary: dict = {}
+        for summary in self._background_evaluation.results(wait):
+            step, wall_time, state = self._pending_evaluations.popleft()
+
+            def best_state(state=state) -> dict:  # with the best this result just set
+                return {**state, "best": (self.best_success, self.best_return)}
+
+            self._log_evaluation(step, wall_time, summary, progress, best_state)
+        return summary
+
+    def _log_evaluation(
+        self, step: int, wall_time: float, summary: dict, progress: Progress, state_at_step
+    ) -> dict:
+        """Write an evaluation of the policy at `step` (`wall_time` s into the run) and save
+        `state_at_step()` as the best checkpoint if it beats the best so far."""
+        self._last_eval_step = step
+        row = {"step": step, "wall_time": wall_time, **summary}
         self.eval_log.write(row)
-        self.tensorboard.write("eval", row, self.global_step)
+        self.tensorboard.write("eval", row, step)
         progress.message(
-            f"eval @ {self.global_step:,} steps ({row['wall_time']:.0f} s): success {summary['success_rate']:.1%}, "
+            f"eval @ {step:,} steps ({row['wall_time']:.0f} s): success {summary['success_rate']:.1%}, "
             f"return {summary['mean_return']:.2f}"
             + (
                 f", final TCP distance {summary['final_tcp_distance'] * 100:.1f} cm"
@@ -246,7 +305,7 @@ class Trainer:
         )
         if better:
             self.best_success, self.best_return = summary["success_rate"], summary["mean_return"]
-            self.save_checkpoint("best", started)
+            self._write_checkpoint("best", state_at_step())
         return summary
 
     def _recall_last_evaluation(self) -> None:
@@ -263,7 +322,15 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, name: str, started: float) -> Path:
-        state = {
+        return self._write_checkpoint(name, self._state(started))
+
+    def _write_checkpoint(self, name: str, state: dict) -> Path:
+        return save_checkpoint(runs.checkpoint_path(self.run_dir, name), state)
+
+    def _state(self, started: float) -> dict:
+        """Everything a checkpoint holds, as of now (the networks' own tensors: copy it
+        to keep it)."""
+        return {
             "config": self.config.to_dict(),
             "algorithm": self.algorithm.state_dict(),
             "obs_normalizer": self.obs_normalizer.state_dict(),
@@ -275,7 +342,6 @@ class Trainer:
             "observation_size": self.observation_size,
             "action_size": self.action_size,
         }
-        return save_checkpoint(runs.checkpoint_path(self.run_dir, name), state)
 
     def _load_checkpoint(self, path: Path) -> None:
         state = load_checkpoint(path, self.device)

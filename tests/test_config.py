@@ -126,6 +126,11 @@ BAD_CONFIGS = [
     ),
     ("bad value: num_envs", _with("env.num_envs", 0), ["env", "num_envs must be >= 1"]),
     (
+        "main_process_share above 1",
+        _with("env.main_process_share", 1.5),
+        ["env", "main_process_share must be in [0, 1], got 1.5"],
+    ),
+    (
         "bad value: log_std bounds",
         _with("policy.log_std.min", 2.0),
         ["policy.log_std", "log_std.min must be < log_std.max"],

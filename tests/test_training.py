@@ -111,6 +111,45 @@ def test_tiny_run_writes_its_files(tiny_run):
     assert trainer.evaluate(1, seed=3)["episodes"] == 1
 
 
+def test_background_evaluation_logs_what_the_loop_would(tmp_path):
+    """Evaluations in the background subprocess: the same rows (bar the wall time), the
+    same final summary and the same best checkpoint as evaluations in the loop."""
+    runs = {}
+    for background in ("false", "true"):
+        run_dir = tmp_path / f"background-{background}"
+        config = load_config(
+            REACH,
+            [
+                "env.num_envs=2",
+                "ppo.rollout_steps=32",
+                "ppo.minibatch_size=32",
+                "ppo.epochs=2",
+                "train.total_steps=1024",
+                "train.eval_every_steps=256",
+                "train.eval_episodes=2",
+                f"train.checkpoint_every_steps={NEVER}",
+                "train.progress=quiet",
+                "train.max_wall_seconds=null",
+                f"train.eval_in_background={background}",
+            ],
+        )
+        summary = Trainer(config, run_dir).train()
+        rows = [
+            {key: value for key, value in row.items() if key != "wall_time"}
+            for row in _read_csv(run_dir / "eval.csv")
+        ]
+        best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+        runs[background] = (summary, rows, best)
+    (summary, rows, best), (summary_bg, rows_bg, best_bg) = runs["false"], runs["true"]
+    assert [int(row["step"]) for row in rows] == [256, 512, 768, 1024]
+    assert rows_bg == rows and summary_bg == summary
+    assert best_bg["global_step"] == best["global_step"]
+    assert tuple(best_bg["best"]) == tuple(best["best"])
+    for network in ("actor", "critic"):
+        for key, value in best["algorithm"][network].items():
+            assert torch.equal(value, best_bg["algorithm"][network][key]), (network, key)
+
+
 def test_saved_model_acts_exactly_like_the_trained_one(tiny_run):
     trainer, _, run_dir = tiny_run
     config, state = load_run(run_dir, "last")

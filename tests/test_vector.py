@@ -1,10 +1,21 @@
-"""The batched subprocess vector env behaves exactly like Gymnasium's SyncVectorEnv."""
+"""The batched subprocess vector env behaves exactly like Gymnasium's SyncVectorEnv and
+like single envs stepped on their own, in every layout of envs over processes; a PPO
+training computes the same weights in every vector mode and layout."""
 
+from pathlib import Path
+
+import gymnasium as gym
 import numpy as np
+import pytest
+import torch
 
 import iiwa_rl.envs  # noqa: F401
+from iiwa_rl.config import load_config
 from iiwa_rl.envs import make_vector_env
-from iiwa_rl.envs.vector import stack_infos
+from iiwa_rl.envs.vector import slice_bounds, stack_infos
+from iiwa_rl.train import Trainer
+
+REACH = Path(__file__).resolve().parents[1] / "configs" / "reach_ppo.yaml"
 
 
 def _assert_infos_equal(expected: dict, actual: dict) -> None:
@@ -51,3 +62,91 @@ def test_stack_infos_layout():
     np.testing.assert_array_equal(stacked["flag"], [True, False])
     np.testing.assert_array_equal(stacked["nested"]["x"], [0, 2])
     np.testing.assert_array_equal(stacked["_nested"], [False, True])
+
+
+def test_slice_bounds_even_and_with_a_main_process_share():
+    def sizes(*args):
+        return [part.stop - part.start for part in slice_bounds(*args)]
+
+    assert sizes(16, 2) == [8, 8]
+    assert sizes(16, 3) == [5, 6, 5]  # even shares as they always were
+    assert sizes(16, 2, 0.875) == [7, 9]
+    assert sizes(32, 2, 0.875) == [14, 18]
+    assert sizes(2, 2, 0.875) == [1, 1]
+    assert sizes(16, 3, 0.75) == [4, 6, 6]
+    assert sizes(5, 2, 0.0) == [0, 5]
+    assert sizes(4, 1, 0.5) == [4]  # the main process is the only one
+    parts = slice_bounds(16, 3, 0.75)
+    assert [p.start for p in parts] == [0, 4, 10] and parts[-1].stop == 16
+    with pytest.raises(ValueError, match="main_process_share must be in"):
+        slice_bounds(16, 2, 1.5)
+
+
+@pytest.mark.parametrize("main_process_share", [1.0, 0.75, 0.0])
+def test_batched_rollout_equals_single_env_rollouts(main_process_share):
+    """Bit for bit: env i of the batched vector env, whichever process steps it, is a
+    single env seeded s + i given the same actions, through SAME_STEP autoresets."""
+    kwargs, count, seed = {"episode_steps": 3}, 3, 11
+    batched = make_vector_env(
+        "IiwaReach-v0", count, kwargs, "batched", workers=2, main_process_share=main_process_share
+    )
+    singles = [gym.make("IiwaReach-v0", **kwargs) for _ in range(count)]
+    try:
+        observations, _ = batched.reset(seed=seed)
+        for i, env in enumerate(singles):
+            np.testing.assert_array_equal(observations[i], env.reset(seed=seed + i)[0])
+        rng = np.random.default_rng(1)
+        ended = 0
+        for _ in range(7):
+            actions = rng.uniform(-1, 1, (count, 7)).astype(np.float32)
+            observations, rewards, terminated, truncated, infos = batched.step(actions)
+            for i, env in enumerate(singles):
+                observation, reward, term, trunc, _ = env.step(actions[i])
+                assert (reward, term, trunc) == (rewards[i], terminated[i], truncated[i])
+                if term or trunc:
+                    np.testing.assert_array_equal(infos["final_obs"][i], observation)
+                    observation, _ = env.reset()
+                    ended += 1
+                np.testing.assert_array_equal(observations[i], observation)
+        assert ended >= count  # every env went through an autoreset
+    finally:
+        batched.close()
+        for env in singles:
+            env.close()
+
+
+def _trained_weights(tmp_path, name: str, overrides: list[str]) -> list[torch.Tensor]:
+    config = load_config(
+        REACH,
+        [
+            "env.num_envs=4",
+            "env.kwargs.episode_steps=10",  # episode ends inside the rollouts
+            "ppo.rollout_steps=16",
+            "ppo.minibatch_size=32",
+            "ppo.epochs=2",
+            "train.total_steps=192",
+            "train.eval_every_steps=1000000000",
+            "train.checkpoint_every_steps=1000000000",
+            "train.eval_episodes=1",
+            "train.progress=quiet",
+            "train.max_wall_seconds=null",
+            "device=cpu",
+            *overrides,
+        ],
+    )
+    trainer = Trainer(config, tmp_path / name)
+    trainer.train()
+    networks = trainer.algorithm.state_dict()
+    return [*networks["actor"].values(), *networks["critic"].values()]
+
+
+def test_ppo_training_is_the_same_in_every_vector_layout(tmp_path):
+    """Which process steps which env, and where acting happens meanwhile, changes no
+    number: a run is reproducible from its config and seed whatever its layout."""
+    reference = _trained_weights(tmp_path, "sync", ["env.vector_mode=sync"])
+    for name, layout in {
+        "even": ["env.vector_mode=batched", "env.workers=2", "env.main_process_share=1"],
+        "main1": ["env.vector_mode=batched", "env.workers=2", "env.main_process_share=0.5"],
+    }.items():
+        weights = _trained_weights(tmp_path, name, layout)
+        assert all(torch.equal(a, b) for a, b in zip(reference, weights)), name

@@ -172,7 +172,7 @@ class OnPolicyAlgorithm(Algorithm):
             action = self.acting_actor.deterministic(obs).numpy()
             return action, action, {}
         action, log_prob = self.acting_actor.sample(obs)
-        value = self.acting_critic(obs)
+        value = self.acting_critic.forward(obs)  # no per-call hook dispatch (nn.through)
         action = action.numpy()
         return (
             np.clip(action, -1.0, 1.0),

@@ -115,6 +115,22 @@ def stack_infos(infos: list[dict]) -> dict:
     return stacked
 
 
+def slice_bounds(num_envs: int, workers: int, main_process_share: float = 1.0) -> list[slice]:
+    """The contiguous slices of `num_envs` environments over `workers` processes, the
+    main process's first. Even shares by default; with `main_process_share` s < 1 the
+    main process steps round(s * num_envs / workers) envs and the rest are spread evenly
+    over the subprocesses. Which process steps an env never changes what it computes:
+    env i is env i, seeded s + i, in every layout."""
+    if not 0.0 <= main_process_share <= 1.0:
+        raise ValueError(f"main_process_share must be in [0, 1], got {main_process_share}")
+    if main_process_share == 1.0 or workers == 1:
+        bounds = np.linspace(0, num_envs, workers + 1).round().astype(int)
+    else:  # at most an even share, so every subprocess keeps at least one env
+        main = round(main_process_share * num_envs / workers)
+        bounds = np.concatenate([[0], np.linspace(main, num_envs, workers).round().astype(int)])
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 class BatchedSubprocVectorEnv(VectorEnv):
     """The environments in `workers` contiguous slices, each stepped back to back by one
     process: the main process steps the first slice itself while `workers - 1`
@@ -122,11 +138,15 @@ class BatchedSubprocVectorEnv(VectorEnv):
     one more busy process than cores makes them preempt each other (measured: 2 workers
     plus an idle-waiting main ran 16 reach envs at half the expected rate on 2 cores)."""
 
-    def __init__(self, factories: list[Callable[[], gym.Env]], workers: int):
+    def __init__(
+        self,
+        factories: list[Callable[[], gym.Env]],
+        workers: int,
+        main_process_share: float = 1.0,
+    ):
         self.num_envs = len(factories)
         workers = max(1, min(workers, self.num_envs))
-        bounds = np.linspace(0, self.num_envs, workers + 1).round().astype(int)
-        slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        slices = slice_bounds(self.num_envs, workers, main_process_share)
         self._local_slice, self._remote_slices = slices[0], slices[1:]
         context = multiprocessing.get_context("spawn")  # no inherited threads or sim state
         self._connections, self._processes = [], []
@@ -140,7 +160,11 @@ class BatchedSubprocVectorEnv(VectorEnv):
             self._connections.append(parent)
             self._processes.append(process)
         self._local = _EnvSlice(factories[self._local_slice])
-        observation_space, action_space, metadata = self._local.spaces()
+        if self._local.envs:
+            observation_space, action_space, metadata = self._local.spaces()
+        else:  # the main process only acts: ask the first subprocess
+            self._connections[0].send(("spaces", ()))
+            observation_space, action_space, metadata = self._connections[0].recv()
         self.single_observation_space, self.single_action_space = observation_space, action_space
         self.observation_space = batch_space(observation_space, self.num_envs)
         self.action_space = batch_space(action_space, self.num_envs)
@@ -201,15 +225,19 @@ def make_vector_env(
     env_kwargs: dict | None = None,
     mode: Literal["sync", "async", "batched"] = "sync",
     workers: int | None = None,
+    main_process_share: float = 1.0,
 ) -> gym.vector.VectorEnv:
     """`num_envs` copies of `env_id`; seed them with ``reset(seed=s)``, which gives env i the
     seed s + i. `workers` (batched mode: stepping processes, the main one included)
-    defaults to the number of CPU cores."""
+    defaults to the number of CPU cores; `main_process_share` (batched mode) is the main
+    process's share of the envs relative to an even one (`slice_bounds`)."""
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     factories = [make_env_factory(env_id, env_kwargs) for _ in range(num_envs)]
     if mode == "batched":
-        return BatchedSubprocVectorEnv(factories, workers or os.cpu_count() or 1)
+        return BatchedSubprocVectorEnv(
+            factories, workers or os.cpu_count() or 1, main_process_share
+        )
     if mode == "async":
         return AsyncVectorEnv(
             factories, context="spawn", autoreset_mode=AutoresetMode.SAME_STEP, copy=False
