@@ -87,7 +87,7 @@ def test_reach_policy_drives_the_fake_ros2_control_arm_to_the_goal(ros_domain) -
         backend.node.destroy_subscription(subscriber)
         backend.close()
         arm.send_signal(signal.SIGINT)  # the arm's Ctrl-C: it reports and exits
-        output = arm.communicate(timeout=10)[0]
+        output = arm.communicate(timeout=30)[0]
     assert not summary.faults, summary.format() + output
     assert summary.success, summary.format()
     assert summary.policy_steps == 75
