@@ -159,7 +159,7 @@ class PerturbedPlant:
     def __init__(self, plant, perturbation: Perturbation, rng: np.random.Generator):
         self.plant = plant
         self.period_s = plant.period_s
-        self.grasp_env = plant.grasp_env  # the controller's sim robot asks whose scene it is
+        self.with_gripper = plant.with_gripper  # the controller's sim robot asks
         self.perturbation = perturbation
         self.rng = rng
         self._commands: deque[np.ndarray] = deque()

@@ -95,7 +95,7 @@ def test_cli_names_the_suite_file_on_a_bad_suite(tmp_path, capsys):
 
 class _Recorder:
     period_s = 0.005
-    grasp_env = None  # the arm alone, as MujocoPlant
+    with_gripper = False  # the arm alone, as MujocoPlant for a reach
 
     def __init__(self):
         self.applied, self.q = [], np.zeros(7)
