@@ -142,7 +142,7 @@ class CartesianLimits:
     low: tuple[float, float, float] = (0.25, -0.45, -0.02)
     high: tuple[float, float, float] = (0.85, 0.45, 0.65)
     table_height_m: float = 0.0
-    table_clearance_m: float = -0.002  # see robot_iiwa14.yaml
+    table_clearance_m: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self, "workspace", CONTROLLER_PHRASING)
