@@ -219,7 +219,7 @@ def test_the_shipped_grasp_policy_lifts_the_cube_through_the_controller_against_
     task = contract.grasp
     steps = int(contract.raw["env_kwargs"]["episode_steps"])
     summary = grasp_in_sim(
-        grasp_prepared, [0.50, -0.016], 0.01, steps, real_time=False, plant=grasp_plant
+        grasp_prepared, [0.575, 0.119], 0.433, steps, real_time=False, plant=grasp_plant
     )
     assert summary.success, summary.format()
     assert summary.grasp["outcome"] == "lifted and held"
