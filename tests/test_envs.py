@@ -264,7 +264,7 @@ def test_scripted_expert_solves_grasp_on_90_percent_of_random_resets():
         if result["is_success"]:
             # Success latches; by default the episode runs on to its time limit.
             assert result["length"] == env.config.episode_steps
-            assert result["max_cube_lift"] >= env.config.lift_height
+            assert result["metrics/max_cube_lift"] >= env.config.lift_height
 
 
 def test_held_cube_does_not_creep_out_of_the_fingers():
@@ -304,8 +304,8 @@ def test_grasp_success_ends_the_episode_after_the_hold_time_when_asked():
     for result in results:
         assert result["is_success"]
         # Ends only after the full hold time, not at the first lift.
-        assert result["held_steps"] == hold_steps
-        assert result["cube_lift"] >= env.config.lift_height
+        assert result["metrics/held_steps"] == hold_steps
+        assert result["metrics/cube_lift"] >= env.config.lift_height
         assert result["length"] < env.config.episode_steps
 
 
