@@ -254,7 +254,9 @@ def test_reach_success_within_the_threshold(reach_at_pose, offset, success):
     assert set(parts) == {f"reward/{name}" for name in env.config.reward.terms}
     assert reward == pytest.approx(sum(parts.values()))
     distance_weight = env.config.reward.terms["tcp_distance"]["weight"]
-    assert parts["reward/tcp_distance"] == pytest.approx(distance_weight * info["metrics/tcp_distance"])
+    assert parts["reward/tcp_distance"] == pytest.approx(
+        distance_weight * info["metrics/tcp_distance"]
+    )
     goal = slice(17, 20)
     np.testing.assert_allclose(observation[goal], env.goal_position, atol=1e-6)
 
