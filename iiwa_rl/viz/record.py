@@ -135,7 +135,7 @@ def record_episodes(
     try:
         actor = loaded.bind(env)
         fps = fps or float(env.unwrapped.config.control_hz)  # real time
-        rollout = Rollout(env, policy_step(actor), seed, policy_reset=actor.reset)
+        rollout = Rollout(env, actor.act_one, seed, policy_reset=actor.reset)
         status = EpisodeStatus()
 
         def capture(step: Step) -> None:
@@ -161,16 +161,6 @@ def record_episodes(
         }
     finally:
         env.close()
-
-
-def policy_step(actor):
-    """observation -> action of an `Actor` (which takes and gives batches), as the viewer
-    and the recordings run it."""
-
-    def act(observation) -> np.ndarray:
-        return np.asarray(actor(observation[None])[0], dtype=np.float32)
-
-    return act
 
 
 def parse_size(text: str) -> tuple[int, int]:

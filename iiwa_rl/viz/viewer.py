@@ -41,7 +41,6 @@ class Viewer:
     def __init__(self, loaded, seed: int = 0, realtime: bool = True, shadows: str = "auto"):
         from iiwa_rl.rollout import Rollout
         from iiwa_rl.viz.policies import make_env
-        from iiwa_rl.viz.record import policy_step
 
         self.loaded = loaded
         self.seed = seed
@@ -51,9 +50,7 @@ class Viewer:
         self.client = self.base.sim.client
         self.actor = loaded.bind(self.env)
         # Driven by hand, a step per tick: the keys can reset an episode between any two.
-        self.rollout = Rollout(
-            self.env, policy_step(self.actor), seed, policy_reset=self.actor.reset
-        )
+        self.rollout = Rollout(self.env, self.actor.act_one, seed, policy_reset=self.actor.reset)
         self.period = 1.0 / float(self.base.config.control_hz)
         self._frame_workspace()
         self.shadows = shadows == "on" or (shadows == "auto" and not self._slow_gui())
@@ -154,7 +151,7 @@ class Viewer:
     def _reset(self) -> None:
         """The next episode (seeded seed + its index), its text block up."""
         self.rollout.reset()
-        self.episode += 1
+        self.episode = self.rollout.episode + 1  # episodes started
         self.overlay.reset()
         self.status = status_from_info(
             self.env,
