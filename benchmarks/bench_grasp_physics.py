@@ -55,7 +55,7 @@ def scripted_figures(env, episodes: int) -> dict:
         relative_heights = []
         while True:
             _, _, terminated, truncated, info = env.step(expert())
-            if info["held_steps"] > 0:
+            if info["metrics/held_steps"] > 0:
                 tcp_height = unwrapped._current.tcp_position[2]
                 relative_heights.append(float(unwrapped._cube_position[2] - tcp_height))
             if terminated or truncated:

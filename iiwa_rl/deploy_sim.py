@@ -702,15 +702,17 @@ def env_episode_with_goal(env, act, goal_position, seed: int = 0) -> dict:
     """One reach episode of `env` (an IiwaReach env) for a given goal with the deterministic
     policy `act(observation) -> action`: the env's own verdict, for side-by-side comparison
     with a deployed run of the same goal."""
-    observation, info = env.reset(seed=seed, options={"goal_position": goal_position})
+    from iiwa_rl.metrics import PREFIX
+    from iiwa_rl.rollout import Rollout
+
     distances = []
-    truncated = terminated = False
-    while not (truncated or terminated):
-        observation, _, terminated, truncated, info = env.step(act(observation))
-        distances.append(info["tcp_distance"])
+    rollout = Rollout(env, act, seed, options={"goal_position": goal_position})
+    (episode,) = rollout.run(
+        1, on_step=lambda step: distances.append(step.info[PREFIX + "tcp_distance"])
+    )
     steps_per_second = round(env.unwrapped.config.control_hz)
     return {
-        "success": bool(info["is_success"]),
+        "success": episode.is_success,
         "final_distance_m": float(distances[-1]),
         "worst_last_second_m": float(max(distances[-steps_per_second:])),
     }
@@ -745,17 +747,16 @@ def env_grasp_episode(env, act, cube_xy, cube_yaw: float, seed: int = 0) -> dict
     """One grasp episode of `env` (an IiwaGrasp env) with the cube placed at (x, y, yaw) and
     the deterministic policy `act(observation) -> action`: the env's own verdict."""
     from iiwa_rl.envs.tasks.grasp import failure_reason
+    from iiwa_rl.metrics import PREFIX
+    from iiwa_rl.rollout import Rollout
 
-    observation, info = env.reset(
-        seed=seed, options={"cube_position": np.asarray(cube_xy, dtype=float), "cube_yaw": cube_yaw}
-    )
-    truncated = terminated = False
-    while not (truncated or terminated):
-        observation, _, terminated, truncated, info = env.step(act(observation))
+    options = {"cube_position": np.asarray(cube_xy, dtype=float), "cube_yaw": cube_yaw}
+    (episode,) = Rollout(env, act, seed, options=options).run(1)
+    info = episode.final_info
     return {
-        "success": bool(info["is_success"]),
+        "success": episode.is_success,
         "outcome": failure_reason(info) or "lifted and held",
-        "max_lift_m": float(info["max_cube_lift"]),
+        "max_lift_m": float(info[PREFIX + "max_cube_lift"]),
     }
 
 

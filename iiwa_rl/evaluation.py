@@ -3,6 +3,8 @@
 Used by the trainer's scheduled evaluations, `iiwa-rl eval`, the viewer and the
 benchmarks, so every number called "success rate" comes from the same loop and seeds:
 episode i of an evaluation is seeded `seed + i`, whatever the number of training envs.
+The episodes step through the one rollout loop (rollout.py); the summary's task columns
+are whatever metrics the environment reports (metrics.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from iiwa_rl.metrics import EpisodeMetrics, Metric, declared_metrics, summarize_metrics
+from iiwa_rl.rollout import Rollout, Step
 from iiwa_rl.spaces import ActionScaler, ObservationFlattener
 
 
@@ -25,6 +29,7 @@ class EpisodeResult:
     length: int
     is_success: bool
     final_info: dict = field(default_factory=dict)
+    metrics: dict[Metric, float] = field(default_factory=dict)  # the task's, reduced
 
 
 def deterministic_policy(actor, normalizer, device: torch.device | str = "cpu"):
@@ -48,50 +53,48 @@ def run_episodes(
 ) -> list[EpisodeResult]:
     """Run `episodes` episodes of `act` (raw observation batch [1, obs] -> action batch) on
     one environment, episode i seeded `seed + i`, so results do not depend on how many
-    environments training used."""
-    results = []
+    environments training used. `on_step(env)` is called after every step; the task's
+    metrics (iiwa_rl/metrics.py) are reduced per episode as it declares them."""
     flatten = ObservationFlattener(env.observation_space)
     scale = ActionScaler(env.action_space)
-    for episode in range(episodes):
-        observation, _ = env.reset(seed=seed + episode)
-        total, length = 0.0, 0
-        while True:
-            action = scale(act(flatten.batch([observation]))[0])
-            observation, reward, terminated, truncated, info = env.step(action)
-            if on_step is not None:
-                on_step(env)
-            total += float(reward)
-            length += 1
-            if terminated or truncated:
-                results.append(
-                    EpisodeResult(total, length, bool(info.get("is_success", False)), dict(info))
+
+    def policy(observation):
+        return scale(act(flatten.batch([observation]))[0])
+
+    # A stateful policy (an Actor with a reset) starts every episode anew.
+    rollout = Rollout(env, policy, seed, policy_reset=getattr(act, "reset", None))
+    metrics = EpisodeMetrics(declared_metrics(env))
+    results = []
+
+    def each_step(step: Step) -> None:
+        metrics.observe(step.info)
+        if on_step is not None:
+            on_step(env)
+        if step.done:
+            results.append(
+                EpisodeResult(
+                    step.episode_return,
+                    step.step,
+                    bool(step.info.get("is_success", False)),
+                    dict(step.info),
+                    metrics.values(step.info),
                 )
-                break
+            )
+            metrics.reset()
+
+    rollout.run(episodes, on_step=each_step)
     return results
 
 
 def summarize_episodes(results: list[EpisodeResult]) -> dict[str, float]:
-    summary = {
+    """Success rate, mean return and length, and one column per task metric."""
+    return {
         "episodes": len(results),
         "success_rate": float(np.mean([r.is_success for r in results])),
         "mean_return": float(np.mean([r.episode_return for r in results])),
         "mean_length": float(np.mean([r.length for r in results])),
+        **summarize_metrics([r.metrics for r in results]),
     }
-    for key in ("tcp_distance", "tcp_to_cube_distance", "max_cube_lift", "cube_lift"):
-        values = [r.final_info[key] for r in results if key in r.final_info]
-        if values:
-            summary[f"final_{key}" if not key.startswith("max") else key] = float(np.mean(values))
-    if any("max_cube_lift" in r.final_info for r in results):
-        from iiwa_rl.envs.tasks.grasp import failure_reason
-
-        # Success latches; this says how many still hold the cube high when the episode ends.
-        summary["held_at_end"] = float(
-            np.mean([r.final_info.get("held_steps", 0) > 0 for r in results])
-        )
-        for reason in ("missed", "not lifted", "dropped", "timed out"):
-            count = sum(failure_reason(r.final_info) == reason for r in results)
-            summary[f"failed_{reason.replace(' ', '_')}"] = count
-    return summary
 
 
 def _evaluation_worker(connection, env_id: str, env_kwargs: dict) -> None:

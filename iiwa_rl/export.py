@@ -87,16 +87,23 @@ def build_contract(config, env) -> dict:
 
 
 def _parity_observations(env, count: int, seed: int) -> np.ndarray:
-    """Observations the policy will really meet: random-action rollouts of the env."""
+    """Observations the policy will really meet: random-action rollouts of the env, the
+    first episode seeded `seed`, the next ones from the generator the actions come from."""
+    from iiwa_rl.rollout import Rollout
+
     rng = np.random.default_rng(seed)
     observations = []
-    observation, _ = env.reset(seed=seed)
-    while len(observations) < count:
-        observations.append(observation)
-        action = rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32)
-        observation, _, terminated, truncated, _ = env.step(action)
-        if terminated or truncated:
-            observation, _ = env.reset(seed=int(rng.integers(1 << 30)))
+
+    def random_action(observation) -> np.ndarray:
+        return rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32)
+
+    def episode_seed(episode: int) -> int:
+        return seed if episode == 0 else int(rng.integers(1 << 30))
+
+    Rollout(env, random_action, episode_seed).run(
+        on_step=lambda step: observations.append(step.observation),
+        stop=lambda step: len(observations) >= count,
+    )
     return np.asarray(observations, dtype=np.float32)
 
 

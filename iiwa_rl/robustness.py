@@ -118,6 +118,7 @@ def settings_of(suite: SuiteConfig) -> list[Setting]:
 # ----------------------------------------------------------------- PyBullet engine
 def run_pybullet(source: str, suite: SuiteConfig, settings: list[Setting], episodes: int):
     from iiwa_rl.evaluation import run_episodes
+    from iiwa_rl.metrics import distance_metric
     from iiwa_rl.viz.policies import load_policy, make_env
 
     loaded = load_policy(source)
@@ -132,11 +133,15 @@ def run_pybullet(source: str, suite: SuiteConfig, settings: list[Setting], episo
         }
         env = make_env(loaded.env_id, {**kwargs, "randomization": section})
         try:
+            distance = distance_metric(env)
+            if distance is None:
+                raise ConfigError(f"{source}: {loaded.env_id} declares no distance_metric")
             results = run_episodes(loaded.bind(env), env, episodes, suite.seed)
         finally:
             env.close()
-        key = "tcp_distance" if suite.task == "reach" else "tcp_to_cube_distance"
-        distances = [r.final_info.get(key, math.nan) for r in results]
+        # The task's distance per episode, as it declares it (NaN where an episode has
+        # none: a physics blow-up's end).
+        distances = [r.metrics.get(distance, math.nan) for r in results]
         rows.append(_row(source, setting, [r.is_success for r in results], distances))
     return rows
 

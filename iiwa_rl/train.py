@@ -34,6 +34,7 @@ from iiwa_rl.evaluation import (
     summarize_episodes,
 )
 from iiwa_rl.logger import CsvLog, Progress, TensorBoardLog
+from iiwa_rl.metrics import headline_metric
 from iiwa_rl.normalization import ObservationNormalizer, RewardScaler
 from iiwa_rl.schema import ConfigError
 from iiwa_rl.spaces import ActionScaler, ObservationFlattener, check_action_space, flat_size
@@ -292,12 +293,7 @@ class Trainer:
         self.tensorboard.write("eval", row, step)
         progress.message(
             f"eval @ {step:,} steps ({row['wall_time']:.0f} s): success {summary['success_rate']:.1%}, "
-            f"return {summary['mean_return']:.2f}"
-            + (
-                f", final TCP distance {summary['final_tcp_distance'] * 100:.1f} cm"
-                if "final_tcp_distance" in summary
-                else ""
-            )
+            f"return {summary['mean_return']:.2f}" + self._headline(summary)
         )
         better = (summary["success_rate"], summary["mean_return"]) > (
             self.best_success,
@@ -307,6 +303,16 @@ class Trainer:
             self.best_success, self.best_return = summary["success_rate"], summary["mean_return"]
             self._write_checkpoint("best", state_at_step())
         return summary
+
+    def _headline(self, summary: dict) -> str:
+        """The task's headline figure for the progress line (", final TCP distance 6.3 cm")."""
+        metric = headline_metric(self._eval_env)
+        value = summary.get(metric.column_name) if metric else None
+        if value is None:
+            return ""
+        if metric.unit == "m":
+            return f", {metric.title or metric.column_name} {value * 100:.1f} cm"
+        return f", {metric.title or metric.column_name} {value:.4g}"
 
     def _recall_last_evaluation(self) -> None:
         """After a resume: whether the checkpoint's step was already evaluated (a finished

@@ -264,7 +264,7 @@ def test_scripted_expert_solves_grasp_on_90_percent_of_random_resets():
         if result["is_success"]:
             # Success latches; by default the episode runs on to its time limit.
             assert result["length"] == env.config.episode_steps
-            assert result["max_cube_lift"] >= env.config.lift_height
+            assert result["metrics/max_cube_lift"] >= env.config.lift_height
 
 
 def test_held_cube_does_not_creep_out_of_the_fingers():
@@ -279,14 +279,17 @@ def test_held_cube_does_not_creep_out_of_the_fingers():
             offsets = []
             for _ in range(env.config.episode_steps):
                 _, _, terminated, truncated, info = env.step(expert())
-                if expert.phase == "lift" and info["finger_contacts"] == 2:
+                if expert.phase == "lift" and info["metrics/finger_contacts"] == 2:
                     unwrapped = env.unwrapped
                     offsets.append(unwrapped._cube_position - unwrapped._current.tcp_position)
                 if terminated or truncated:
                     break
             # Held from the lift to the end: 3 s of the 8 s episode at least.
             assert len(offsets) >= 75, (seed, len(offsets))
-            assert info["finger_contacts"] == 2 and info["cube_lift"] >= env.config.lift_height
+            assert (
+                info["metrics/finger_contacts"] == 2
+                and info["metrics/cube_lift"] >= env.config.lift_height
+            )
             # Along the fingers (base z, the gripper points down): where gravity pulls.
             slip = np.abs(np.asarray(offsets)[:, 2] - offsets[0][2]).max()
             assert slip < 0.001, f"seed {seed}: the held cube slid {slip * 1000:.1f} mm"
@@ -304,8 +307,8 @@ def test_grasp_success_ends_the_episode_after_the_hold_time_when_asked():
     for result in results:
         assert result["is_success"]
         # Ends only after the full hold time, not at the first lift.
-        assert result["held_steps"] == hold_steps
-        assert result["cube_lift"] >= env.config.lift_height
+        assert result["metrics/held_steps"] == hold_steps
+        assert result["metrics/cube_lift"] >= env.config.lift_height
         assert result["length"] < env.config.episode_steps
 
 

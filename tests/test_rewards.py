@@ -246,7 +246,7 @@ def test_reach_success_within_the_threshold(reach_at_pose, offset, success):
     direction = np.array([2.0, -1.0, 2.0]) / 3.0
     env.goal_position = tcp + offset * direction
     observation, reward, terminated, truncated, info = env.step(np.zeros(7, dtype=np.float32))
-    assert info["tcp_distance"] == pytest.approx(offset, abs=2e-3)
+    assert info["metrics/tcp_distance"] == pytest.approx(offset, abs=2e-3)
     assert info["is_success"] is success
     assert not terminated  # a reach episode never ends early: the arm must stay on the goal
     # The reward is the configured sum, each weighted part logged.
@@ -254,7 +254,9 @@ def test_reach_success_within_the_threshold(reach_at_pose, offset, success):
     assert set(parts) == {f"reward/{name}" for name in env.config.reward.terms}
     assert reward == pytest.approx(sum(parts.values()))
     distance_weight = env.config.reward.terms["tcp_distance"]["weight"]
-    assert parts["reward/tcp_distance"] == pytest.approx(distance_weight * info["tcp_distance"])
+    assert parts["reward/tcp_distance"] == pytest.approx(
+        distance_weight * info["metrics/tcp_distance"]
+    )
     goal = slice(17, 20)
     np.testing.assert_allclose(observation[goal], env.goal_position, atol=1e-6)
 
@@ -292,11 +294,11 @@ def test_grasp_cube_lifted_without_fingers_is_no_success():
             env.cube_id, high.tolist(), orientation.tolist()
         )
         *_, terminated, truncated, info = env.step(np.zeros(5, dtype=np.float32))
-        assert info["cube_lift"] > env.config.lift_height
-        assert info["finger_contacts"] == 0
+        assert info["metrics/cube_lift"] > env.config.lift_height
+        assert info["metrics/finger_contacts"] == 0
         assert not info["is_success"] and not terminated
         assert info["reward/cube_lift"] == 0.0 and info["reward/cube_held_high"] == 0.0
-        assert info["held_steps"] == 0
+        assert info["metrics/held_steps"] == 0
     finally:
         env.close()
 

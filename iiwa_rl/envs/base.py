@@ -29,7 +29,9 @@ Episode semantics:
   from the value of its observation.
 - `info["is_success"]` says whether the episode would count as a success if it ended at
   this step (reach: the TCP is on the goal now; grasp: the cube has been held high for
-  the hold time at some point); `info["reward/<term>"]` holds each weighted reward term.
+  the hold time at some point); `info["reward/<term>"]` holds each weighted reward term,
+  `info["metrics/<name>"]` each of the task's figures (iiwa_rl/metrics.py), the ones a
+  task reports only when an episode ends included.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from iiwa_deploy.observation import ObservationBuilder, ObservationConstants, Ob
 from iiwa_rl.envs.config import IiwaEnvConfig
 from iiwa_rl.envs.randomization import Perturbation, Randomizer
 from iiwa_rl.envs.rewards import RewardFunction, RewardInputs
+from iiwa_rl.metrics import Metric, with_prefix
+from iiwa_rl.metrics import status_lines as generic_status_lines
 from iiwa_rl.schema import ConfigError, from_mapping, to_mapping
 from iiwa_rl.sim import BulletSim, SimRobot, robot_description
 
@@ -246,9 +250,26 @@ class IiwaEnv(gym.Env, ABC):
             **task_fields,
         )
 
-    def _task_info(self, robot: RobotSnapshot) -> dict:
-        """Task figures for `info` (distances, heights)."""
+    # The task's figures (iiwa_rl/metrics.py): declared here, reported by `_task_metrics`
+    # (and `_episode_end_metrics`) as info["metrics/<name>"]. `headline_metric` is the one
+    # a reader follows (the evaluation curve beside success and return, the training
+    # progress line), `distance_metric` the task's distance (the robustness table).
+    metrics: tuple[Metric, ...] = ()
+    headline_metric: str | None = None
+    distance_metric: str | None = None
+
+    def _task_metrics(self, robot: RobotSnapshot) -> dict:
+        """The task's figures at this reset or step, by metric name (distances, heights)."""
         return {}
+
+    def _episode_end_metrics(self, metrics: dict, succeeded: bool) -> dict:
+        """Figures the task reports at an episode's end only, from its last step's
+        `metrics` (a grasp's failure reason)."""
+        return {}
+
+    def status_lines(self, metrics: dict) -> list[str]:
+        """The task's figures (by name, from an info) as the viewer's text lines."""
+        return generic_status_lines(metrics)
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -281,7 +302,7 @@ class IiwaEnv(gym.Env, ABC):
         self._update_markers(snapshot)
         self.last_info = {
             "is_success": False,
-            **self._task_info(snapshot),
+            **with_prefix(self._task_metrics(snapshot)),
             **self._randomization_info,
         }
         return observation, dict(self.last_info)
@@ -319,10 +340,12 @@ class IiwaEnv(gym.Env, ABC):
         self._last_observation = observation
         succeeded = self._episode_succeeded(reward_inputs)
         terminated = failed or (succeeded and self.terminate_on_success)
-        info = {"is_success": succeeded, **terms, **self._task_info(snapshot)}
+        metrics = self._task_metrics(snapshot)
+        info = {"is_success": succeeded, **terms, **with_prefix(metrics)}
         if terminated or truncated:
-            # The episode's draw, at its end only: a vector env stacks every info key of
-            # every step, and the trainer reads these from the final step's info.
+            # The episode's draw and end figures, at its end only: a vector env stacks
+            # every info key of every step, and readers take these from the final info.
+            info.update(with_prefix(self._episode_end_metrics(metrics, succeeded)))
             info.update(self._randomization_info)
         self._update_markers(snapshot)
         self.last_info = info

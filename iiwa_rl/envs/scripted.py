@@ -68,11 +68,7 @@ class ScriptedGrasp:
 
 def run_scripted_episode(env, seed: int) -> dict:
     """One episode of the expert; returns the last info with the episode's length."""
-    expert = ScriptedGrasp(env)
-    env.reset(seed=seed)
-    steps = 0
-    while True:
-        _, _, terminated, truncated, info = env.step(expert())
-        steps += 1
-        if terminated or truncated:
-            return {**info, "length": steps}
+    from iiwa_rl.rollout import Rollout
+
+    (episode,) = Rollout(env, ScriptedGrasp(env), seed).run(1)
+    return {**episode.final_info, "length": episode.length}

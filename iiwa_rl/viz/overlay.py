@@ -5,7 +5,8 @@
   must reach);
 - the TCP trail: the environment's `tcp_trail` as debug lines in the GUI, as a polyline
   drawn into recorded frames;
-- a text block: episode, step, reward and return, the task's distance, success.
+- a text block: episode, step, reward and return, the task's figures (its `metrics/`
+  entries, in the lines the task writes them as: `status_lines`), success.
 
 The GUI draws with PyBullet's debug items (addUserDebugLine / addUserDebugText); frames
 for recordings get the same content drawn with Pillow, projected with the very matrices
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pybullet
 from PIL import Image, ImageDraw, ImageFont
+
+from iiwa_rl.metrics import status_lines, task_metrics
 
 TRAIL_COLOR = (0.1, 0.45, 1.0)  # RGB in [0, 1]: blue stands out against the orange arm
 GOAL_COLOR = (0.1, 0.8, 0.2)
@@ -40,11 +43,9 @@ class EpisodeStatus:
     step: int = 0
     reward: float | None = None  # None where the caller does not know it (eval videos)
     episode_return: float | None = None
-    distance_name: str = "distance"
-    distance: float | None = None  # m
     success: bool = False
     done: bool = False
-    extra: list[str] = field(default_factory=list)
+    task_lines: list[str] = field(default_factory=list)  # the task's figures
     policy: str = ""
     paused: bool = False
 
@@ -58,9 +59,7 @@ class EpisodeStatus:
             if self.episode_return is not None:
                 text += f"  return {self.episode_return:+.2f}"
             lines.append(text)
-        if self.distance is not None:
-            lines.append(f"{self.distance_name} {self.distance * 100:.1f} cm")
-        lines.extend(self.extra)
+        lines.extend(self.task_lines)
         lines.append(
             ("SUCCESS" if self.success else "success: no") + ("  (done)" if self.done else "")
         )
@@ -71,17 +70,11 @@ class EpisodeStatus:
 
 def status_from_info(env, info: dict, status: EpisodeStatus) -> EpisodeStatus:
     """Fill the task figures of `status` from a step's (or reset's) info."""
-    base = env.unwrapped
     status.success = bool(info.get("is_success", False))
-    if "tcp_distance" in info:
-        status.distance_name, status.distance = "TCP to goal", float(info["tcp_distance"])
-    elif "tcp_to_cube_distance" in info:
-        status.distance_name, status.distance = "TCP to cube", float(info["tcp_to_cube_distance"])
-    if "cube_lift" in info:
-        target = getattr(base.config, "lift_height", None)
-        lift = f"cube lift {info['cube_lift'] * 100:.1f} cm"
-        status.extra = [lift + (f" / {target * 100:.0f} cm" if target else "")]
-        status.extra.append(f"finger contacts {int(info.get('finger_contacts', 0))}/2")
+    figures = task_metrics(info)
+    if figures:  # a step without them (a physics blow-up's) keeps the last ones up
+        lines = getattr(env.unwrapped, "status_lines", None) or status_lines
+        status.task_lines = lines(figures)
     return status
 
 

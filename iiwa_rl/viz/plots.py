@@ -3,9 +3,10 @@
     iiwa-rl plot RUN_DIR [RUN_DIR ...] -o curves.png [--x step|wall_time|both]
 
 Top row, from eval.csv (deterministic evaluations): success rate, mean return and the
-task's final figure (final TCP distance for reach, max cube lift for grasp). Bottom row,
-from metrics.csv (training): success rate and return over the last 100 training episodes,
-and the critic's loss. A row is left out when no run has its file.
+task's headline metric (its env's `headline_metric`, iiwa_rl/metrics.py: final TCP
+distance for reach, max cube lift for grasp; the episode length for an env without one).
+Bottom row, from metrics.csv (training): success rate and return over the last 100
+training episodes, and the critic's loss. A row is left out when no run has its file.
 
 Several runs are grouped by their configuration with the seed left out, so the seeds of one
 config form one group, drawn as the mean across its runs with a min-max band. Groups are
@@ -22,13 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
+from iiwa_rl.metrics import Metric
+
 # Config keys that differ between runs of one experiment and must not split a group.
 RUN_SPECIFIC_KEYS = {"seed", "device", "train.progress", "train.torch_threads"}
 
 EVAL_PANELS: list[tuple[tuple[str, ...], str]] = [
     (("success_rate",), "evaluation success rate"),
     (("mean_return",), "evaluation return"),
-    (("final_tcp_distance", "max_cube_lift", "mean_length"), ""),  # the first one present
+    (("mean_length",), ""),  # after the runs' headline metrics: the first one present
 ]
 TRAIN_PANELS: list[tuple[tuple[str, ...], str]] = [
     (("success_rate",), "training success rate (last 100 episodes)"),
@@ -36,13 +39,11 @@ TRAIN_PANELS: list[tuple[tuple[str, ...], str]] = [
     (("value_loss", "critic_loss"), ""),
 ]
 COLUMN_TITLES = {
-    "final_tcp_distance": "final TCP distance (m)",
-    "max_cube_lift": "max cube lift (m)",
     "mean_length": "episode length (steps)",
     "value_loss": "value loss",
     "critic_loss": "critic loss",
 }
-LOG_SCALE_COLUMNS = {"value_loss", "critic_loss", "final_tcp_distance"}
+LOG_SCALE_COLUMNS = {"value_loss", "critic_loss"}
 
 
 def read_csv(path: Path) -> dict[str, np.ndarray]:
@@ -84,6 +85,39 @@ def _run_config(run_dir: Path) -> dict[str, str]:
     data = yaml.safe_load(path.read_text()) or {}
     flat = _flatten(data) if isinstance(data, dict) else {}
     return {k: v for k, v in flat.items() if k not in RUN_SPECIFIC_KEYS}
+
+
+def _headline_metrics(run_dirs: list[Path]) -> dict[str, Metric]:
+    """The headline metric of each run's environment (from its config's env.id), by its
+    evaluation column, in the runs' order."""
+    from iiwa_rl.metrics import headline_metric
+
+    found: dict[str, Metric] = {}
+    for env_id in dict.fromkeys(_env_id(run_dir) for run_dir in run_dirs):
+        metric = headline_metric(_env_class(env_id)) if env_id else None
+        if metric is not None:
+            found.setdefault(metric.column_name, metric)
+    return found
+
+
+def _env_id(run_dir: Path) -> str | None:
+    value = _run_config(run_dir).get("env.id")
+    return json.loads(value) if value else None
+
+
+def _env_class(env_id: str):
+    """The class an env id names, without making the environment; None where it cannot be
+    found (the plot then goes without the task's headline)."""
+    from gymnasium.envs.registration import load_env_creator
+
+    from iiwa_rl.env_ids import find_env_spec
+    from iiwa_rl.schema import ConfigError
+
+    try:
+        entry_point = find_env_spec(str(env_id)).entry_point
+        return load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    except (ConfigError, ImportError, AttributeError):
+        return None
 
 
 def _base_label(config: dict[str, str], run_dir: Path) -> str:
@@ -199,10 +233,16 @@ def plot_runs(
         if not (run_dir / "metrics.csv").exists() and not (run_dir / "eval.csv").exists():
             raise ValueError(f"{run_dir}: no metrics.csv or eval.csv to plot")
     groups = group_runs(run_dirs, labels)
+    headlines = _headline_metrics(run_dirs)
+    # The third evaluation panel: the runs' headline metrics first, then the fallback.
+    (fallback, fallback_title) = EVAL_PANELS[2]
+    eval_panels = [*EVAL_PANELS[:2], ((*headlines, *fallback), fallback_title)]
+    titles = {**{c: m.column_title for c, m in headlines.items()}, **COLUMN_TITLES}
+    log_scale = LOG_SCALE_COLUMNS | {c for c, m in headlines.items() if m.log_scale}
 
     rows = []
     for x in x_axes:
-        for file, panels in (("eval.csv", EVAL_PANELS), ("metrics.csv", TRAIN_PANELS)):
+        for file, panels in (("eval.csv", eval_panels), ("metrics.csv", TRAIN_PANELS)):
             chosen = [
                 (_pick_column(groups, file, candidates), title) for candidates, title in panels
             ]
@@ -219,7 +259,7 @@ def plot_runs(
     for row_axes, (x, file, chosen) in zip(axes, rows):
         x_label = "environment steps" if x == "step" else "wall-clock time (s)"
         for axis, (column, title) in zip(row_axes, chosen):
-            axis.set_title(title or COLUMN_TITLES.get(column or "", column or ""), fontsize=10)
+            axis.set_title(title or titles.get(column or "", column or ""), fontsize=10)
             axis.set_xlabel(x_label, fontsize=9)
             axis.grid(alpha=0.3)
             axis.xaxis.set_major_formatter(FuncFormatter(_short_number))
@@ -233,7 +273,7 @@ def plot_runs(
             axis.set_xlim(left=0)  # eval and training rows line up from the first step
             if column == "success_rate":
                 axis.set_ylim(-0.02, 1.02)
-            if column in LOG_SCALE_COLUMNS and _all_positive(axis):
+            if column in log_scale and _all_positive(axis):
                 axis.set_yscale("log")
     handles, legend_labels = [], []
     for axis in axes.flat:

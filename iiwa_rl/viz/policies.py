@@ -53,6 +53,10 @@ class Actor:
     def __call__(self, observations: np.ndarray) -> np.ndarray:
         return self._act(observations)
 
+    def act_one(self, observation: np.ndarray) -> np.ndarray:
+        """One observation's action, as the viewer and the recordings step an env."""
+        return np.asarray(self._act(observation[None])[0], dtype=np.float32)
+
     def reset(self) -> None:
         if self._reset is not None:
             self._reset()

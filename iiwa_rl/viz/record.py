@@ -125,6 +125,7 @@ def record_episodes(
     episode_steps: int | None = None,
 ) -> dict:
     """Render `episodes` episodes of a `LoadedPolicy` to `output`. Returns a summary."""
+    from iiwa_rl.rollout import Rollout, Step
     from iiwa_rl.viz.policies import make_env
 
     kwargs = dict(loaded.env_kwargs)
@@ -134,35 +135,29 @@ def record_episodes(
     try:
         actor = loaded.bind(env)
         fps = fps or float(env.unwrapped.config.control_hz)  # real time
-        successes, lengths = 0, []
+        rollout = Rollout(env, actor.act_one, seed, policy_reset=actor.reset)
+        status = EpisodeStatus()
+
+        def capture(step: Step) -> None:
+            nonlocal status
+            if step.step == 1:  # a new episode: its text starts from the reset's figures
+                status = EpisodeStatus(episode=step.episode + 1, policy=loaded.label)
+                status_from_info(env, rollout.reset_info, status)
+            status.step = step.step
+            status.reward = step.reward
+            status.episode_return = step.episode_return
+            status.done = step.done
+            status_from_info(env, step.info, status)
+            recorder.capture(env, status)
+
         with VideoRecorder(output, fps, size) as recorder:
-            for episode in range(episodes):
-                observation, info = env.reset(seed=seed + episode)
-                actor.reset()
-                status = status_from_info(
-                    env,
-                    info,
-                    EpisodeStatus(episode=episode + 1, episode_return=0.0, policy=loaded.label),
-                )
-                while True:
-                    action = np.asarray(actor(observation[None])[0], dtype=np.float32)
-                    observation, reward, terminated, truncated, info = env.step(action)
-                    status.step += 1
-                    status.reward = float(reward)
-                    status.episode_return += float(reward)
-                    status.done = bool(terminated or truncated)
-                    status_from_info(env, info, status)
-                    recorder.capture(env, status)
-                    if status.done:
-                        successes += int(status.success)
-                        lengths.append(status.step)
-                        break
+            finished = rollout.run(episodes, on_step=capture)
         return {
             "path": str(output),
             "frames": recorder.frames,
             "episodes": episodes,
-            "successes": successes,
-            "lengths": lengths,
+            "successes": sum(episode.is_success for episode in finished),
+            "lengths": [episode.length for episode in finished],
         }
     finally:
         env.close()

@@ -39,6 +39,7 @@ class Viewer:
     """Runs a `LoadedPolicy` in a GUI environment until it is told to stop."""
 
     def __init__(self, loaded, seed: int = 0, realtime: bool = True, shadows: str = "auto"):
+        from iiwa_rl.rollout import Rollout
         from iiwa_rl.viz.policies import make_env
 
         self.loaded = loaded
@@ -48,6 +49,8 @@ class Viewer:
         self.base = self.env.unwrapped
         self.client = self.base.sim.client
         self.actor = loaded.bind(self.env)
+        # Driven by hand, a step per tick: the keys can reset an episode between any two.
+        self.rollout = Rollout(self.env, self.actor.act_one, seed, policy_reset=self.actor.reset)
         self.period = 1.0 / float(self.base.config.control_hz)
         self._frame_workspace()
         self.shadows = shadows == "on" or (shadows == "auto" and not self._slow_gui())
@@ -92,7 +95,7 @@ class Viewer:
             return seconds is not None and time.monotonic() - started >= seconds
 
         reason = "episodes done"
-        observation = self._reset()
+        self._reset()
         next_tick = time.monotonic()
         while True:
             if out_of_time():
@@ -110,7 +113,7 @@ class Viewer:
                 self.status.paused = self.paused
                 self.overlay.update(self.status, force_text=True)
             if KEY_RESET in keys:
-                observation = self._reset()
+                self._reset()
                 next_tick = time.monotonic()
                 continue
             if self.paused:
@@ -118,15 +121,14 @@ class Viewer:
                 next_tick = time.monotonic()
                 continue
 
-            action = np.asarray(self.actor(observation[None])[0], dtype=np.float32)
-            observation, reward, terminated, truncated, info = self.env.step(action)
+            step = self.rollout.step()
             self.steps += 1
             status = self.status
-            status.step += 1
-            status.reward = float(reward)
-            status.episode_return += float(reward)
-            status.done = bool(terminated or truncated)
-            status_from_info(self.env, info, status)
+            status.step = step.step
+            status.reward = step.reward
+            status.episode_return = step.episode_return
+            status.done = step.done
+            status_from_info(self.env, step.info, status)
             self.overlay.update(status)
             next_tick = self._sleep_until(next_tick + self.period)
 
@@ -135,7 +137,7 @@ class Viewer:
                 if episodes is not None and len(self.results) >= episodes:
                     break
                 self._hold(END_OF_EPISODE_HOLD_S, out_of_time)
-                observation = self._reset()
+                self._reset()
                 next_tick = time.monotonic()
         return {
             "reason": reason,
@@ -146,14 +148,14 @@ class Viewer:
             "seconds": time.monotonic() - started,
         }
 
-    def _reset(self) -> np.ndarray:
-        observation, info = self.env.reset(seed=self.seed + self.episode)
-        self.episode += 1
-        self.actor.reset()
+    def _reset(self) -> None:
+        """The next episode (seeded seed + its index), its text block up."""
+        self.rollout.reset()
+        self.episode = self.rollout.episode + 1  # episodes started
         self.overlay.reset()
         self.status = status_from_info(
             self.env,
-            info,
+            self.rollout.reset_info,
             EpisodeStatus(
                 episode=self.episode,
                 episode_return=0.0,
@@ -162,7 +164,6 @@ class Viewer:
             ),
         )
         self.overlay.update(self.status, force_text=True)
-        return observation
 
     def _keys(self) -> set[int] | None:
         """Keys pressed since the last call; None once the GUI window is gone."""

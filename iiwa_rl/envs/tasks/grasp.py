@@ -21,6 +21,11 @@ from iiwa_deploy.observation import ObservationInputs
 from iiwa_rl.envs.base import IiwaEnv, RobotSnapshot, down_orientation, quaternion_yaw
 from iiwa_rl.envs.config import GraspConfig
 from iiwa_rl.envs.rewards import RewardInputs
+from iiwa_rl.metrics import Metric, task_metrics
+
+# The controller's words for a failed grasp (iiwa_deploy.grasp.grasp_failure_reason), each
+# an evaluation column counting the episodes that ended so.
+FAILURE_REASONS = ("missed", "not lifted", "dropped", "timed out")
 
 # Where the table's frame (the middle of its top surface) stands, world frame, m: its top is
 # the robot's base plane. The MuJoCo plant's grasp scene stands it in the same place.
@@ -35,7 +40,12 @@ class IiwaGraspEnv(IiwaEnv):
     - `joint_delta` (8): 7 joint deltas (scale rad) and the gripper opening.
     Observation adds the cube's position, its yaw relative to the gripper (as sin and cos of
     four times the angle: a cube looks the same every quarter turn), the TCP-to-cube vector,
-    the gripper width and the two finger contacts."""
+    the gripper width and the two finger contacts.
+
+    Metrics (info["metrics/<name>"]): `tcp_to_cube_distance` (m), `cube_lift` (cube height
+    above its rest, m), `max_cube_lift` (its highest this episode), `held` (held high now),
+    `finger_contacts` (0 to 2), `held_steps`, `ever_grasped`, `cube_fell_off`; at an
+    episode's end `failed_<reason>` (1 for the way it failed, FAILURE_REASONS)."""
 
     config_class = GraspConfig
     config: GraspConfig
@@ -64,6 +74,28 @@ class IiwaGraspEnv(IiwaEnv):
         "joint_velocity",
         "joint_limit_proximity",
     }
+    metrics = (
+        Metric("tcp_to_cube_distance", "final TCP-to-cube distance", "m"),
+        Metric("max_cube_lift", "max cube lift", "m", column="max_cube_lift"),
+        Metric("cube_lift", "final cube lift", "m"),
+        # Success latches; this says how many still hold the cube high when the episode ends.
+        Metric("held", "held high at the end", column="held_at_end"),
+        *(
+            Metric(
+                f"failed_{reason.replace(' ', '_')}",
+                f"episodes failed: {reason}",
+                over_episodes="count",
+                column=f"failed_{reason.replace(' ', '_')}",
+            )
+            for reason in FAILURE_REASONS
+        ),
+        Metric("finger_contacts", evaluated=False),
+        Metric("held_steps", evaluated=False),
+        Metric("ever_grasped", evaluated=False),
+        Metric("cube_fell_off", evaluated=False),
+    )
+    headline_metric = "max_cube_lift"
+    distance_metric = "tcp_to_cube_distance"
 
     def __init__(self, render_mode: str | None = None, config=None, **overrides):
         config = self._build_config(config, overrides)
@@ -323,16 +355,33 @@ class IiwaGraspEnv(IiwaEnv):
         # `<=` is False for NaN: a non-finite velocity counts as a blow-up too.
         return not vx * vx + vy * vy + vz * vz <= _CUBE_BLOWUP_SPEED**2
 
-    def _task_info(self, robot: RobotSnapshot) -> dict:
+    def _task_metrics(self, robot: RobotSnapshot) -> dict:
         return {
-            "cube_lift": float(self._cube_position[2] - self.cube_rest_height),
-            "max_cube_lift": self._max_lift,
             "tcp_to_cube_distance": math.dist(self._cube_position, robot.tcp_position),
+            "max_cube_lift": self._max_lift,
+            "cube_lift": float(self._cube_position[2] - self.cube_rest_height),
+            "held": self._held_steps > 0,
             "finger_contacts": int(self._contacts[0]) + int(self._contacts[1]),
             "held_steps": self._held_steps,
             "ever_grasped": self._ever_grasped,
             "cube_fell_off": self._fell_off,
         }
+
+    def _episode_end_metrics(self, metrics: dict, succeeded: bool) -> dict:
+        reason = grasp_failure_reason({**metrics, "is_success": succeeded})
+        return {f"failed_{r.replace(' ', '_')}": reason == r for r in FAILURE_REASONS}
+
+    def status_lines(self, metrics: dict) -> list[str]:
+        lines = []
+        if "tcp_to_cube_distance" in metrics:
+            lines.append(f"TCP to cube {float(metrics['tcp_to_cube_distance']) * 100:.1f} cm")
+        if "cube_lift" in metrics:
+            lines.append(
+                f"cube lift {float(metrics['cube_lift']) * 100:.1f} cm / "
+                f"{self.config.lift_height * 100:.0f} cm"
+            )
+            lines.append(f"finger contacts {int(metrics.get('finger_contacts', 0))}/2")
+        return lines
 
     # ------------------------------------------------------------- description
     def describe_contract(self) -> dict:
@@ -373,6 +422,10 @@ class IiwaGraspEnv(IiwaEnv):
 
 # A cube faster than this (m/s) means the physics blew up.
 _CUBE_BLOWUP_SPEED = 20.0
-# The classification is the controller's own (iiwa_deploy.grasp): a deployed grasp is
-# judged in the same words.
-failure_reason = grasp_failure_reason
+
+
+def failure_reason(info: dict) -> str | None:
+    """Why the grasp episode that ended with `info` failed (None: it succeeded). The
+    classification is the controller's own (iiwa_deploy.grasp), so a deployed grasp is
+    judged in the same words; the env's figures are its `metrics/` entries."""
+    return grasp_failure_reason({**task_metrics(info), "is_success": info.get("is_success")})

@@ -10,6 +10,7 @@ from iiwa_deploy.observation import ObservationInputs
 from iiwa_rl.envs.base import IiwaEnv, RobotSnapshot
 from iiwa_rl.envs.config import ReachConfig
 from iiwa_rl.envs.rewards import RewardInputs
+from iiwa_rl.metrics import Metric
 
 
 class IiwaReachEnv(IiwaEnv):
@@ -17,7 +18,8 @@ class IiwaReachEnv(IiwaEnv):
     to [-1, 1] by their ranges, joint velocities as fractions of their limits, TCP position
     (m), goal (m), goal minus TCP (m), previous action. Action: 7 joint commands in [-1, 1]
     (`joint_delta`: target = measured + scale * a; `joint_offset`: target = home + scale * a).
-    Success: TCP within `success_threshold` of the goal for the last `hold_time` seconds."""
+    Success: TCP within `success_threshold` of the goal for the last `hold_time` seconds.
+    Metric: `tcp_distance`, TCP to goal (m)."""
 
     config_class = ReachConfig
     config: ReachConfig
@@ -38,6 +40,8 @@ class IiwaReachEnv(IiwaEnv):
         "joint_limit_proximity",
         "success",
     }
+    metrics = (Metric("tcp_distance", "final TCP distance", "m", log_scale=True),)
+    headline_metric = distance_metric = "tcp_distance"
 
     @property
     def action_size(self) -> int:
@@ -77,9 +81,13 @@ class IiwaReachEnv(IiwaEnv):
         )
         return inputs, False
 
-    def _task_info(self, robot: RobotSnapshot) -> dict:
+    def _task_metrics(self, robot: RobotSnapshot) -> dict:
         offset = self.goal_position - robot.tcp_position
         return {"tcp_distance": float(np.sqrt(offset @ offset))}
+
+    def status_lines(self, metrics: dict) -> list[str]:
+        distance = metrics.get("tcp_distance")
+        return [] if distance is None else [f"TCP to goal {float(distance) * 100:.1f} cm"]
 
     def _create_markers(self) -> None:
         self._markers["goal"] = self.add_visual_sphere(0.02, (0.1, 0.8, 0.2, 0.7))
