@@ -199,9 +199,10 @@ def test_a_joint_off_the_serial_chain_is_refused(second_arm):
 
 
 @pytest.mark.parametrize("name, env_class", [("reach", IiwaReachEnv), ("grasp", IiwaGraspEnv)])
-def test_randomised_envs_are_bit_identical_to_before_the_robot_became_a_component(name, env_class):
-    # Recorded at 01697f9 (the iiwa wired into envs/base.py) with every randomisation term
-    # at its typical range. The randomised arm (envs/perturbed_robot.py) reads the robot through its description
+def test_randomised_envs_replay_their_recording(name, env_class):
+    # Recorded with every randomisation term at its typical range at 01697f9 (the iiwa
+    # wired into envs/base.py), re-recorded when actuator_damping_scale became the servo's
+    # damping (ef5259e; the robot-component refactor left it bit for bit). The randomised arm (envs/perturbed_robot.py) reads the robot through its description
     # now. The nominal envs have their own recording (test_randomization.py); a deliberate
     # change to the randomisation or the physics re-records this.
     sys.path.insert(0, str(Path(__file__).resolve().parent))
