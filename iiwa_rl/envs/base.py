@@ -126,6 +126,12 @@ class IiwaEnv(gym.Env, ABC):
             cfg.reward.terms, cfg.reward.sparse, self.available_reward_terms, "env.reward.terms"
         )
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.action_size,), np.float32)
+        # The task's layout with its robot-sized entries resolved: one value per arm joint
+        # ("joints"), one per action element ("action").
+        sizes = {"joints": self.robot.joint_count, "action": self.action_size}
+        self.observation_layout = [
+            (name, sizes.get(size, size)) for name, size in self.observation_layout
+        ]
         self.observation_size = sum(size for _, size in self.observation_layout)
         limits = self.robot.limits
         self.observation_builder = ObservationBuilder(
@@ -208,7 +214,9 @@ class IiwaEnv(gym.Env, ABC):
         return from_mapping(cls.config_class, {**base, **overrides}, "env.kwargs")
 
     # ------------------------------------------------------------- task interface
-    observation_layout: list[tuple[str, int]] = []  # term names of iiwa_deploy.observation
+    # Term names of iiwa_deploy.observation and their sizes: a number, "joints" (one per arm
+    # joint of the robot the env is given) or "action" (one per action element).
+    observation_layout: list[tuple[str, int | str]] = []
     available_reward_terms: set[str] = set()
     object_rest_height = 0.0  # m; a task with an object sets it before the builder is made
 

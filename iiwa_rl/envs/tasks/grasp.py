@@ -37,7 +37,7 @@ class IiwaGraspEnv(IiwaEnv):
     - `cartesian` (5): TCP displacement x, y, z (scale m), yaw change (yaw_scale rad),
       gripper opening (-1 closed, 1 fully open); solved to joint targets by inverse
       kinematics with the gripper pointing down.
-    - `joint_delta` (8): 7 joint deltas (scale rad) and the gripper opening.
+    - `joint_delta` (joints + 1): joint deltas (scale rad) and the gripper opening.
     Observation adds the cube's position, its yaw relative to the gripper (as sin and cos of
     four times the angle: a cube looks the same every quarter turn), the TCP-to-cube vector,
     the gripper width and the two finger contacts.
@@ -51,8 +51,8 @@ class IiwaGraspEnv(IiwaEnv):
     config: GraspConfig
     with_gripper = True
     observation_layout = [
-        ("joint_position_normalized", 7),
-        ("joint_velocity_normalized", 7),
+        ("joint_position_normalized", "joints"),
+        ("joint_velocity_normalized", "joints"),
         ("tcp_position", 3),
         ("tcp_yaw_sincos", 2),
         ("gripper_width_normalized", 1),
@@ -61,7 +61,7 @@ class IiwaGraspEnv(IiwaEnv):
         ("tcp_to_cube", 3),
         ("cube_lift", 1),
         ("finger_contacts", 2),
-        ("previous_action", 0),  # sized in __init__ from the action mode
+        ("previous_action", "action"),
     ]
     available_reward_terms = {
         "cube_distance_tanh",
@@ -97,16 +97,10 @@ class IiwaGraspEnv(IiwaEnv):
     headline_metric = "max_cube_lift"
     distance_metric = "tcp_to_cube_distance"
 
-    def __init__(self, render_mode: str | None = None, config=None, **overrides):
-        config = self._build_config(config, overrides)
-        size = 5 if config.action_mode == "cartesian" else 8
-        self.observation_layout = [*type(self).observation_layout[:-1], ("previous_action", size)]
-        self._action_size = size
-        super().__init__(render_mode=render_mode, config=config)
-
     @property
     def action_size(self) -> int:
-        return self._action_size
+        # Cartesian: TCP x, y, z, yaw and the gripper; joint modes: one per joint and the gripper.
+        return 5 if self.config.action_mode == "cartesian" else self.robot.joint_count + 1
 
     @property
     def terminate_on_success(self) -> bool:
@@ -125,7 +119,8 @@ class IiwaGraspEnv(IiwaEnv):
         )
         # The robot stands on the table: its base and first link rest in (or on) the top,
         # which would keep a useless contact manifold alive every physics step.
-        for link in (-1, self.robot.link_indices["iiwa_link_1"]):
+        # (PyBullet numbers a link as the joint that moves it: the first arm joint's link.)
+        for link in (-1, self.robot.arm_joint_indices[0]):
             self.sim.client.setCollisionFilterPair(self.robot.body_id, self.table_id, link, -1, 0)
         self.cube_id = self.sim.load_urdf(
             "cube.urdf",

@@ -24,12 +24,12 @@ class IiwaReachEnv(IiwaEnv):
     config_class = ReachConfig
     config: ReachConfig
     observation_layout = [
-        ("joint_position_normalized", 7),
-        ("joint_velocity_normalized", 7),
+        ("joint_position_normalized", "joints"),
+        ("joint_velocity_normalized", "joints"),
         ("tcp_position", 3),
         ("goal_position", 3),
         ("goal_minus_tcp", 3),
-        ("previous_action", 7),
+        ("previous_action", "action"),
     ]
     available_reward_terms = {
         "tcp_distance",
@@ -45,7 +45,7 @@ class IiwaReachEnv(IiwaEnv):
 
     @property
     def action_size(self) -> int:
-        return 7
+        return self.robot.joint_count
 
     def _setup_scene(self) -> None:
         self.goal_position = np.asarray(self.config.goal_high, dtype=float)
