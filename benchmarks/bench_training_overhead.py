@@ -2,19 +2,21 @@
 same run: what share of what the environments allow the training loop keeps.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_training_overhead.py \
-        [--config configs/reach_ppo.yaml] [--steps 100000] [--rounds 2] [--json OUT]
+        [--config configs/reach_ppo.yaml] [--steps 100000] [--rounds 2] \
+        [--vector-modes config batched rollout_workers] [--json OUT]
 
 Each round measures, one right after the other so that all meet the same machine state:
-- env-only: the config's vector env (same id, kwargs, num_envs, vector_mode, workers,
-  with the envs in even shares over the processes: the fastest layout when nothing but
-  the envs runs) stepped with uniform random actions in [-1, 1], resets included
-  (SAME_STEP autoreset), `--steps` env steps counted across all envs;
+- env-only: the config's envs (same id, kwargs, num_envs, workers) in the batched vector
+  env with the envs in even shares over the processes (the fastest layout when nothing
+  but the envs runs; what rollout_workers mode steps too), stepped with uniform random
+  actions in [-1, 1], resets included (SAME_STEP autoreset), `--steps` env steps counted
+  across all envs;
 - PPO training: the config trained for `--steps` steps with evaluation only after the
   timed part (steps/s as the loop logs it at its last update: acting, stepping,
-  normalisation, the update, everything but evaluation and checkpoints), once per value
-  of `--main-process-share` (batched mode: the share of the envs, relative to an even
-  one, that the main process steps, the process that also acts; "config" is the
-  config's own setting).
+  normalisation, the update, everything but evaluation and checkpoints), once per
+  layout: each of `--vector-modes` ("config": the config's own), and in batched mode
+  each value of `--main-process-share` (the share of the envs, relative to an even one,
+  that the main process steps, the process that also acts; "config": the config's own).
 The ratio is training over env-only per round, and the ratio of the totals. Beside each
 figure: the CPU milliseconds per vector step of the main process and of each subprocess
 (from /proc), which say how evenly the work is spread whatever else runs: on a shared
@@ -43,16 +45,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def cpu_seconds(envs) -> list[float]:
+def cpu_seconds(owner) -> list[float]:
     """CPU seconds (user + system) used so far by this process and by each subprocess of
-    `envs` (a batched vector env; none for the other modes), read from /proc."""
+    `owner` (a batched vector env or a rollout_workers collector; none for the other
+    modes), read from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
 
     def of(pid: int | str) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
-    return [of("self"), *(of(process.pid) for process in getattr(envs, "_processes", []))]
+    return [of("self"), *(of(process.pid) for process in getattr(owner, "_processes", []))]
 
 
 def env_only(config, steps: int, seed: int) -> dict:
@@ -61,7 +64,7 @@ def env_only(config, steps: int, seed: int) -> dict:
     from iiwa_rl.envs import make_vector_env
 
     env = config.env
-    envs = make_vector_env(env.id, env.num_envs, env.kwargs, env.vector_mode, env.workers)
+    envs = make_vector_env(env.id, env.num_envs, env.kwargs, "batched", env.workers)
     try:
         envs.reset(seed=seed)
         rng = np.random.default_rng(seed)
@@ -107,14 +110,15 @@ def training(config_path: str, overrides: list[str], steps: int) -> dict:
         )
         trainer = Trainer(config, run_dir)
         collector = trainer.collector
+        processes_owner = getattr(collector, "envs", collector)
         close, cpu = collector.close, {}
 
         def close_after_reading_cpu() -> None:  # the subprocesses' CPU, before they stop
-            cpu["after"] = cpu_seconds(collector.envs)
+            cpu["after"] = cpu_seconds(processes_owner)
             close()
 
         collector.close = close_after_reading_cpu
-        cpu["before"] = cpu_seconds(collector.envs)
+        cpu["before"] = cpu_seconds(processes_owner)
         trainer.train()
         metrics = read_csv(run_dir / "metrics.csv")
         iterations = steps / config.env.num_envs
@@ -137,10 +141,17 @@ def main(argv: list[str] | None = None) -> dict:
         "overrides", nargs="*", help="config overrides (key=value), applied to both sides"
     )
     parser.add_argument(
+        "--vector-modes",
+        nargs="+",
+        default=["config"],
+        choices=["config", "batched", "rollout_workers"],
+        help="training vector modes to measure in each round (config: the config's own)",
+    )
+    parser.add_argument(
         "--main-process-share",
         nargs="+",
         default=["config"],
-        help="training layouts to measure in each round: a share (0 to 1), or config",
+        help="batched mode's layouts to measure in each round: a share (0 to 1), or config",
     )
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -156,10 +167,15 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config(args.config, overrides)
     if config.algorithm != "ppo":
         parser.error(f"{args.config} trains {config.algorithm}, not ppo")
-    layouts = {
-        value: overrides if value == "config" else [*overrides, f"env.main_process_share={value}"]
-        for value in args.main_process_share
-    }
+    layouts = {}
+    for mode in args.vector_modes:
+        mode_overrides = overrides if mode == "config" else [*overrides, f"env.vector_mode={mode}"]
+        if load_config(args.config, mode_overrides).env.vector_mode != "batched":
+            layouts[mode] = mode_overrides
+            continue
+        for value in args.main_process_share:
+            share = [] if value == "config" else [f"env.main_process_share={value}"]
+            layouts[f"{mode}, main_process_share {value}"] = [*mode_overrides, *share]
     env_only_config = load_config(args.config, [*overrides, "env.main_process_share=1"])
     print(
         f"{config.env.id}: {config.env.num_envs} envs, vector_mode {config.env.vector_mode}, "
@@ -198,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for value, figures in trained.items():
             print(
-                f"  PPO training, main_process_share {value}: {figures['steps_per_s']:,.0f} "
+                f"  PPO training, {value}: {figures['steps_per_s']:,.0f} "
                 f"steps/s = {rounds[-1]['ratio'][value]:.1%} of env-only ({cpu_text(figures)})",
                 flush=True,
             )
@@ -214,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = {value: speed / env_total for value, speed in training_total.items()}
     for value, speed in training_total.items():
         print(
-            f"all rounds, main_process_share {value}: env-only {env_total:,.0f} steps/s, PPO "
+            f"all rounds, {value}: env-only {env_total:,.0f} steps/s, PPO "
             f"training {speed:,.0f} steps/s: {ratio[value]:.1%} "
             f"(target >= 85 %: {'met' if ratio[value] >= 0.85 else 'NOT met'})"
         )

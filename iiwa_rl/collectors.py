@@ -9,9 +9,10 @@ the same whatever produced it, so every vector mode shares it:
 
 - `LocalCollector`: acts and steps a Gymnasium vector env (sync, async or batched) one
   vector step per `next_step`, as the loop always did.
-- `ray_rollouts.RayCollector`: Ray actors each run a `LocalCollector` on their slice of
+- `rollout_workers.ProcessCollector` and `ray_rollouts.RayCollector`: rollout workers (this
+  process and subprocesses, or Ray actors) each run a `LocalCollector` on their slice of
   the environments for a whole rollout at a time; `next_step` hands the loop those steps
-  one by one from the gathered arrays (no remote call per step).
+  one by one from the gathered arrays (no hand-over between processes per step).
 
 Why this seam, and not a Ray `VectorEnv`: a vector env is stepped once per vector step
 by the learner's actions, so a Ray one costs a remote round trip per step; acting must
@@ -150,6 +151,10 @@ def make_collector(config) -> RolloutCollector:
         from iiwa_rl.ray_rollouts import RayCollector  # Ray is imported only where it is used
 
         return RayCollector(config)
+    if env_config.vector_mode == "rollout_workers":
+        from iiwa_rl.rollout_workers import ProcessCollector  # (it imports this module)
+
+        return ProcessCollector(config)
     from iiwa_rl.envs import make_vector_env
 
     return LocalCollector(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,10 +108,15 @@ class EnvSection:
     id: str = "IiwaReach-v0"
     num_envs: PositiveInt = 16
     # sync: in-process; async: a process per env; batched: `workers` processes stepping
-    # num_envs / workers envs each (fastest on a few cores); ray: `ray.workers` Ray actors
-    # stepping `ray.envs_per_worker` envs each, on one machine or a cluster.
-    vector_mode: Literal["sync", "async", "batched", "ray"] = "sync"
-    workers: PositiveInt | None = None  # batched mode; default: one per CPU core
+    # num_envs / workers envs each, the policy acting in the main process every step;
+    # rollout_workers: `workers` processes that each act and step num_envs / workers envs
+    # for a whole rollout (the fastest on a few cores; PPO and TRPO); ray: `ray.workers`
+    # Ray actors doing the same with `ray.envs_per_worker` envs each, on one machine or a
+    # cluster.
+    vector_mode: Literal["sync", "async", "batched", "rollout_workers", "ray"] = "sync"
+    # batched and rollout_workers modes: processes, the main one included; default: one
+    # per CPU core
+    workers: PositiveInt | None = None
     # batched mode: the main process's share of the envs, relative to an even share (the
     # rest spread evenly over the subprocesses). The main process also acts, so a smaller
     # share keeps the subprocesses from waiting on the policy; no layout changes a number.
@@ -119,6 +125,13 @@ class EnvSection:
     kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.vector_mode == "rollout_workers":
+            workers = self.workers or os.cpu_count() or 1
+            check(
+                self.num_envs % workers == 0,
+                f"rollout_workers mode: num_envs ({self.num_envs}) must be a multiple of "
+                f"workers ({workers}{'' if self.workers else ', the CPU cores'})",
+            )
         if self.vector_mode != "ray":
             return
         ray = self.ray
@@ -332,14 +345,23 @@ def config_from_dict(data: dict, source: str = "<config>") -> TrainConfig:
             raise ConfigError(f"{source}: section '{name}' is given but algorithm is '{algorithm}'")
     config = from_mapping(TrainConfig, data, "")
     _check_environment(config, source)
-    _check_ray_collection(config, source)
+    _check_worker_collection(config, source)
     return config
 
 
-def _check_ray_collection(config: TrainConfig, source: str) -> None:
-    """PPO and TRPO learn from rollouts of the policy being updated: a Ray collection must
-    bring back exactly one rollout, so that no step was acted by older weights."""
-    if config.env.vector_mode != "ray" or config.algorithm == "ddpg":
+def _check_worker_collection(config: TrainConfig, source: str) -> None:
+    """PPO and TRPO learn from rollouts of the policy being updated: a worker collection must
+    bring back exactly one rollout, so that no step was acted by older weights. DDPG learns
+    after every vector step: only Ray, where a remote call per step is out of the question,
+    collects its steps a few at a time with the weights of the collection's start."""
+    mode = config.env.vector_mode
+    if mode == "rollout_workers" and config.algorithm == "ddpg":
+        raise ConfigError(
+            f"{source}: env.vector_mode: rollout_workers collects whole rollouts, for ppo and "
+            "trpo; ddpg updates after every vector step: use batched (or ray, which collects "
+            "env.ray.steps_per_collect steps at a time)"
+        )
+    if mode != "ray" or config.algorithm == "ddpg":
         return
     rollout = config.algorithm_section.rollout_steps
     asked = config.env.ray.steps_per_collect

@@ -141,6 +141,21 @@ def test_same_seed_and_workers_give_the_same_learning_curve(tmp_path, local_ray)
     assert curves[0] == curves[1]
 
 
+def test_rollout_workers_mode_computes_what_ray_mode_does(tmp_path, local_ray):
+    """The two transports of rollout_workers.WorkerCollector: Ray actors, and this process
+    plus a subprocess. Same seed, same worker count: the same weights, bit for bit."""
+    weights = {}
+    for mode in ("ray", "rollout_workers"):
+        config = load_config(
+            REACH, [*_tiny_ray_overrides(384), f"env.vector_mode={mode}", "env.workers=2"]
+        )
+        trainer = Trainer(config, tmp_path / mode)
+        trainer.train()
+        networks = trainer.algorithm.state_dict()
+        weights[mode] = [*networks["actor"].values(), *networks["critic"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(weights["ray"], weights["rollout_workers"]))
+
+
 def test_on_policy_collections_are_whole_rollouts():
     with pytest.raises(ConfigError, match="steps_per_collect"):
         load_config(REACH, ["env.vector_mode=ray", "env.ray.steps_per_collect=16"])
