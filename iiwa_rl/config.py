@@ -5,8 +5,9 @@ A YAML file has these sections (see configs/*.yaml for complete examples):
     algorithm: ppo | trpo | ddpg
     seed: 0
     device: auto | cpu | cuda
-    env:        id, num_envs, vector_mode, workers, main_process_share (vector_mode:
-                batched), ray (vector_mode: ray), kwargs (the environment's own parameters)
+    env:        id, num_envs, vector_mode, workers (vector_mode: batched, rollout_workers),
+                main_process_share (batched), ray (vector_mode: ray), kwargs (the
+                environment's own parameters)
     normalize:  observations, rewards, clip
     policy:     actor network (Gaussian for PPO/TRPO, deterministic for DDPG)
     critic:     value / Q network

@@ -79,14 +79,14 @@ class Algorithm(ABC):
         (a `deterministic(obs)` method); what evaluation runs and export bakes."""
 
     def acting_state(self) -> dict:
-        """What a copy of this algorithm in another process (a Ray rollout worker, built
+        """What a copy of this algorithm elsewhere (a rollout worker, built
         on the CPU with the same arguments) needs to act as this one acts now: the acting
         networks' weights on the CPU and the counters acting reads."""
-        raise NotImplementedError(f"{type(self).__name__} cannot act in Ray rollout workers")
+        raise NotImplementedError(f"{type(self).__name__} cannot act in rollout workers")
 
     def load_acting_state(self, state: dict) -> None:
         """Inverse of `acting_state`, in the copy."""
-        raise NotImplementedError(f"{type(self).__name__} cannot act in Ray rollout workers")
+        raise NotImplementedError(f"{type(self).__name__} cannot act in rollout workers")
 
     def note_acted(self, done: np.ndarray) -> None:
         """A vector step this copy acted in but does not learn from (a rollout worker's):
