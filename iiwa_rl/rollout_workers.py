@@ -47,6 +47,7 @@ from abc import abstractmethod
 import numpy as np
 
 from iiwa_rl.collectors import Acting, CollectedStep, LocalCollector, RolloutCollector
+from iiwa_rl.envs.vector import stop_workers
 
 DDPG_STEPS_PER_COLLECT = 32
 
@@ -371,18 +372,7 @@ class ProcessCollector(WorkerCollector):
         return results
 
     def close(self) -> None:
-        for connection in self._connections:
-            try:
-                connection.send(("close", None))
-            except (BrokenPipeError, OSError):
-                pass
-        for process in self._processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=5)
-        for connection in self._connections:
-            connection.close()
+        stop_workers(self._connections, self._processes)
         self._connections, self._processes = [], []
         if self._local is not None:
             self._local.close()

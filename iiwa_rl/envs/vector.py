@@ -207,16 +207,25 @@ class BatchedSubprocVectorEnv(VectorEnv):
         return np.stack(observations), rewards, terminated, truncated, stack_infos(infos)
 
     def close_extras(self, **kwargs) -> None:
-        for connection in self._connections:
-            try:
-                connection.send(("close", None))
-            except (BrokenPipeError, OSError):
-                pass
-        for process in self._processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.terminate()
+        stop_workers(self._connections, self._processes)
         self._local.close()
+
+
+def stop_workers(connections: list, processes: list, timeout_s: float = 5.0) -> None:
+    """Ask each subprocess worker to close (a ("close", None) message), wait for it, and
+    terminate one that has not stopped within `timeout_s`; a worker already gone is fine."""
+    for connection in connections:
+        try:
+            connection.send(("close", None))
+        except (BrokenPipeError, OSError):
+            pass
+    for process in processes:
+        process.join(timeout=timeout_s)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=timeout_s)
+    for connection in connections:
+        connection.close()
 
 
 def make_vector_env(
