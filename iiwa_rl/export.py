@@ -76,8 +76,11 @@ def build_contract(config, env) -> dict:
     # The environment a loader rebuilds from the contract (eval, view, the robustness suite)
     # is the nominal one; the randomisation it was trained under is kept beside it.
     randomization = env_kwargs.pop("randomization", None)
+    ends_fraction = env_kwargs.pop("randomization_ends_fraction", 0.0)
     if randomization:
         contract["training_randomization"] = randomization
+    if ends_fraction:
+        contract["training_randomization_ends_fraction"] = ends_fraction
     contract["env_kwargs"] = env_kwargs
     contract["algorithm"] = config.algorithm
     contract["config_sha256"] = config.sha256()

@@ -124,7 +124,8 @@ def run_pybullet(source: str, suite: SuiteConfig, settings: list[Setting], episo
     loaded = load_policy(source)
     _check_task(loaded.env_id, suite, source)
     # The nominal environment of the policy: whatever it was trained under is replaced.
-    kwargs = {k: v for k, v in loaded.env_kwargs.items() if k != "randomization"}
+    training_only = ("randomization", "randomization_ends_fraction")
+    kwargs = {k: v for k, v in loaded.env_kwargs.items() if k not in training_only}
     rows = []
     for setting in settings:
         section = {

@@ -560,3 +560,51 @@ def test_vector_env_rejects_bad_arguments():
         make_vector_env("IiwaReach-v0", 0)
     with pytest.raises(ValueError, match="mode"):
         make_vector_env("IiwaReach-v0", 1, mode="threads")
+
+
+def _grasp_with_top_penalty():
+    terms = {"finger_contact": {"weight": 0.5}, "finger_on_cube_top": {"weight": -1.0}}
+    return make("IiwaGrasp-v0", reward={"sparse": False, "terms": terms})
+
+
+def test_a_side_grasp_never_counts_as_a_finger_on_the_cube_top():
+    env = _grasp_with_top_penalty()
+    try:
+        expert = ScriptedGrasp(env)
+        env.reset(seed=0)
+        grasped = False
+        for _ in range(env.config.episode_steps):
+            _, _, terminated, truncated, info = env.step(expert())
+            grasped = grasped or info["metrics/finger_contacts"] == 2
+            assert info["reward/finger_on_cube_top"] == 0.0
+            if terminated or truncated:
+                break
+        assert grasped
+    finally:
+        env.close()
+
+
+def test_a_finger_landing_on_the_cube_top_counts():
+    """The open gripper lowered with its left pad over the cube's centre: one finger on the
+    top face, pressed there, and the term pays -1 a step while it is."""
+    env = _grasp_with_top_penalty()
+    try:
+        env.reset(seed=0)
+        cube_yaw = env._cube_yaw
+        # The pads sit at +-half the opening along the TCP's y axis.
+        pad_offset = env.robot.max_gripper_width / 2.0
+        on_top = []
+        for _ in range(80):
+            current = env._current
+            side = np.array([-math.sin(current.tcp_yaw), math.cos(current.tcp_yaw), 0.0])
+            target = env._cube_position - pad_offset * side
+            target[2] = env._cube_position[2] + 0.02  # the pad tip 5 mm into the top
+            yaw_error = (cube_yaw - current.tcp_yaw + math.pi / 4) % (math.pi / 2) - math.pi / 4
+            move = np.clip((target - current.tcp_position) / env.config.action_scale, -1, 1)
+            action = np.array([*move, yaw_error / env.config.yaw_scale, 1.0], dtype=np.float32)
+            _, _, _, _, info = env.step(np.clip(action, -1, 1))
+            on_top.append(info["reward/finger_on_cube_top"])
+        assert min(on_top) == -1.0
+        assert max(on_top) <= 0.0
+    finally:
+        env.close()

@@ -393,3 +393,34 @@ def test_bad_sections_fail_before_work_naming_file_and_key(tmp_path, section, ke
 def test_shipped_dr_config_loads():
     config = load_config(ROOT / "configs" / "reach_ppo_dr.yaml")
     assert "payload_mass" in config.env.kwargs["randomization"]
+
+
+def test_the_ends_fraction_draws_that_share_of_episodes_at_the_ends_of_every_range():
+    section = {
+        "payload_mass": {"range": [0.5, 1.5]},
+        "actuator_damping_scale": {"range": [0.5, 2.0], "distribution": "log_uniform"},
+        "command_latency": {"range": [0, 2]},
+    }
+    ends = {"payload_mass": (0.5, 1.5), "actuator_damping_scale": (0.5, 2.0)}
+
+    def drawn(fraction: float) -> list[dict]:
+        env = IiwaReachEnv(randomization=section, randomization_ends_fraction=fraction)
+        try:
+            return [env.reset(seed=seed)[1] for seed in range(200)]
+        finally:
+            env.close()
+
+    def at_ends(info: dict) -> bool:
+        return all(
+            np.isclose(info[f"randomization/{name}"], values).any() for name, values in ends.items()
+        ) and info["randomization/command_latency"] in (0, 2)
+
+    assert all(at_ends(info) for info in drawn(1.0))
+    assert not any(at_ends(info) for info in drawn(0.0))
+    share = np.mean([at_ends(info) for info in drawn(0.3)])
+    assert 0.2 < share < 0.4, share
+
+
+def test_an_ends_fraction_outside_0_to_1_is_refused():
+    with pytest.raises(ConfigError, match="randomization_ends_fraction"):
+        IiwaReachEnv(randomization_ends_fraction=1.2)

@@ -286,7 +286,12 @@ class IiwaEnv(gym.Env, ABC):
         spread = cfg.initial_joint_noise
         if self._randomizer is not None:
             # First, so the start spread term can widen the start draw below.
-            self._perturbation, self._randomization_info = self._randomizer.draw(self.np_random)
+            # The extra draw only where the fraction is set, so other configs keep their numbers.
+            fraction = cfg.randomization_ends_fraction
+            at_ends = bool(fraction) and self.np_random.random() < fraction
+            self._perturbation, self._randomization_info = self._randomizer.draw(
+                self.np_random, at_ends
+            )
             if self._perturbation.start_pose_spread is not None:
                 spread = self._perturbation.start_pose_spread
         noise = self.np_random.uniform(-spread, spread, self.robot.joint_count)

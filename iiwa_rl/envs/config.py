@@ -48,6 +48,11 @@ class IiwaEnvConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     # Domain randomisation terms (envs/randomization.py); none by default.
     randomization: dict[str, RandomizationRange] = field(default_factory=dict)
+    # The fraction of randomised episodes that draw every term at one end of its range
+    # instead (each component at random, the robustness suite's all_corners): independent
+    # draws meet a combination of several extremes almost never, and a policy that never
+    # met one cannot be expected to hold it. 0: every episode draws as configured.
+    randomization_ends_fraction: float = 0.0
 
     def __post_init__(self):
         check(self.physics_hz > 0 and self.control_hz > 0, "physics_hz and control_hz must be > 0")
@@ -71,6 +76,10 @@ class IiwaEnvConfig:
         )
         check(self.initial_joint_noise >= 0, "initial_joint_noise must be >= 0")
         check(self.solver_iterations >= 1, "solver_iterations must be >= 1")
+        check(
+            0.0 <= self.randomization_ends_fraction <= 1.0,
+            f"randomization_ends_fraction must be in [0, 1], got {self.randomization_ends_fraction:g}",
+        )
 
     @property
     def substeps(self) -> int:

@@ -384,11 +384,16 @@ class Randomizer:
     def __bool__(self) -> bool:
         return bool(self.terms)
 
-    def draw(self, rng: np.random.Generator) -> tuple[Perturbation, dict[str, float]]:
-        """One episode's perturbation, and the `info` figures of its terms."""
+    def draw(
+        self, rng: np.random.Generator, at_ends: bool = False
+    ) -> tuple[Perturbation, dict[str, float]]:
+        """One episode's perturbation, and the `info` figures of its terms. `at_ends` draws
+        every term as `distribution: ends` (each component at one end of its range)."""
         perturbation = Perturbation()
         info = {}
         for term, spec in self.terms:
+            if at_ends:
+                spec = RandomizationRange(spec.range, "ends")
             values = _draw(term, spec, rng)
             term.apply(perturbation, values)
             info[f"randomization/{term.name}"] = float(np.mean(values))

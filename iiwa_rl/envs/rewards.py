@@ -36,6 +36,8 @@ class RewardInputs:
     cube_position: np.ndarray | None = None  # grasp
     cube_lift: float = 0.0  # cube height above its resting height, m
     finger_contacts: tuple[bool, bool] = (False, False)
+    # Fingers touching the cube from above (tasks/grasp.py: fingers_on_cube_top), 0 to 2.
+    fingers_on_cube_top: int = 0
     lift_target: float = 0.1
     extras: dict = field(default_factory=dict)
 
@@ -91,6 +93,14 @@ def finger_contact(x: RewardInputs) -> float:
     return 0.5 * (float(x.finger_contacts[0]) + float(x.finger_contacts[1]))
 
 
+def finger_on_cube_top(x: RewardInputs) -> float:
+    """Fingers pressing on the cube's top face, 0 to 2 (a penalty: weight it below 0). A
+    grasp closes from the sides; a finger that lands on the top pushes the cube into the
+    table, where PyBullet's cube tips over and a stiffer contact (MuJoCo's, a real table's)
+    holds, and the arm's servos press on with hundreds of newtons."""
+    return float(x.fingers_on_cube_top)
+
+
 def cube_lift(x: RewardInputs, height: float | None = None) -> float:
     """Fraction of `height` (m; default the task's lift height) the cube is lifted, counted
     only while both fingers hold it (a cube knocked into the air earns nothing). Aiming
@@ -117,6 +127,7 @@ REWARD_TERMS: dict[str, Callable[..., float]] = {
         success,
         cube_distance_tanh,
         finger_contact,
+        finger_on_cube_top,
         cube_lift,
         cube_held_high,
     )

@@ -31,6 +31,9 @@ FAILURE_REASONS = ("missed", "not lifted", "dropped", "timed out")
 # the robot's base plane. The MuJoCo plant's grasp scene stands it in the same place.
 TABLE_POSITION = (0.35, 0.0, 0.0)
 
+# A finger-cube contact whose normal is within 45 degrees of vertical is on the top face.
+TOP_CONTACT_MIN_NORMAL_Z = math.cos(math.radians(45.0))
+
 
 class IiwaGraspEnv(IiwaEnv):
     """`IiwaGrasp-v0`. Action modes:
@@ -66,6 +69,7 @@ class IiwaGraspEnv(IiwaEnv):
     available_reward_terms = {
         "cube_distance_tanh",
         "finger_contact",
+        "finger_on_cube_top",
         "cube_lift",
         "cube_held_high",
         "success",
@@ -184,6 +188,9 @@ class IiwaGraspEnv(IiwaEnv):
         self._cube_position = np.zeros(3)
         self._cube_yaw = 0.0
         self._contacts = (False, False)
+        # Only a config that weights the term pays for the contact normals' query.
+        self._counts_top_contacts = "finger_on_cube_top" in cfg.reward.terms
+        self._fingers_on_cube_top = 0
         self._max_lift = 0.0
 
     def _reset_task(self, rng: np.random.Generator, options: dict) -> None:
@@ -283,6 +290,20 @@ class IiwaGraspEnv(IiwaEnv):
             history.append(self._cube_position)
             del history[: -latency - 1]
         self._contacts = self.robot.finger_contacts(self.cube_id)
+        if self._counts_top_contacts:
+            self._fingers_on_cube_top = self._count_fingers_on_cube_top()
+
+    def _count_fingers_on_cube_top(self) -> int:
+        """Fingers touching the cube from above: a contact normal within 45 degrees of
+        vertical (the pad's underside on the top face; a side grasp's normals are level)."""
+        fingers = self.robot.finger_link_indices
+        # getContactPoints(A, B): field 3 is A's link, field 7 the normal on B, from B to A.
+        on_top = {
+            point[3]
+            for point in self.sim.client.getContactPoints(self.robot.body_id, self.cube_id)
+            if point[3] in fingers and point[7][2] >= TOP_CONTACT_MIN_NORMAL_Z
+        }
+        return len(on_top)
 
     # ----------------------------------------------------------------- actions
     def _apply_action(self, action: np.ndarray) -> None:
@@ -340,6 +361,7 @@ class IiwaGraspEnv(IiwaEnv):
             cube_position=self._cube_position,
             cube_lift=lift,
             finger_contacts=self._contacts,
+            fingers_on_cube_top=self._fingers_on_cube_top,
             lift_target=cfg.lift_height,
         )
         self._fell_off = bool(self._cube_position[2] < -FELL_OFF_BELOW_M)
