@@ -3,7 +3,8 @@ the randomised config within 2x the nominal's).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_dr_wallclock.py \\
         [--nominal configs/reach_ppo.yaml] [--randomised configs/reach_ppo_dr.yaml] \\
-        [--threshold 0.95] [--steps N] [--seed 0] [--run-root DIR] [--json OUT]
+        [--threshold 0.95] [--steps N] [--max-wall-seconds S] [--seed 0] [--run-root DIR] \\
+        [--json OUT]
 
 Trains the two configs one after the other (never side by side: they would share the
 cores), each with `iiwa-rl train` as a user runs it, the same seed and both configs' own
@@ -100,6 +101,12 @@ def main() -> None:
     parser.add_argument("--randomised", default="configs/reach_ppo_dr.yaml")
     parser.add_argument("--threshold", type=float, default=0.95, help="success rate, 0..1")
     parser.add_argument("--steps", type=int, help="cap both runs' train.total_steps")
+    parser.add_argument(
+        "--max-wall-seconds",
+        type=float,
+        help="stop both runs after this long (train.max_wall_seconds; the lr schedule stays "
+        "the configs' own, unlike --steps): time enough for the slower one to pass the threshold",
+    )
     parser.add_argument("--eval-every", type=int, help="override train.eval_every_steps")
     parser.add_argument("--eval-episodes", type=int, help="override train.eval_episodes")
     parser.add_argument("--seed", type=int, default=0)
@@ -112,6 +119,8 @@ def main() -> None:
     overrides = []
     if args.steps is not None:
         overrides.append(f"train.total_steps={args.steps}")
+    if args.max_wall_seconds is not None:
+        overrides.append(f"train.max_wall_seconds={args.max_wall_seconds}")
     if args.eval_every is not None:
         overrides.append(f"train.eval_every_steps={args.eval_every}")
     if args.eval_episodes is not None:
