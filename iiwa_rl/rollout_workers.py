@@ -13,10 +13,12 @@ the environments for a whole collection, and the collectors that gather them.
 
 Two transports share everything else (`WorkerCollector`):
 - `ProcessCollector` (`env.vector_mode: rollout_workers`): worker 0 runs in the learner's
-  process and workers 1..K-1 in spawned subprocesses, one message each way per collection.
-  This is the fast mode on a few cores: batched mode hands actions and results between
-  processes once per vector step, and on 2 busy cores each hand-over waits for the
-  scheduler (a quarter of batched mode's main-process time went to writing the actions).
+  process and workers 1..K-1 in spawned subprocesses, one message each way per collection
+  where batched mode hands actions and results over once per vector step. Ray mode's
+  semantics on one machine, without Ray's processes. Measured on 2 idle cores it is not
+  the faster one for the reach (benchmarks/RESULTS.md: 3,905 steps/s against batched
+  mode's 4,159): the hand-over it saves costs less than acting twice on half batches and
+  gathering the rollout.
 - `ray_rollouts.RayCollector` (`env.vector_mode: ray`): the workers are Ray actors, on
   one machine or a cluster, restarted by Ray when they die.
 
