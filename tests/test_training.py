@@ -30,6 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 REACH = REPO / "configs" / "reach_ppo.yaml"
 GRASP = REPO / "configs" / "grasp_ppo.yaml"
 NEVER = "1000000000"  # an interval no test run reaches
+# A reach run of a few seconds: 2 envs, 32-step rollouts, 2 epochs, quiet, no time limit.
+TINY_PPO = [
+    "env.num_envs=2",
+    "ppo.rollout_steps=32",
+    "ppo.minibatch_size=32",
+    "ppo.epochs=2",
+    "train.progress=quiet",
+    "train.max_wall_seconds=null",
+]
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -73,16 +82,11 @@ def tiny_run(tmp_path_factory):
     config = load_config(
         REACH,
         [
-            "env.num_envs=2",
-            "ppo.rollout_steps=32",
-            "ppo.minibatch_size=32",
-            "ppo.epochs=2",
+            *TINY_PPO,
             "train.total_steps=1536",
             "train.eval_every_steps=768",
             "train.eval_episodes=1",
             "train.checkpoint_every_steps=512",
-            "train.progress=quiet",
-            "train.max_wall_seconds=null",
         ],
     )
     trainer = Trainer(config, run_dir)
@@ -120,16 +124,11 @@ def test_background_evaluation_logs_what_the_loop_would(tmp_path):
         config = load_config(
             REACH,
             [
-                "env.num_envs=2",
-                "ppo.rollout_steps=32",
-                "ppo.minibatch_size=32",
-                "ppo.epochs=2",
+                *TINY_PPO,
                 "train.total_steps=1024",
                 "train.eval_every_steps=256",
                 "train.eval_episodes=2",
                 f"train.checkpoint_every_steps={NEVER}",
-                "train.progress=quiet",
-                "train.max_wall_seconds=null",
                 f"train.eval_in_background={background}",
             ],
         )
