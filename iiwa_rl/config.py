@@ -111,7 +111,7 @@ class EnvSection:
     # sync: in-process; async: a process per env; batched: `workers` processes stepping
     # num_envs / workers envs each, the policy acting in the main process every step;
     # rollout_workers: `workers` processes that each act and step num_envs / workers envs
-    # for a whole rollout (the fastest on a few cores; PPO and TRPO); ray: `ray.workers`
+    # for a whole rollout (PPO and TRPO; ray mode's semantics without Ray); ray: `ray.workers`
     # Ray actors doing the same with `ray.envs_per_worker` envs each, on one machine or a
     # cluster.
     vector_mode: Literal["sync", "async", "batched", "rollout_workers", "ray"] = "sync"
@@ -125,9 +125,14 @@ class EnvSection:
     ray: RaySection = field(default_factory=RaySection)
     kwargs: dict = field(default_factory=dict)
 
+    @property
+    def worker_processes(self) -> int:
+        """The processes of batched and rollout_workers modes, the main one included."""
+        return self.workers or os.cpu_count() or 1
+
     def __post_init__(self):
         if self.vector_mode == "rollout_workers":
-            workers = self.workers or os.cpu_count() or 1
+            workers = self.worker_processes
             check(
                 self.num_envs % workers == 0,
                 f"rollout_workers mode: num_envs ({self.num_envs}) must be a multiple of "

@@ -65,7 +65,7 @@ def worker_count(config) -> int:
     """K: `env.ray.workers` in ray mode, `env.workers` (default: the CPU cores) otherwise."""
     if config.env.vector_mode == "ray":
         return config.env.ray.workers
-    return config.env.workers or os.cpu_count() or 1
+    return config.env.worker_processes
 
 
 class RolloutWorker:
