@@ -255,17 +255,23 @@ class WorkerCollector(RolloutCollector):
             self._pending_reset = np.concatenate(resets)
         parts = [r["steps"] for r in results]
         sizes = [self.envs_per_worker] * self.worker_count
-        steps = []
-        for t in range(self.steps):
-            fields = {
-                name: np.concatenate([part[name][t] for part in parts]) for name in _ARRAY_FIELDS
-            }
-            fields["extras"] = {
-                key: np.concatenate([part["extras"][key][t] for part in parts])
-                for key in parts[0]["extras"]
-            }
-            fields["info"] = _concatenate_infos([part["info"][t] for part in parts], sizes)
-            steps.append(CollectedStep(**fields))
+        # One concatenation per field over the workers' [steps, M, ...] arrays; each step
+        # is then a row of it.
+        arrays = {
+            name: np.concatenate([part[name] for part in parts], axis=1) for name in _ARRAY_FIELDS
+        }
+        extras = {
+            key: np.concatenate([part["extras"][key] for part in parts], axis=1)
+            for key in parts[0]["extras"]
+        }
+        steps = [
+            CollectedStep(
+                **{name: array[t] for name, array in arrays.items()},
+                extras={key: array[t] for key, array in extras.items()},
+                info=_concatenate_infos([part["info"][t] for part in parts], sizes),
+            )
+            for t in range(self.steps)
+        ]
         self._pending = steps[::-1]  # popped from the end, in order
 
 
