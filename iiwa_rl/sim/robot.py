@@ -204,6 +204,10 @@ class SimGripperRobot(SimRobot, Protocol):
     def finger_contacts(self, body_id: int) -> tuple[bool, bool]:
         """Whether the left and right finger touch a body."""
 
+    def finger_contact_normals(self, body_id: int) -> tuple[list[float], list[float]]:
+        """The vertical component of each contact normal (on the body, towards the finger)
+        of the left and the right finger with a body; empty where a finger does not touch."""
+
     def inverse_kinematics(self, tcp_position, tcp_orientation, rest_positions=None) -> np.ndarray:
         """Joint positions that put the TCP at a pose (for the task's home pose)."""
 
@@ -420,10 +424,20 @@ class UrdfArm:
 
     def finger_contacts(self, body_id: int) -> tuple[bool, bool]:
         """Whether the left and right finger touch `body_id`."""
-        # One query for all of the robot's contacts with the body; field 3 is our link.
-        touching = {point[3] for point in self.client.getContactPoints(self.body_id, body_id)}
+        left, right = self.finger_contact_normals(body_id)
+        return bool(left), bool(right)
+
+    def finger_contact_normals(self, body_id: int) -> tuple[list[float], list[float]]:
+        """The vertical component of each contact normal (on `body_id`, towards the
+        finger) of the left and the right finger with `body_id`, from one query."""
         left, right = self.finger_link_indices
-        return left in touching, right in touching
+        normals: dict[int, list[float]] = {left: [], right: []}
+        # One query for all of the robot's contacts with the body; field 3 is our link,
+        # field 7 the contact normal on the body, pointing from it to our link.
+        for point in self.client.getContactPoints(self.body_id, body_id):
+            if point[3] in normals:
+                normals[point[3]].append(point[7][2])
+        return normals[left], normals[right]
 
     # --------------------------------------------------------------- commands
     def reset_joint_positions(self, joint_positions, gripper_width: float | None = None) -> None:

@@ -188,8 +188,6 @@ class IiwaGraspEnv(IiwaEnv):
         self._cube_position = np.zeros(3)
         self._cube_yaw = 0.0
         self._contacts = (False, False)
-        # Only a config that weights the term pays for the contact normals' query.
-        self._counts_top_contacts = "finger_on_cube_top" in cfg.reward.terms
         self._fingers_on_cube_top = 0
         self._max_lift = 0.0
 
@@ -289,21 +287,14 @@ class IiwaGraspEnv(IiwaEnv):
             history = self._cube_position_history
             history.append(self._cube_position)
             del history[: -latency - 1]
-        self._contacts = self.robot.finger_contacts(self.cube_id)
-        if self._counts_top_contacts:
-            self._fingers_on_cube_top = self._count_fingers_on_cube_top()
-
-    def _count_fingers_on_cube_top(self) -> int:
-        """Fingers touching the cube from above: a contact normal within 45 degrees of
-        vertical (the pad's underside on the top face; a side grasp's normals are level)."""
-        fingers = self.robot.finger_link_indices
-        # getContactPoints(A, B): field 3 is A's link, field 7 the normal on B, from B to A.
-        on_top = {
-            point[3]
-            for point in self.sim.client.getContactPoints(self.robot.body_id, self.cube_id)
-            if point[3] in fingers and point[7][2] >= TOP_CONTACT_MIN_NORMAL_Z
-        }
-        return len(on_top)
+        # One contact query gives both whether each finger touches the cube and whether
+        # it touches it from above: a normal within 45 degrees of vertical is the pad's
+        # underside on the top face (a side grasp's normals are level).
+        left, right = self.robot.finger_contact_normals(self.cube_id)
+        self._contacts = (bool(left), bool(right))
+        self._fingers_on_cube_top = sum(
+            any(z >= TOP_CONTACT_MIN_NORMAL_Z for z in normals) for normals in (left, right)
+        )
 
     # ----------------------------------------------------------------- actions
     def _apply_action(self, action: np.ndarray) -> None:
