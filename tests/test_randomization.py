@@ -204,6 +204,39 @@ def test_friction_term_loads_a_moving_joint_by_its_size():
     assert np.max(np.abs(rubbed - base)) > 0.5
 
 
+@pytest.mark.parametrize("env_class", [IiwaReachEnv, IiwaGraspEnv])
+def test_friction_axes_are_each_joints_axis_in_every_configuration(env_class):
+    # The friction torques go to PyBullet in the links' own frames with axes computed once
+    # (envs/perturbed_robot.py): that is right only if, at any configuration, they turn into
+    # the world as the joint's axis (its child link's z) on both links the joint joins.
+    import pybullet
+
+    env = env_class(randomization=pinned(joint_friction=0.1))
+    try:
+        env.reset(seed=0)
+        arm = env.perturbed_arm
+        client, body = env.sim.client, env.robot.body_id
+        rng = np.random.default_rng(3)
+        limits = env.robot.limits
+        for _ in range(5):
+            env.robot.reset_joint_positions(rng.uniform(limits.lower, limits.upper))
+            states = client.getLinkStates(body, arm.links, computeForwardKinematics=1)
+
+            def rotation(quaternion):
+                return np.array(pybullet.getMatrixFromQuaternion(quaternion)).reshape(3, 3)
+
+            for axis, (in_child, in_parent) in enumerate(arm._friction_axes):
+                joint_axis = rotation(states[axis][5])[:, 2]
+                assert np.allclose(rotation(states[axis][1]) @ in_child, joint_axis, atol=1e-6)
+                if axis == 0:
+                    assert in_parent is None
+                else:
+                    turned = rotation(states[axis - 1][1]) @ in_parent
+                    assert np.allclose(turned, joint_axis, atol=1e-6)
+    finally:
+        env.close()
+
+
 def test_motor_gain_and_force_limit_terms_reach_pybullets_motor():
     env = IiwaReachEnv(
         randomization=pinned(

@@ -443,6 +443,7 @@ class IiwaEnv(gym.Env, ABC):
         """One policy period through the controller's command stream to `joint_target`."""
         if self._randomizer is not None:
             self._set_command_delay()
+            self._periods_sent = 0
         self.command_stream.control_step(joint_target, self._send_setpoint)
 
     # ------------------------------------------------------- domain randomisation
@@ -477,21 +478,36 @@ class IiwaEnv(gym.Env, ABC):
         # the controller would compute from it.
         self._kinematics = KinematicChain.from_contract(self.robot.kinematic_chain())
         self._joint_history: list[tuple[np.ndarray, np.ndarray]] = []
+        self._senses_joints = False  # the episode's perturbation.senses_joints
         send_nominal = self._send_setpoint
         robot = self.robot
         history = self._joint_history
 
+        periods_per_step = timing.steps_per_action
+        self._periods_sent = 0  # of this policy step
+
         def send_and_record(setpoint: np.ndarray) -> None:
             send_nominal(setpoint)
-            if self._perturbation.observation_latency_periods:
-                history.append(robot.joint_state())
-                del history[: -self._perturbation.observation_latency_periods - 1]
+            latency = self._perturbation.observation_latency_periods
+            if not latency:
+                return
+            self._periods_sent += 1
+            # The observation reads the state `latency` periods before the step's end, so
+            # only the step's last latency + 1 periods can ever be read. Each is the speed
+            # clamp's reading after the period's last physics step: a fresh read would copy
+            # PyBullet's whole state buffer once more.
+            if self._periods_sent >= periods_per_step - latency:
+                positions, velocities, _ = robot.state_after_step()
+                history.append((positions, velocities))
+                del history[: -latency - 1]
 
         self._send_setpoint = send_and_record
 
     def _apply_perturbation(self, start: np.ndarray) -> None:
         """Engine parameters and timing of the episode's draw, at reset."""
         perturbation = self._perturbation
+        # Once an episode: the check costs more than a step's noise draw.
+        self._senses_joints = perturbation.senses_joints
         self.perturbed_arm.apply(perturbation)
         self._joint_history[:] = [(start.copy(), np.zeros(self.robot.joint_count))]
         self._set_command_delay()
@@ -513,7 +529,7 @@ class IiwaEnv(gym.Env, ABC):
         old, with the episode's bias and this step's noise; the TCP from the controller's
         forward kinematics of that reading."""
         perturbation = self._perturbation
-        if self._randomizer is None or not perturbation.senses_joints:
+        if self._randomizer is None or not self._senses_joints:
             return snapshot
         q, qd = snapshot.joint_positions, snapshot.joint_velocities
         if perturbation.observation_latency_periods:
