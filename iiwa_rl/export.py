@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import iiwa_rl
+from iiwa_rl.envs.config import TRAINING_ONLY_OPTIONS
 from iiwa_rl.schema import to_mapping
 
 CONTRACT_METADATA_KEY = "iiwa_rl_contract"
@@ -74,13 +75,12 @@ def build_contract(config, env) -> dict:
     contract["kinematics"] = base.robot.kinematic_chain()
     env_kwargs = to_mapping(base.config)
     # The environment a loader rebuilds from the contract (eval, view, the robustness suite)
-    # is the nominal one; the randomisation it was trained under is kept beside it.
-    randomization = env_kwargs.pop("randomization", None)
-    ends_fraction = env_kwargs.pop("randomization_ends_fraction", 0.0)
-    if randomization:
-        contract["training_randomization"] = randomization
-    if ends_fraction:
-        contract["training_randomization_ends_fraction"] = ends_fraction
+    # is the nominal one; the randomisation and other training options it was trained under
+    # are kept beside it, where set.
+    for name in TRAINING_ONLY_OPTIONS:
+        value = env_kwargs.pop(name, None)
+        if value:
+            contract[f"training_{name}"] = value
     contract["env_kwargs"] = env_kwargs
     contract["algorithm"] = config.algorithm
     contract["config_sha256"] = config.sha256()

@@ -36,6 +36,7 @@ from typing import Literal
 
 import numpy as np
 
+from iiwa_rl.envs.config import TRAINING_ONLY_OPTIONS
 from iiwa_rl.envs.randomization import Perturbation, RandomizationRange, Randomizer
 from iiwa_rl.schema import ConfigError, NonNegativeInt, PositiveInt, from_mapping
 
@@ -124,8 +125,7 @@ def run_pybullet(source: str, suite: SuiteConfig, settings: list[Setting], episo
     loaded = load_policy(source)
     _check_task(loaded.env_id, suite, source)
     # The nominal environment of the policy: whatever it was trained under is replaced.
-    training_only = ("randomization", "randomization_ends_fraction")
-    kwargs = {k: v for k, v in loaded.env_kwargs.items() if k not in training_only}
+    kwargs = {k: v for k, v in loaded.env_kwargs.items() if k not in TRAINING_ONLY_OPTIONS}
     rows = []
     for setting in settings:
         section = {

@@ -584,27 +584,65 @@ def test_a_side_grasp_never_counts_as_a_finger_on_the_cube_top():
         env.close()
 
 
+def _pad_onto_cube_top(env) -> np.ndarray:
+    """The action that lowers the open gripper with its left pad over the cube's centre,
+    the pad tip 5 mm into the top face."""
+    current = env._current
+    # The pads sit at +-half the opening along the TCP's y axis.
+    pad_offset = env.robot.max_gripper_width / 2.0
+    side = np.array([-math.sin(current.tcp_yaw), math.cos(current.tcp_yaw), 0.0])
+    target = env._cube_position - pad_offset * side
+    target[2] = env._cube_position[2] + 0.02
+    yaw_error = (env._cube_yaw - current.tcp_yaw + math.pi / 4) % (math.pi / 2) - math.pi / 4
+    move = np.clip((target - current.tcp_position) / env.config.action_scale, -1, 1)
+    action = np.array([*move, yaw_error / env.config.yaw_scale, 1.0], dtype=np.float32)
+    return np.clip(action, -1, 1)
+
+
 def test_a_finger_landing_on_the_cube_top_counts():
     """The open gripper lowered with its left pad over the cube's centre: one finger on the
     top face, pressed there, and the term pays -1 a step while it is."""
     env = _grasp_with_top_penalty()
     try:
         env.reset(seed=0)
-        cube_yaw = env._cube_yaw
-        # The pads sit at +-half the opening along the TCP's y axis.
-        pad_offset = env.robot.max_gripper_width / 2.0
         on_top = []
         for _ in range(80):
-            current = env._current
-            side = np.array([-math.sin(current.tcp_yaw), math.cos(current.tcp_yaw), 0.0])
-            target = env._cube_position - pad_offset * side
-            target[2] = env._cube_position[2] + 0.02  # the pad tip 5 mm into the top
-            yaw_error = (cube_yaw - current.tcp_yaw + math.pi / 4) % (math.pi / 2) - math.pi / 4
-            move = np.clip((target - current.tcp_position) / env.config.action_scale, -1, 1)
-            action = np.array([*move, yaw_error / env.config.yaw_scale, 1.0], dtype=np.float32)
-            _, _, _, _, info = env.step(np.clip(action, -1, 1))
+            _, _, _, _, info = env.step(_pad_onto_cube_top(env))
             on_top.append(info["reward/finger_on_cube_top"])
         assert min(on_top) == -1.0
         assert max(on_top) <= 0.0
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("end_on_top", [True, False])
+def test_end_on_finger_on_cube_top_ends_the_episode_at_the_landing(end_on_top):
+    """With the option a pad lowered onto the top ends the episode, a failure, at the first
+    step it touches there, and the episode's end figures say so; without it the same
+    landing runs on (the penalty term alone)."""
+    terms = {"finger_on_cube_top": {"weight": -1.0}}
+    env = make(
+        "IiwaGrasp-v0",
+        end_on_finger_on_cube_top=end_on_top,
+        reward={"sparse": False, "terms": terms},
+    )
+    try:
+        env.reset(seed=0)
+        landed_at = ended_at = None
+        for step in range(80):
+            _, _, terminated, truncated, info = env.step(_pad_onto_cube_top(env))
+            if landed_at is None and info["reward/finger_on_cube_top"] < 0:
+                landed_at = step
+            if terminated or truncated:
+                ended_at = step
+                break
+        assert landed_at is not None
+        if end_on_top:
+            assert terminated and ended_at == landed_at
+            assert info["metrics/ended_on_cube_top"] is True
+            assert info["is_success"] is False and info["metrics/failed_missed"] is True
+        else:
+            assert ended_at is None
+            assert "metrics/ended_on_cube_top" not in info
     finally:
         env.close()

@@ -428,6 +428,34 @@ def test_shipped_dr_config_loads():
     assert "payload_mass" in config.env.kwargs["randomization"]
 
 
+def test_an_export_runs_the_nominal_task_and_keeps_the_training_options_beside_it():
+    """configs/grasp_ppo_dr.yaml trains with randomisation, corner episodes and episodes
+    ended at a finger on the cube's top; the contract's env (what eval, the suite and the
+    deployment benchmarks rebuild) has none of them, and keeps each as training_<name>."""
+    import gymnasium as gym
+
+    from iiwa_rl.export import build_contract
+
+    config = load_config(ROOT / "configs" / "grasp_ppo_dr.yaml")
+    env = gym.make(config.env.id, **config.env.kwargs)
+    try:
+        contract = build_contract(config, env)
+    finally:
+        env.close()
+    for name in ("randomization", "randomization_ends_fraction", "end_on_finger_on_cube_top"):
+        assert name not in contract["env_kwargs"]
+    # The section in full (each term's distribution spelled out), the config's terms.
+    assert set(contract["training_randomization"]) == set(config.env.kwargs["randomization"])
+    assert contract["training_randomization_ends_fraction"] == 0.2
+    assert contract["training_end_on_finger_on_cube_top"] is True
+    nominal = gym.make(config.env.id, **contract["env_kwargs"]).unwrapped
+    try:
+        assert nominal.config.end_on_finger_on_cube_top is False
+        assert not nominal.config.randomization
+    finally:
+        nominal.close()
+
+
 def test_the_ends_fraction_draws_that_share_of_episodes_at_the_ends_of_every_range():
     section = {
         "payload_mass": {"range": [0.5, 1.5]},

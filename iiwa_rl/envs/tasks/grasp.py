@@ -4,7 +4,9 @@ The cube (4.5 cm by default) lies at a random position and yaw in front of the r
 the table that carries it. Success: the cube at least `lift_height` above its resting
 height, touched by both fingers, for `hold_time` seconds without a break. Success latches:
 the episode runs on to its time limit (so holding on keeps paying) unless the config sets
-`end_on_success`. A cube that leaves the table terminates the episode.
+`end_on_success`. A cube that leaves the table terminates the episode, and so does a finger
+landing on the cube's top face where the config sets `end_on_finger_on_cube_top` (a
+training option: see GraspConfig).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class IiwaGraspEnv(IiwaEnv):
     Metrics (info["metrics/<name>"]): `tcp_to_cube_distance` (m), `cube_lift` (cube height
     above its rest, m), `max_cube_lift` (its highest this episode), `held` (held high now),
     `finger_contacts` (0 to 2), `held_steps`, `ever_grasped`, `cube_fell_off`; at an
-    episode's end `failed_<reason>` (1 for the way it failed, FAILURE_REASONS)."""
+    episode's end `failed_<reason>` (1 for the way it failed, FAILURE_REASONS) and
+    `ended_on_cube_top` (1 where `end_on_finger_on_cube_top` ended it)."""
 
     config_class = GraspConfig
     config: GraspConfig
@@ -92,6 +95,14 @@ class IiwaGraspEnv(IiwaEnv):
                 column=f"failed_{reason.replace(' ', '_')}",
             )
             for reason in FAILURE_REASONS
+        ),
+        # Beside the failure reason (the controller's words: mostly "missed", the fingers
+        # never closed on the cube), how many episodes end_on_finger_on_cube_top ended.
+        Metric(
+            "ended_on_cube_top",
+            "episodes ended: a finger on the cube's top",
+            over_episodes="count",
+            column="ended_on_cube_top",
         ),
         Metric("finger_contacts", evaluated=False),
         Metric("held_steps", evaluated=False),
@@ -189,6 +200,7 @@ class IiwaGraspEnv(IiwaEnv):
         self._cube_yaw = 0.0
         self._contacts = (False, False)
         self._fingers_on_cube_top = 0
+        self._ended_on_cube_top = False
         self._max_lift = 0.0
 
     def _reset_task(self, rng: np.random.Generator, options: dict) -> None:
@@ -239,6 +251,7 @@ class IiwaGraspEnv(IiwaEnv):
         self._max_lift = 0.0
         self._ever_grasped = False
         self._fell_off = False
+        self._ended_on_cube_top = False
         self._read_task_state()
 
     def _cube_recipe_from(self, body_id: int) -> tuple[dict, dict]:
@@ -356,7 +369,10 @@ class IiwaGraspEnv(IiwaEnv):
             lift_target=cfg.lift_height,
         )
         self._fell_off = bool(self._cube_position[2] < -FELL_OFF_BELOW_M)
-        return inputs, self._fell_off
+        # A success already latched stays one (the episode's success is whether it was
+        # ever met); the episode ends either way.
+        self._ended_on_cube_top = cfg.end_on_finger_on_cube_top and self._fingers_on_cube_top > 0
+        return inputs, self._fell_off or self._ended_on_cube_top
 
     def _task_blew_up(self) -> bool:
         vx, vy, vz = self.sim.client.getBaseVelocity(self.cube_id)[0]
@@ -377,7 +393,10 @@ class IiwaGraspEnv(IiwaEnv):
 
     def _episode_end_metrics(self, metrics: dict, succeeded: bool) -> dict:
         reason = grasp_failure_reason({**metrics, "is_success": succeeded})
-        return {f"failed_{r.replace(' ', '_')}": reason == r for r in FAILURE_REASONS}
+        return {
+            **{f"failed_{r.replace(' ', '_')}": reason == r for r in FAILURE_REASONS},
+            "ended_on_cube_top": self._ended_on_cube_top,
+        }
 
     def status_lines(self, metrics: dict) -> list[str]:
         lines = []
