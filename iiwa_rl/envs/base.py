@@ -23,8 +23,8 @@ Episode semantics:
 - `terminated` is True when the task itself ended: a grasp cube off the table, grasp
   success when the config asks for it (`end_on_success`; off by default, see
   tasks/grasp.py), or a finger on the cube's top when it asks for that
-  (`end_on_finger_on_cube_top`, a training option). A reach episode never terminates: the arm must stay on the goal, and
-  success is read at the last step.
+  (`end_on_finger_on_cube_top`, a training option). A reach episode never terminates:
+  the arm must stay on the goal, and success is read at the last step.
 - `truncated` is True at the time limit (`episode_steps`) and when the physics blew
   up (`info["physics_blowup"]`). A truncated state is not terminal: learners bootstrap
   from the value of its observation.

@@ -169,8 +169,9 @@ class GraspConfig(IiwaEnvConfig):
     # stays flat and the arm's servos press it into the table with 400 to 1,100 N, and the
     # grasp fails (benchmarks/RESULTS.md, issue 15). Ending the episode forfeits the rest of
     # its reward, which the finger_on_cube_top penalty alone did not outweigh. The trainer's
-    # evaluations end the same way (they run the training kwargs); an export drops it, so a
-    # policy's eval, suite and benchmarks judge the task itself (iiwa_rl/export.py).
+    # evaluations end the same way (they run the training kwargs); an export keeps it
+    # beside its contract's nominal env_kwargs (TRAINING_ONLY_OPTIONS), so a policy's eval,
+    # suite and benchmarks judge the task itself.
     end_on_finger_on_cube_top: bool = False
     home_tcp_position: tuple[float, float, float] = (0.55, 0.0, 0.25)
     # TCP targets, m. The low z keeps the finger tips (0.015 m below the TCP) 10 mm above
