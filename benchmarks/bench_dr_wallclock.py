@@ -3,8 +3,8 @@ the randomised config within 2x the nominal's).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_dr_wallclock.py \\
         [--nominal configs/reach_ppo.yaml] [--randomised configs/reach_ppo_dr.yaml] \\
-        [--threshold 0.95] [--steps N] [--max-wall-seconds S] [--seed 0] [--run-root DIR] \\
-        [--json OUT]
+        [--threshold 0.95] [--steps N] [--max-wall-seconds S] [--stop-at-first] [--seed 0] \\
+        [--run-root DIR] [--json OUT]
 
 Trains the two configs one after the other (never side by side: they would share the
 cores), each with `iiwa-rl train` as a user runs it, the same seed and both configs' own
@@ -30,6 +30,7 @@ import csv
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,8 +40,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train(config: str, run_dir: Path, seed: int, overrides: list[str]) -> dict:
-    """One `iiwa-rl train` run; its load averages and total wall seconds."""
+def train(
+    config: str, run_dir: Path, seed: int, overrides: list[str], stop_at: float | None = None
+) -> dict:
+    """One `iiwa-rl train` run; its load averages and total wall seconds. With `stop_at`,
+    the run is interrupted (as Ctrl-C would) once an evaluation reaches that success."""
     command = [sys.executable, "-m", "iiwa_rl.cli", "train", config]
     command += ["--run-dir", str(run_dir), "--seed", str(seed), "--quiet"]
     for override in overrides:
@@ -48,7 +52,21 @@ def train(config: str, run_dir: Path, seed: int, overrides: list[str]) -> dict:
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     load_before = os.getloadavg()
     started = time.monotonic()
-    subprocess.run(command, cwd=ROOT, env=environment, check=True, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL)
+    while process.poll() is None:
+        time.sleep(1.0)
+        if stop_at is not None and (run_dir / "eval.csv").exists():
+            try:
+                rows = evaluations(run_dir)
+            except (ValueError, KeyError):  # a row the trainer is still writing
+                continue
+            if any(row["success_rate"] >= stop_at for row in rows):
+                process.send_signal(signal.SIGINT)  # the trainer stops its workers and exits
+                process.wait()
+                break
+    else:
+        if process.returncode != 0:
+            raise subprocess.CalledProcessError(process.returncode, command)
     return {
         "config": config,
         "run_dir": str(run_dir),
@@ -107,6 +125,12 @@ def main() -> None:
         help="stop both runs after this long (train.max_wall_seconds; the lr schedule stays "
         "the configs' own, unlike --steps): time enough for the slower one to pass the threshold",
     )
+    parser.add_argument(
+        "--stop-at-first",
+        action="store_true",
+        help="interrupt each run at its first evaluation at the threshold (the time to it "
+        "only; 'from then on' is then not measured)",
+    )
     parser.add_argument("--eval-every", type=int, help="override train.eval_every_steps")
     parser.add_argument("--eval-episodes", type=int, help="override train.eval_episodes")
     parser.add_argument("--seed", type=int, default=0)
@@ -130,7 +154,8 @@ def main() -> None:
 
     results = {}
     for label, config in (("nominal", args.nominal), ("randomised", args.randomised)):
-        run = train(config, root / label, args.seed, overrides)
+        stop_at = args.threshold if args.stop_at_first else None
+        run = train(config, root / label, args.seed, overrides, stop_at)
         rows = evaluations(root / label)
         run.update(time_to(rows, args.threshold), evaluations=rows)
         results[label] = run
