@@ -371,6 +371,10 @@ class Randomizer:
             if spec.distribution == "log_uniform" and term.integer:
                 raise ConfigError(f"{key}.distribution: {name} is a whole number; use uniform")
             self.terms.append((term, spec))
+        # The same terms drawn at an end of their ranges (randomization_ends_fraction).
+        self._terms_at_ends = [
+            (term, RandomizationRange(spec.range, "ends")) for term, spec in self.terms
+        ]
         delay_terms = ("command_latency", "command_jitter")
         if max_command_delay_periods is not None:
             worst = sum(spec.range[1] for term, spec in self.terms if term.name in delay_terms)
@@ -391,9 +395,7 @@ class Randomizer:
         every term as `distribution: ends` (each component at one end of its range)."""
         perturbation = Perturbation()
         info = {}
-        for term, spec in self.terms:
-            if at_ends:
-                spec = RandomizationRange(spec.range, "ends")
+        for term, spec in self._terms_at_ends if at_ends else self.terms:
             values = _draw(term, spec, rng)
             term.apply(perturbation, values)
             info[f"randomization/{term.name}"] = float(np.mean(values))

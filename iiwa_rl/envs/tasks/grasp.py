@@ -331,7 +331,7 @@ class IiwaGraspEnv(IiwaEnv):
     def _task_observation_inputs(self, inputs: ObservationInputs) -> None:
         # The cube was read (_read_task_state) for this very state.
         inputs.object_position = (
-            self._seen_cube_position() if self._perturbation.senses_cube else self._cube_position
+            self._seen_cube_position() if self._senses_cube else self._cube_position
         )
         inputs.object_yaw = self._cube_yaw
         inputs.finger_contacts = self._contacts
