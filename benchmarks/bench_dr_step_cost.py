@@ -34,18 +34,15 @@ from iiwa_rl.config import load_config  # noqa: E402
 def variants(config_path: str, per_term: bool) -> list[tuple[str, str, dict]]:
     """(name, env id, kwargs): the nominal env, every term on, and each term alone."""
     env = load_config(config_path).env
-    kwargs = dict(env.kwargs)
-    section = kwargs.pop("randomization", None) or {}
+    section = env.kwargs.get("randomization") or {}
     if not section:
         raise SystemExit(f"{config_path}: env.kwargs.randomization is empty, nothing to compare")
-    ends_fraction = kwargs.pop("randomization_ends_fraction", None)
-    randomised = {**kwargs, "randomization": section}
-    if ends_fraction is not None:
-        randomised["randomization_ends_fraction"] = ends_fraction
-    specs = [("nominal", env.id, kwargs), ("randomised", env.id, randomised)]
+    randomisation_keys = ("randomization", "randomization_ends_fraction")
+    nominal = {k: v for k, v in env.kwargs.items() if k not in randomisation_keys}
+    specs = [("nominal", env.id, nominal), ("randomised", env.id, dict(env.kwargs))]
     if per_term:
         specs += [
-            (name, env.id, {**kwargs, "randomization": {name: term}})
+            (name, env.id, {**nominal, "randomization": {name: term}})
             for name, term in section.items()
         ]
     return specs

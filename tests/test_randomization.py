@@ -218,13 +218,13 @@ def test_friction_axes_are_each_joints_axis_in_every_configuration(env_class):
         client, body = env.sim.client, env.robot.body_id
         rng = np.random.default_rng(3)
         limits = env.robot.limits
+
+        def rotation(quaternion):
+            return np.array(pybullet.getMatrixFromQuaternion(quaternion)).reshape(3, 3)
+
         for _ in range(5):
             env.robot.reset_joint_positions(rng.uniform(limits.lower, limits.upper))
             states = client.getLinkStates(body, arm.links, computeForwardKinematics=1)
-
-            def rotation(quaternion):
-                return np.array(pybullet.getMatrixFromQuaternion(quaternion)).reshape(3, 3)
-
             for axis, (in_child, in_parent) in enumerate(arm._friction_axes):
                 joint_axis = rotation(states[axis][5])[:, 2]
                 assert np.allclose(rotation(states[axis][1]) @ in_child, joint_axis, atol=1e-6)
