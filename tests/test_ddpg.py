@@ -21,7 +21,8 @@ from iiwa_rl.algos.ddpg import (
     polyak_update,
 )
 from iiwa_rl.buffers import ReplayBuffer
-from iiwa_rl.config import config_from_dict
+from iiwa_rl.config import NetworkSection, config_from_dict
+from iiwa_rl.nn import DeterministicActor, ExplicitBackprop, QCritic
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -68,12 +69,64 @@ def test_flattened_parameters_are_views_and_flat_adam_matches_torch_adam():
     for step in range(20):
         x = torch.randn(32, 4, generator=torch.Generator().manual_seed(step))
         loss = ours(x).pow(2).mean()
-        optimizer.step(torch.autograd.grad(loss, params))
+        optimizer.step(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
         reference_optimizer.zero_grad()
         reference(x).pow(2).mean().backward()
         reference_optimizer.step()
     for got, want in zip(ours.parameters(), reference.parameters()):
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "elu", "silu"])
+def test_explicit_backprop_gives_autograds_gradients(activation):
+    """DDPG's update runs the networks through ExplicitBackprop: its outputs, weight
+    gradients and action gradient must be autograd's, for every activation."""
+    torch.manual_seed(0)
+    spec = NetworkSection(hidden_sizes=[16, 8], activation=activation)
+    actor, critic = DeterministicActor(5, 3, spec), QCritic(5, 3, spec)
+    actor_gradient = torch.zeros(sum(p.numel() for p in actor.parameters()))
+    critic_gradient = torch.zeros(sum(p.numel() for p in critic.parameters()))
+    actor_pass = ExplicitBackprop(actor, activation, actor_gradient)
+    critic_pass = ExplicitBackprop(critic, activation, critic_gradient)
+    observations, actions, target = torch.randn(32, 5), torch.rand(32, 3) * 2 - 1, torch.randn(32)
+
+    critic_loss = (critic(observations, actions) - target).pow(2).mean()
+    expected = torch.cat(
+        [g.reshape(-1) for g in torch.autograd.grad(critic_loss, list(critic.parameters()))]
+    )
+    q = critic_pass.forward(observations, actions)
+    assert torch.allclose(q, critic(observations, actions).detach(), atol=1e-6)
+    assert not q.requires_grad
+    critic_pass.backward((q - target) * (2.0 / 32))
+    assert torch.allclose(critic_gradient, expected, atol=1e-6, rtol=1e-5)
+
+    mu = actor(observations)
+    actor_loss = -critic(observations, mu).mean()
+    expected_actor = torch.autograd.grad(actor_loss, list(actor.parameters()), retain_graph=True)
+    expected_grad_mu = torch.autograd.grad(actor_loss, mu)[0]
+    critic_before = critic_gradient.clone()
+    q_of_mu = critic_pass.forward(observations, actor_pass.forward(observations))
+    grad_mu = critic_pass.backward(
+        torch.full_like(q_of_mu, -1.0 / 32), weights=False, input_columns=slice(5, 8)
+    )
+    assert torch.allclose(grad_mu, expected_grad_mu, atol=1e-7, rtol=1e-5)
+    assert torch.equal(critic_gradient, critic_before)  # weights=False writes nothing
+    actor_pass.backward(grad_mu)
+    flat_expected = torch.cat([g.reshape(-1) for g in expected_actor])
+    assert torch.allclose(actor_gradient, flat_expected, atol=1e-7, rtol=1e-5)
+    assert actor_gradient.abs().sum() > 0
+
+    # The detached weights follow in-place updates of the parameters.
+    with torch.no_grad():
+        for parameter in critic.parameters():
+            parameter.add_(0.1)
+    assert torch.allclose(
+        critic_pass.forward(observations, actions),
+        critic(observations, actions).detach(),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="without a gradient vector"):
+        ExplicitBackprop(critic, activation, None).backward(q)
 
 
 def test_replay_buffer_wraps_around_and_samples_only_stored_rows():

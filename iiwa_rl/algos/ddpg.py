@@ -36,7 +36,7 @@ from torch import nn
 from iiwa_rl.algos.base import Algorithm, Transition
 from iiwa_rl.buffers import ReplayBuffer
 from iiwa_rl.config import DDPGSection
-from iiwa_rl.nn import DeterministicActor, QCritic
+from iiwa_rl.nn import DeterministicActor, ExplicitBackprop, QCritic
 
 
 @torch.no_grad()
@@ -71,9 +71,14 @@ def flatten_parameters_(module: nn.Module) -> torch.Tensor:
 
 
 class FlatAdam:
-    """Adam (Kingma and Ba, 2015) on a flat parameter vector, the same arithmetic as
-    torch.optim.Adam without weight decay: five tensor ops per step for the whole network,
-    and no `.grad` bookkeeping (gradients come from `torch.autograd.grad`)."""
+    """Adam (Kingma and Ba, 2015) on a flat parameter vector, torch.optim.Adam's
+    arithmetic without weight decay, and no `.grad` bookkeeping (the gradient is one flat
+    vector in the same layout).
+
+    The step is one call of the fused kernel that torch.optim.Adam(fused=True) runs
+    (CPU and CUDA): one pass over the vector instead of the unfused update's six ops,
+    each of which allocates or sweeps it again (for SB3's 400 x 300 critic, 43 against
+    111 us a step on one thread), and without the optimiser's per-group Python."""
 
     def __init__(
         self,
@@ -85,20 +90,31 @@ class FlatAdam:
         self.params, self.lr, self.betas, self.eps = flat_params, lr, betas, eps
         self.exp_avg = torch.zeros_like(flat_params)
         self.exp_avg_sq = torch.zeros_like(flat_params)
-        self.steps = 0  # a host counter: the bias corrections are host floats, no sync
+        self.steps = 0
+        # The kernel reads the step count (for the bias corrections) from a tensor.
+        self._step_tensor = torch.zeros((), device=flat_params.device)
 
     @torch.no_grad()
-    def step(self, grads: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> None:
-        """Apply one step with the gradients of the parameters, in the vector's order."""
-        grad = torch.cat([g.reshape(-1) for g in grads])
+    def step(self, grad: torch.Tensor) -> None:
+        """Apply one step with the flat gradient of the parameter vector."""
         beta1, beta2 = self.betas
         self.steps += 1
-        correction1 = 1.0 - beta1**self.steps
-        correction2_sqrt = (1.0 - beta2**self.steps) ** 0.5
-        self.exp_avg.lerp_(grad, 1.0 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        denominator = self.exp_avg_sq.sqrt().div_(correction2_sqrt).add_(self.eps)
-        self.params.addcdiv_(self.exp_avg, denominator, value=-self.lr / correction1)
+        self._step_tensor += 1.0
+        torch._fused_adam_(
+            [self.params],
+            [grad],
+            [self.exp_avg],
+            [self.exp_avg_sq],
+            [],
+            [self._step_tensor],
+            amsgrad=False,
+            lr=self.lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=0.0,
+            eps=self.eps,
+            maximize=False,
+        )
 
     def state_dict(self) -> dict:
         return {
@@ -112,6 +128,7 @@ class FlatAdam:
         self.exp_avg.copy_(state["exp_avg"])
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
         self.steps, self.lr = int(state["steps"]), float(state["lr"])
+        self._step_tensor.fill_(float(self.steps))
 
 
 def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
@@ -203,8 +220,24 @@ class DDPG(Algorithm):
         self.critic_flat = flatten_parameters_(self.critic)
         self.target_actor_flat = flatten_parameters_(self.target_actor)
         self.target_critic_flat = flatten_parameters_(self.target_critic)
-        self.actor_params = list(self.actor.parameters())
-        self.critic_params = list(self.critic.parameters())
+        # The update runs the four networks through ExplicitBackprop (iiwa_rl/nn.py):
+        # forward and backward written out on these parameters, the gradients landing in
+        # one flat vector per trained network.
+        self.actor_gradient = torch.zeros_like(self.actor_flat)
+        self.critic_gradient = torch.zeros_like(self.critic_flat)
+        self.actor_pass = ExplicitBackprop(
+            self.actor, config.policy.activation, self.actor_gradient
+        )
+        self.critic_pass = ExplicitBackprop(
+            self.critic, config.critic.activation, self.critic_gradient
+        )
+        self.target_actor_pass = ExplicitBackprop(self.target_actor, config.policy.activation, None)
+        self.target_critic_pass = ExplicitBackprop(
+            self.target_critic, config.critic.activation, None
+        )
+        # The critic's input is (observation, action): the actor's step needs the
+        # gradient with respect to the action columns only.
+        self.action_columns = slice(observation_size, observation_size + action_size)
         self.actor_optimizer = FlatAdam(self.actor_flat, lr=cfg.actor_learning_rate)
         self.critic_optimizer = FlatAdam(self.critic_flat, lr=cfg.critic_learning_rate)
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -287,28 +320,41 @@ class DDPG(Algorithm):
         steps = int(self.owed_updates)
         self.owed_updates -= steps
         critic_losses, actor_losses, q_values = [], [], []
+        batch_size = cfg.batch_size
         for _ in range(steps):
-            batch = self.replay.sample(cfg.batch_size)
+            batch = self.replay.sample(batch_size)
             observations, actions = batch["observations"], batch["actions"]
 
-            # Critic: one-step TD target from the target networks.
-            with torch.no_grad():
-                next_observations = batch["next_observations"]
-                next_q = self.target_critic(next_observations, self.target_actor(next_observations))
-                target = batch["rewards"] + cfg.gamma * (1.0 - batch["terminated"]) * next_q
-            q = self.critic(observations, actions)
-            critic_loss = (q - target).pow(2).mean()
-            self.critic_optimizer.step(torch.autograd.grad(critic_loss, self.critic_params))
+            # Critic: one-step TD target from the target networks, then the gradient of
+            # mean (Q(s, a) - y)^2, which is 2 (Q - y) / batch at each output.
+            next_observations = batch["next_observations"]
+            next_q = self.target_critic_pass.forward(
+                next_observations, self.target_actor_pass.forward(next_observations)
+            )
+            target = batch["rewards"] + cfg.gamma * (1.0 - batch["terminated"]) * next_q
+            q = self.critic_pass.forward(observations, actions)
+            td_error = q - target
+            critic_loss = td_error.pow(2).mean()
+            self.critic_pass.backward(td_error * (2.0 / batch_size))
+            self.critic_optimizer.step(self.critic_gradient)
             self.gradient_steps += 1
-            critic_losses.append(critic_loss.detach())
-            q_values.append(q.detach().mean())
+            critic_losses.append(critic_loss)
+            q_values.append(q.mean())
 
             if self.gradient_steps % cfg.policy_delay == 0:
-                # Actor: ascend Q(s, mu(s)) through the just-updated critic. Asking autograd
-                # for the actor's gradients only skips the critic's weight gradients.
-                actor_loss = -self.critic(observations, self.actor(observations)).mean()
-                self.actor_optimizer.step(torch.autograd.grad(actor_loss, self.actor_params))
-                actor_losses.append(actor_loss.detach())
+                # Actor: ascend Q(s, mu(s)) through the just-updated critic: the loss
+                # -mean Q has gradient -1 / batch at each output; back through the critic
+                # to the action alone (not its weights), then through the actor.
+                mu = self.actor_pass.forward(observations)
+                q_of_mu = self.critic_pass.forward(observations, mu)
+                actor_losses.append(-q_of_mu.mean())
+                grad_mu = self.critic_pass.backward(
+                    torch.full_like(q_of_mu, -1.0 / batch_size),
+                    weights=False,
+                    input_columns=self.action_columns,
+                )
+                self.actor_pass.backward(grad_mu)
+                self.actor_optimizer.step(self.actor_gradient)
 
                 polyak_update(self.target_critic_flat, self.critic_flat, cfg.tau)
                 polyak_update(self.target_actor_flat, self.actor_flat, cfg.tau)
