@@ -18,7 +18,7 @@ from torch.nn import functional
 from iiwa_rl.config import LogStdSection, NetworkSection
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
-_LOG_2PI = math.log(2.0 * math.pi)
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 def mlp(input_size: int, spec: NetworkSection) -> tuple[nn.Sequential, int]:
@@ -110,11 +110,11 @@ def gaussian_log_prob(
 ) -> torch.Tensor:
     """log N(action; mean, exp(log_std)^2), summed over action dimensions."""
     z = (action - mean) * torch.exp(-log_std)
-    return (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
 
 
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    return (log_std + 0.5 * (1.0 + _LOG_2PI)).sum(-1)
+    return (log_std + 0.5 * (1.0 + LOG_2PI)).sum(-1)
 
 
 def gaussian_kl(
@@ -190,85 +190,107 @@ _ACTIVATION_BACKWARD = {
 
 
 class ExplicitBackprop:
-    """A DeterministicActor's or QCritic's forward and backward written out as matrix
-    products on the module's own parameters, for DDPG's update.
+    """A network's forward and backward written out as matrix products on the module's
+    own parameters: the trunk of hidden layers and the linear heads reading its features
+    (DeterministicActor, QCritic, ValueCritic: `head`; GaussianActor: `mean_head`, and
+    `log_std_head` with a state-dependent std). What the heads' outputs become (a tanh, a
+    squeeze, the std's squash) is the caller's, as is its derivative.
 
-    Why not autograd: at DDPG's usual sizes a gradient step is some forty small products
-    and elementwise ops, and on a CPU recording and replaying autograd's graph costs more
-    than they do (a 2 x 64 critic's forward and backward: 152 us with autograd, 100 us
-    written out, one thread). Written out, the backward also puts the weight gradients
-    straight into one flat vector in the parameters' order, the layout the flat Adam
-    steps on, and computes only the input gradients asked for.
+    Why not autograd: at these sizes a gradient step is a few dozen small products and
+    elementwise ops, and on a CPU recording and replaying autograd's graph costs more than
+    they do (a 2 x 64 critic's forward and backward: 152 us with autograd, 100 us written
+    out, one thread). Written out, the backward also puts the weight gradients straight
+    into one flat vector laid out as the parameters are (`flatten_parameters_`), the
+    vector the flat Adam steps on, and computes only the input gradients asked for.
 
     `forward` keeps each layer's input and activation; `backward` consumes the latest
-    forward. The network's output activation is tanh for the actor and none for the
-    critic, whose (batch, 1) output is squeezed to (batch,) as the module's is."""
+    forward. The parameters are read through detached views of their storage, so the
+    passes follow every in-place update (an optimiser's, a Polyak average,
+    load_state_dict) and record no graph."""
 
     def __init__(self, network: nn.Module, activation: str, gradient: torch.Tensor | None):
-        layers = [m for m in network.trunk if isinstance(m, nn.Linear)] + [network.head]
-        # Detached views of the parameters' storage: they follow every in-place update
-        # (the optimiser's, a Polyak average, load_state_dict) and record no graph.
-        self.weights = [layer.weight.detach() for layer in layers]
-        self.transposed_weights = [weight.t() for weight in self.weights]
-        self.biases = [layer.bias.detach() for layer in layers]
+        hidden = [m for m in network.trunk if isinstance(m, nn.Linear)]
+        if isinstance(network, GaussianActor):
+            heads = [network.mean_head]
+            if network.state_dependent_std:
+                heads.append(network.log_std_head)
+        else:
+            heads = [network.head]
+        self.hidden_weights = [layer.weight.detach() for layer in hidden]
+        self.hidden_transposed = [weight.t() for weight in self.hidden_weights]
+        self.hidden_biases = [layer.bias.detach() for layer in hidden]
+        self.head_weights = [head.weight.detach() for head in heads]
+        self.head_transposed = [weight.t() for weight in self.head_weights]
+        self.head_biases = [head.bias.detach() for head in heads]
         self.hidden_forward = _ACTIVATION_FORWARD[activation]
         self.hidden_backward = _ACTIVATION_BACKWARD[activation]
-        self.tanh_output = isinstance(network, DeterministicActor)
         self.gradient = gradient
-        self.weight_gradients: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if gradient is not None:  # views of `gradient`, laid out as network.parameters()
-            views, offset = {}, 0
+        self._views: dict[nn.Parameter, torch.Tensor] = {}
+        if gradient is not None:
+            # `gradient` is laid out as the flat vector the parameters are views of
+            # (algos/optim.py flatten_parameters_): each one's gradient sits at its offset.
             for parameter in network.parameters():
-                size = parameter.numel()
-                views[parameter] = gradient[offset : offset + size].view_as(parameter)
-                offset += size
-            if offset != gradient.numel():
-                raise ValueError(f"gradient has {gradient.numel()} entries, the network {offset}")
-            self.weight_gradients = [(views[m.weight], views[m.bias]) for m in layers]
+                start, size = parameter.storage_offset(), parameter.numel()
+                if not parameter.is_contiguous() or start + size > gradient.numel():
+                    raise ValueError("the network's parameters are not views of a flat vector")
+                self._views[parameter] = gradient[start : start + size].view_as(parameter)
+            self.hidden_gradients = [(self._views[m.weight], self._views[m.bias]) for m in hidden]
+            self.head_gradients = [(self._views[m.weight], self._views[m.bias]) for m in heads]
         self._inputs: list[torch.Tensor] = []
         self._pre: list[torch.Tensor] = []
         self._post: list[torch.Tensor] = []
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """The network's output for its inputs (a critic's: observations, actions)."""
+    def gradient_of(self, parameter: nn.Parameter) -> torch.Tensor:
+        """The view of `gradient` that holds `parameter`'s gradient (for a parameter
+        outside the layers, a Gaussian actor's state-independent log-std)."""
+        return self._views[parameter]
+
+    def forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Each head's output, (batch, size), for the inputs (a critic's: observations,
+        actions)."""
         x = torch.cat(inputs, dim=-1) if len(inputs) > 1 else inputs[0]
         saved_inputs, pre, post = [], [], []
-        last = len(self.weights) - 1
-        for index, (bias, transposed) in enumerate(zip(self.biases, self.transposed_weights)):
+        for bias, transposed in zip(self.hidden_biases, self.hidden_transposed):
             saved_inputs.append(x)
             z = torch.addmm(bias, x, transposed)
             pre.append(z)  # tanh and relu overwrite it: their derivatives do not read it
-            if index < last:
-                x = self.hidden_forward(z)
-            else:
-                x = torch.tanh(z) if self.tanh_output else z
+            x = self.hidden_forward(z)
             post.append(x)
         self._inputs, self._pre, self._post = saved_inputs, pre, post
-        return x if self.tanh_output else x.squeeze(-1)
+        return [
+            torch.addmm(bias, x, transposed)
+            for bias, transposed in zip(self.head_biases, self.head_transposed)
+        ]
 
     def backward(
-        self, grad_output: torch.Tensor, weights: bool = True, input_columns: slice | None = None
+        self,
+        head_gradients: list[torch.Tensor],
+        weights: bool = True,
+        input_columns: slice | None = None,
     ) -> torch.Tensor | None:
-        """Back through the latest forward from the loss's gradient with respect to its
-        output: with `weights`, write the parameters' gradients into `gradient`; with
+        """Back through the latest forward from the loss's gradient with respect to each
+        head's output: with `weights`, write the layers' gradients into `gradient`; with
         `input_columns`, return the gradient with respect to those columns of the input
         (a critic's action), else None."""
         if weights and self.gradient is None:
             raise ValueError("this network was set up without a gradient vector")
-        last = len(self.weights) - 1
-        if self.tanh_output:
-            grad = torch.ops.aten.tanh_backward(grad_output, self._post[last])
-        else:
-            grad = grad_output.unsqueeze(-1)
-        for index in range(last, -1, -1):
-            if index < last:
-                grad = self.hidden_backward(grad, self._pre[index], self._post[index])
+        features = self._post[-1]
+        grad = None
+        for index, head_gradient in enumerate(head_gradients):
             if weights:
-                weight_gradient, bias_gradient = self.weight_gradients[index]
+                weight_gradient, bias_gradient = self.head_gradients[index]
+                torch.mm(head_gradient.t(), features, out=weight_gradient)
+                torch.sum(head_gradient, 0, out=bias_gradient)
+            into_features = torch.mm(head_gradient, self.head_weights[index])
+            grad = into_features if grad is None else grad.add_(into_features)
+        for index in range(len(self.hidden_weights) - 1, -1, -1):
+            grad = self.hidden_backward(grad, self._pre[index], self._post[index])
+            if weights:
+                weight_gradient, bias_gradient = self.hidden_gradients[index]
                 torch.mm(grad.t(), self._inputs[index], out=weight_gradient)
                 torch.sum(grad, 0, out=bias_gradient)
             if index > 0:
-                grad = torch.mm(grad, self.weights[index])
+                grad = torch.mm(grad, self.hidden_weights[index])
             elif input_columns is not None:
-                return torch.mm(grad, self.weights[0][:, input_columns])
+                return torch.mm(grad, self.hidden_weights[0][:, input_columns])
         return None

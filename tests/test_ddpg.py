@@ -56,7 +56,8 @@ def test_flattened_parameters_are_views_and_flat_adam_matches_torch_adam():
     reference = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     reference.load_state_dict(ours.state_dict())
     flat = flatten_parameters_(ours)
-    assert flat.numel() == sum(p.numel() for p in ours.parameters())
+    assert flat.numel() >= sum(p.numel() for p in ours.parameters())
+    assert all(p.storage_offset() % 16 == 0 for p in ours.parameters())  # aligned starts
     with torch.no_grad():
         flat[0] += 1.0
     assert ours[0].weight[0, 0] == reference[0].weight[0, 0] + 1.0  # a view, not a copy
@@ -69,7 +70,10 @@ def test_flattened_parameters_are_views_and_flat_adam_matches_torch_adam():
     for step in range(20):
         x = torch.randn(32, 4, generator=torch.Generator().manual_seed(step))
         loss = ours(x).pow(2).mean()
-        optimizer.step(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+        flat_gradient = torch.zeros_like(flat)  # laid out as the parameters are in `flat`
+        for p, g in zip(params, torch.autograd.grad(loss, params)):
+            flat_gradient[p.storage_offset() : p.storage_offset() + p.numel()] = g.reshape(-1)
+        optimizer.step(flat_gradient)
         reference_optimizer.zero_grad()
         reference(x).pow(2).mean().backward()
         reference_optimizer.step()
@@ -84,36 +88,37 @@ def test_explicit_backprop_gives_autograds_gradients(activation):
     torch.manual_seed(0)
     spec = NetworkSection(hidden_sizes=[16, 8], activation=activation)
     actor, critic = DeterministicActor(5, 3, spec), QCritic(5, 3, spec)
-    actor_gradient = torch.zeros(sum(p.numel() for p in actor.parameters()))
-    critic_gradient = torch.zeros(sum(p.numel() for p in critic.parameters()))
+    actor_gradient = torch.zeros_like(flatten_parameters_(actor))
+    critic_gradient = torch.zeros_like(flatten_parameters_(critic))
     actor_pass = ExplicitBackprop(actor, activation, actor_gradient)
     critic_pass = ExplicitBackprop(critic, activation, critic_gradient)
     observations, actions, target = torch.randn(32, 5), torch.rand(32, 3) * 2 - 1, torch.randn(32)
 
     critic_loss = (critic(observations, actions) - target).pow(2).mean()
-    expected = torch.cat(
-        [g.reshape(-1) for g in torch.autograd.grad(critic_loss, list(critic.parameters()))]
-    )
-    q = critic_pass.forward(observations, actions)
+    expected = torch.autograd.grad(critic_loss, list(critic.parameters()))
+    q = critic_pass.forward(observations, actions)[0].squeeze(-1)
     assert torch.allclose(q, critic(observations, actions).detach(), atol=1e-6)
     assert not q.requires_grad
-    critic_pass.backward((q - target) * (2.0 / 32))
-    assert torch.allclose(critic_gradient, expected, atol=1e-6, rtol=1e-5)
+    critic_pass.backward([((q - target) * (2.0 / 32)).unsqueeze(-1)])
+    for parameter, want in zip(critic.parameters(), expected):
+        assert torch.allclose(critic_pass.gradient_of(parameter), want, atol=1e-6, rtol=1e-5)
 
     mu = actor(observations)
     actor_loss = -critic(observations, mu).mean()
     expected_actor = torch.autograd.grad(actor_loss, list(actor.parameters()), retain_graph=True)
     expected_grad_mu = torch.autograd.grad(actor_loss, mu)[0]
     critic_before = critic_gradient.clone()
-    q_of_mu = critic_pass.forward(observations, actor_pass.forward(observations))
+    explicit_mu = torch.tanh(actor_pass.forward(observations)[0])
+    assert torch.allclose(explicit_mu, mu.detach(), atol=1e-6)
+    q_of_mu = critic_pass.forward(observations, explicit_mu)[0]
     grad_mu = critic_pass.backward(
-        torch.full_like(q_of_mu, -1.0 / 32), weights=False, input_columns=slice(5, 8)
+        [torch.full_like(q_of_mu, -1.0 / 32)], weights=False, input_columns=slice(5, 8)
     )
     assert torch.allclose(grad_mu, expected_grad_mu, atol=1e-7, rtol=1e-5)
     assert torch.equal(critic_gradient, critic_before)  # weights=False writes nothing
-    actor_pass.backward(grad_mu)
-    flat_expected = torch.cat([g.reshape(-1) for g in expected_actor])
-    assert torch.allclose(actor_gradient, flat_expected, atol=1e-7, rtol=1e-5)
+    actor_pass.backward([torch.ops.aten.tanh_backward(grad_mu, explicit_mu)])
+    for parameter, want in zip(actor.parameters(), expected_actor):
+        assert torch.allclose(actor_pass.gradient_of(parameter), want, atol=1e-7, rtol=1e-5)
     assert actor_gradient.abs().sum() > 0
 
     # The detached weights follow in-place updates of the parameters.
@@ -121,12 +126,12 @@ def test_explicit_backprop_gives_autograds_gradients(activation):
         for parameter in critic.parameters():
             parameter.add_(0.1)
     assert torch.allclose(
-        critic_pass.forward(observations, actions),
+        critic_pass.forward(observations, actions)[0].squeeze(-1),
         critic(observations, actions).detach(),
         atol=1e-6,
     )
     with pytest.raises(ValueError, match="without a gradient vector"):
-        ExplicitBackprop(critic, activation, None).backward(q)
+        ExplicitBackprop(critic, activation, None).backward([q.unsqueeze(-1)])
 
 
 def test_replay_buffer_wraps_around_and_samples_only_stored_rows():

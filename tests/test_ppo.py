@@ -10,7 +10,8 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from iiwa_rl.algos.base import Transition
-from iiwa_rl.algos.ppo import PPO, clipped_surrogate_loss
+from iiwa_rl.algos.optim import FlatAdam, flatten_parameters_
+from iiwa_rl.algos.ppo import PPO, clipped_surrogate_loss, policy_gradients, value_loss_and_gradient
 from iiwa_rl.buffers import RolloutBuffer, compute_gae
 from iiwa_rl.config import LogStdSection, NetworkSection, TrainConfig
 from iiwa_rl.nn import GaussianActor, gaussian_entropy, gaussian_kl, gaussian_log_prob
@@ -295,6 +296,116 @@ def test_ppo_update_improves_the_surrogate_and_reports_finite_stats():
         assert np.isfinite(stats[key]), key
     assert stats["learning_rate"] == pytest.approx(1e-2)
     assert algo.updates == 1 and not algo.ready_to_update()
+
+
+@pytest.mark.parametrize("std_mode", ["parameter", "state_dependent"])
+@pytest.mark.parametrize(("clip_value", "entropy_coef", "activation"), [
+    (None, 0.0, "tanh"), (0.05, 0.01, "relu"), (0.05, 0.0, "silu"), (None, 0.02, "elu"),
+])  # fmt: skip
+def test_explicit_ppo_gradient_is_autograds_of_the_ppo_loss(
+    std_mode, clip_value, entropy_coef, activation
+):
+    """PPO.update writes the loss's gradient by hand (policy_gradients,
+    value_loss_and_gradient, ExplicitBackprop): it must be autograd's gradient of
+    policy_loss + value_coef * value_loss - entropy_coef * entropy, computed here from
+    the modules' own forwards, with ratios inside and outside the clip range."""
+    torch.manual_seed(0)
+    policy_spec = NetworkSection(
+        hidden_sizes=[16, 8], activation=activation,
+        log_std=LogStdSection(mode=std_mode, init=-0.5, min=-5.0, max=0.5),
+    )  # fmt: skip
+    config = _small_config(clip_value=clip_value, entropy_coef=entropy_coef, value_coef=0.7)
+    config.policy, config.critic = (
+        policy_spec,
+        NetworkSection(hidden_sizes=[12], activation=activation),
+    )
+    algo = PPO(
+        config, observation_size=5, action_size=3, num_envs=4, device=torch.device("cpu"), seed=0
+    )
+    actor, critic, cfg = algo.actor, algo.critic, algo.section
+    if std_mode == "state_dependent":  # a std that varies with the state
+        with torch.no_grad():
+            actor.log_std_head.weight.normal_(0.0, 0.3)
+    batch = 64
+    observations, actions = torch.randn(batch, 5), torch.randn(batch, 3)
+    advantages, returns = torch.randn(batch), torch.randn(batch)
+    with torch.no_grad():
+        current, _ = actor.log_prob_and_entropy(observations, actions)
+        old_values = critic(observations) + 0.1 * torch.randn(batch)
+    old_log_probs = current + 0.4 * torch.randn(batch)  # ratios from about 0.5 to 2
+    ratio = torch.exp(current - old_log_probs)
+    assert ((ratio - 1).abs() > cfg.clip_range).any() and ((ratio - 1).abs() < cfg.clip_range).any()
+
+    log_probs, entropy = actor.log_prob_and_entropy(observations, actions)
+    policy_loss = clipped_surrogate_loss(
+        torch.exp(log_probs - old_log_probs), advantages, cfg.clip_range
+    )
+    values = critic(observations)
+    if clip_value is None:
+        value_loss = 0.5 * (values - returns).pow(2).mean()
+    else:
+        clipped = old_values + (values - old_values).clamp(-clip_value, clip_value)
+        value_loss = 0.5 * torch.max((values - returns).pow(2), (clipped - returns).pow(2)).mean()
+    loss = policy_loss + cfg.value_coef * value_loss - entropy_coef * entropy.mean()
+    parameters = list(actor.parameters()) + list(critic.parameters())
+    expected = torch.autograd.grad(loss, parameters)
+
+    policy = algo.actor_pass.forward(observations)
+    raw_log_std = policy[1] if std_mode == "state_dependent" else algo.raw_log_std
+    terms = policy_gradients(
+        actor,
+        policy[0],
+        raw_log_std,
+        actions,
+        old_log_probs,
+        advantages,
+        cfg.clip_range,
+        entropy_coef,
+    )
+    assert terms.loss.item() == pytest.approx(policy_loss.item(), rel=1e-5)
+    assert terms.entropy.item() == pytest.approx(entropy.mean().item(), rel=1e-5)
+    algo.actor_pass.backward(terms.head_gradients)
+    if std_mode == "parameter":
+        algo.actor_pass.gradient_of(actor.log_std_raw).copy_(terms.raw_log_std_gradient.sum(0))
+    explicit_values = algo.critic_pass.forward(observations)[0].squeeze(-1)
+    explicit_value_loss, value_gradient = value_loss_and_gradient(
+        explicit_values, returns, old_values, clip_value
+    )
+    assert explicit_value_loss.item() == pytest.approx(value_loss.item(), rel=1e-5)
+    algo.critic_pass.backward([(value_gradient * cfg.value_coef).unsqueeze(-1)])
+    for parameter, want in zip(parameters, expected):
+        written = algo.actor_pass if parameter in set(actor.parameters()) else algo.critic_pass
+        torch.testing.assert_close(written.gradient_of(parameter), want, atol=1e-6, rtol=1e-4)
+
+
+def test_flat_adam_resumes_a_torch_adam_state():
+    """PPO's checkpoints from before its optimiser was flat hold a torch.optim.Adam state:
+    resuming one continues the same Adam."""
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    reference = torch.optim.Adam(network.parameters(), lr=1e-2, eps=1e-5)
+    for step in range(3):
+        reference.zero_grad()
+        network(torch.randn(8, 3, generator=torch.Generator().manual_seed(step))).pow(
+            2
+        ).mean().backward()
+        reference.step()
+    flat_copy = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    flat_copy.load_state_dict(network.state_dict())
+    flat = FlatAdam(flatten_parameters_(flat_copy), lr=0.5, eps=1e-5)
+    flat.load_state_dict(reference.state_dict())
+    assert flat.steps == 3 and flat.lr == pytest.approx(1e-2)
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(9))
+    reference.zero_grad()
+    network(x).pow(2).mean().backward()
+    reference.step()
+    grads = torch.autograd.grad(flat_copy(x).pow(2).mean(), list(flat_copy.parameters()))
+    flat_gradient = torch.zeros_like(flat.params)  # laid out as the parameters are
+    for p, g in zip(flat_copy.parameters(), grads):
+        flat_gradient[p.storage_offset() : p.storage_offset() + p.numel()] = g.reshape(-1)
+    flat.step(flat_gradient)
+    for got, want in zip(flat_copy.parameters(), network.parameters()):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
 # ------------------------------------------------------------- running statistics
