@@ -198,8 +198,9 @@ class ExplicitBackprop:
 
     Why not autograd: at these sizes a gradient step is a few dozen small products and
     elementwise ops, and on a CPU recording and replaying autograd's graph costs more than
-    they do (a 2 x 64 critic's forward and backward: 152 us with autograd, 100 us written
-    out, one thread). Written out, the backward also puts the weight gradients straight
+    they do (with this and the flat Adam, a DDPG gradient step of two 2 x 64 networks
+    went from 752 to 350 us, the reach's PPO update from 67 to 34 ms, one thread; see the
+    algorithms' docstrings). Written out, the backward also puts the weight gradients straight
     into one flat vector laid out as the parameters are (`flatten_parameters_`), the
     vector the flat Adam steps on, and computes only the input gradients asked for.
 
