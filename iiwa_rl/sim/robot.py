@@ -169,6 +169,10 @@ class SimRobot(Protocol):
     def command_joint_positions(self, targets: np.ndarray) -> np.ndarray:
         """The position motors' targets for one robot period (clipped to the range)."""
 
+    def command_setpoint(self, setpoint: list[float]) -> list[float]:
+        """`command_joint_positions` with plain floats in and out (the command stream's
+        per-period setpoint)."""
+
     def set_motor_parameters(self, position_gain=None, velocity_gain=None, force_limits=None):
         """The motors' gains and torque limits from the next command on (randomisation)."""
 
@@ -271,6 +275,8 @@ class UrdfArm:
         )
         # Plain Python lists: the motor loop runs every control step.
         self._arm_efforts = self.limits.effort.tolist()
+        self._joint_lower = self.limits.lower.tolist()
+        self._joint_upper = self.limits.upper.tolist()
         # Extra motor arguments (gains) a randomised episode sets; empty: PyBullet's defaults.
         self._motor_options: dict[str, list[float]] = {}
         self._arm_speeds = self.limits.velocity.tolist()
@@ -455,16 +461,32 @@ class UrdfArm:
 
     def command_joint_positions(self, targets: np.ndarray) -> np.ndarray:
         """Send position targets (clipped to the joint range); returns what was sent."""
-        targets = self.limits.clip(np.asarray(targets, dtype=float))
+        targets = np.asarray(targets, dtype=float)
+        if targets.shape != (self.joint_count,):
+            raise ValueError(
+                f"expected {self.joint_count} joint position targets, got shape {targets.shape}"
+            )
+        return np.array(self.command_setpoint(targets.tolist()))
+
+    def command_setpoint(self, setpoint: list[float]) -> list[float]:
+        """`command_joint_positions` for one robot period's setpoint as plain floats (the
+        command stream's, 8 times per environment step): clipped to the joint range in
+        floats, which gives numpy's minimum/maximum numbers without two array round trips.
+        Returns what was sent (a new list)."""
+        # `x < low` and `x > high` are False for NaN, so a NaN passes as numpy's would.
+        clipped = [
+            low if x < low else (high if x > high else x)
+            for x, low, high in zip(setpoint, self._joint_lower, self._joint_upper, strict=True)
+        ]
         self.client.setJointMotorControlArray(
             self.body_id,
             self.arm_joint_indices,
             pybullet.POSITION_CONTROL,
-            targetPositions=targets.tolist(),
+            targetPositions=clipped,
             forces=self._arm_efforts,
             **self._motor_options,
         )
-        return targets
+        return clipped
 
     def set_motor_parameters(
         self,
