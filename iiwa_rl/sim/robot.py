@@ -35,7 +35,7 @@ class JointLimits:
     velocity: np.ndarray
     effort: np.ndarray
 
-    # Runs every robot period: the bounds per margin are computed once (cached_property
+    # The bounds per margin are computed once (cached_property
     # writes to the instance dict, which a frozen dataclass allows).
     @functools.cached_property
     def _clip_bounds(self) -> dict[float, tuple[np.ndarray, np.ndarray]]:
@@ -324,8 +324,9 @@ class UrdfArm:
         # value for the whole body, so the limit is enforced per joint after every step.
         self.peak_speed_fraction = 0.0
         # What the clamp read after the latest physics step, and that step's number: the
-        # state after a step without a second read (see state_after_step).
-        self._read_after_step: tuple[int, tuple, list[float]] | None = None
+        # state after a step without a second read (see state_after_step); the arm's
+        # speeds as clamped, None where none was.
+        self._read_after_step: tuple[int, tuple, list[float] | None] | None = None
         sim.post_step_hooks.append(self._limit_joint_speeds)
 
     def _limit_joint_speeds(self) -> None:
@@ -334,6 +335,15 @@ class UrdfArm:
         non-finite speed, which is left alone so that blow-up detection sees it); whoever
         reads the peak clears it."""
         states = self.client.getJointStates(self.body_id, self._state_joint_indices)
+        # Nearly every step finds every speed within its limit: a check that makes nothing
+        # first, and the speeds' list only where one is clamped (state_after_step makes it
+        # otherwise, once per control step). zip stops at the arm joints (_arm_speeds).
+        for state, limit in zip(states, self._arm_speeds):
+            if not -limit <= state[1] <= limit:
+                break
+        else:
+            self._read_after_step = (self.sim.physics_steps, states, None)
+            return
         velocities = [state[1] for state in states[: self.joint_count]]
         for axis, (index, limit) in enumerate(zip(self.arm_joint_indices, self._arm_speeds)):
             speed = velocities[axis]
@@ -405,7 +415,19 @@ class UrdfArm:
         read = self._read_after_step
         if read is None or read[0] != self.sim.physics_steps:
             return self.joint_and_gripper_state()
-        return self._unpack_states(read[1], read[2])
+        return self._unpack_states(read[1], self.arm_speeds_after_step())
+
+    def arm_speeds_after_step(self) -> list[float] | None:
+        """The arm joints' speeds (rad/s) as the speed clamp left them after the latest
+        physics step, from its read; None where that read is not current (no step since a
+        reset or teleport)."""
+        read = self._read_after_step
+        if read is None or read[0] != self.sim.physics_steps:
+            return None
+        states, clamped_velocities = read[1], read[2]
+        if clamped_velocities is None:
+            return [state[1] for state in states[: self.joint_count]]
+        return clamped_velocities
 
     def _unpack_states(self, states, arm_velocities) -> tuple[np.ndarray, np.ndarray, float]:
         count = self.joint_count
