@@ -442,9 +442,9 @@ class UrdfArm:
 
     def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """TCP position (m) and orientation quaternion (x, y, z, w) in the base frame."""
-        state = self.client.getLinkState(
-            self.body_id, self.last_arm_link_index, computeForwardKinematics=1
-        )
+        # (computeLinkVelocity=0, computeForwardKinematics=1) passed by position: PyBullet
+        # parses keywords slower, and this runs every control step.
+        state = self.client.getLinkState(self.body_id, self.last_arm_link_index, 0, 1)
         position, orientation = pybullet.multiplyTransforms(
             state[4], state[5], self._tcp_offset_list, (0.0, 0.0, 0.0, 1.0)
         )
