@@ -166,13 +166,21 @@ class JointInterpolator:
             # _max_step_units inlined (this loop runs 56 times per environment step).
             units = (remaining if remaining >= 0.0 else -remaining) / distance_unit
             whole = floor((sqrt(1.0 + 8.0 * units) - 1.0) / 2.0)
-            if (whole + 1.0) * (whole + 2.0) / 2.0 <= units:
+            # The triangular number whole * (whole + 1) / 2 is kept beside `whole` rather
+            # than recomputed: the integers involved are exact in floats, so the next one,
+            # (whole + 1) * (whole + 2) / 2, is bit for bit the one of whole + 1.
+            triangle = whole * (whole + 1.0) / 2.0
+            next_triangle = (whole + 1.0) * (whole + 2.0) / 2.0
+            if next_triangle <= units:
                 whole += 1.0
-            if whole * (whole + 1.0) / 2.0 > units:
+                triangle = next_triangle
+            if triangle > units:
                 whole -= 1.0
+                triangle = whole * (whole + 1.0) / 2.0
             if whole < 0.0:
                 whole = 0.0
-            wanted = (units + whole * (whole + 1.0) / 2.0) / (whole + 1.0) * speed_step
+                triangle = 0.0
+            wanted = (units + triangle) / (whole + 1.0) * speed_step
             if wanted > limit:
                 wanted = limit
             if remaining < 0.0:
