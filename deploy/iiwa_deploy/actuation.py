@@ -14,8 +14,9 @@
 
 The controller loop (loop.py) calls `next_setpoint` once per robot state and `set_target`
 after the policy ran; iiwa_rl's environments call `control_step`, which makes the same calls
-in the same order for one policy period. So the joint commands the simulated arm gets in
-training are, number for number, the setpoints the controller would send.
+in the same order for one policy period (the interpolator's `step_list`: `step`'s numbers as
+plain floats). So the joint commands the simulated arm gets in training are, number for
+number, the setpoints the controller would send.
 """
 
 from __future__ import annotations
