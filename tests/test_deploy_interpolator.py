@@ -180,3 +180,32 @@ def test_float_loop_equals_the_array_formulation_exactly() -> None:
         position, velocity = _array_step(position, velocity, target, v_max, a_max, period)
         np.testing.assert_array_equal(interpolator.step(), position)
         np.testing.assert_array_equal(interpolator.velocity, velocity)
+
+
+def test_step_list_gives_the_numbers_of_step() -> None:
+    """The simulated arm takes `step_list`'s floats, the controller `step`'s array: the same
+    setpoints, and the same state after either."""
+    rng = np.random.default_rng(5)
+    v_max, a_max = rng.uniform(0.5, 2.5, 7), rng.uniform(2.0, 15.0, 7)
+    as_array = JointInterpolator(v_max, a_max, 0.005, np.zeros(7))
+    as_list = JointInterpolator(v_max, a_max, 0.005, np.zeros(7))
+    for step in range(800):
+        if step % 8 == 0:
+            target = rng.uniform(-1.0, 1.0, 7)
+            as_array.set_target(target)
+            as_list.set_target(target)
+        setpoint = as_list.step_list()
+        assert isinstance(setpoint, list)
+        assert as_array.step().tolist() == setpoint
+        np.testing.assert_array_equal(as_array.velocity, as_list.velocity)
+
+
+def test_a_non_finite_or_misshaped_target_is_refused() -> None:
+    interpolator = JointInterpolator(np.ones(2), np.ones(2), 0.005, np.zeros(2))
+    for bad in ([math.nan, 0.0], [0.0, math.inf], [-math.inf, math.inf]):
+        with pytest.raises(ValueError, match="finite"):
+            interpolator.set_target(np.array(bad))
+    with pytest.raises(ValueError, match="expected 2 joint targets"):
+        interpolator.set_target(np.zeros(3))
+    # Huge but finite values sum to inf: they are finite, and accepted.
+    interpolator.set_target(np.array([1e308, 1e308]))

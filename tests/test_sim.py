@@ -246,6 +246,17 @@ def test_joint_speed_is_clamped_after_each_physics_step(arm):
     _, velocities = arm.joint_state()
     assert np.all(np.abs(velocities) <= arm.limits.velocity * (1 + 1e-9))
     assert 1.5 < arm.peak_speed_fraction <= 2.0 + 1e-6
+    # The clamp's own reading (what an env's step and the randomised friction use instead
+    # of a second read) carries the clamped speed, as a fresh read does.
+    clamped = arm.arm_speeds_after_step()
+    assert clamped[joint] == limit
+    np.testing.assert_array_equal(arm.state_after_step()[1], velocities)
+    # And after the next step, clamped or not.
+    arm.sim.step(1)
+    np.testing.assert_array_equal(arm.arm_speeds_after_step(), arm.joint_state()[1])
+    # A teleport outdates it.
+    arm.reset_joint_positions(HOME_JOINT_POSITIONS)
+    assert arm.arm_speeds_after_step() is None
 
 
 @pytest.mark.parametrize("joint", [0, 6])  # A1 (85 deg/s) and A7 (135 deg/s)
@@ -266,6 +277,21 @@ def test_position_motor_holds_each_axis_to_its_datasheet_speed(arm, joint):
     # The motor holds the speed itself, to the solver's precision; the clamp trims the rest.
     assert arm.peak_speed_fraction <= 1.01
     assert 0.95 * limit < max(speeds) <= limit * (1 + 1e-9)
+
+
+def test_setpoint_commands_send_the_joint_range_clip(arm):
+    """The command stream's floats are clipped in floats (command_setpoint) and arrays go
+    through the same path: both send exactly what JointLimits.clip gives."""
+    rng = np.random.default_rng(2)
+    limits = arm.limits
+    for _ in range(50):
+        targets = rng.uniform(limits.lower - 0.5, limits.upper + 0.5)
+        expected = limits.clip(targets)
+        sent = arm.command_setpoint(targets.tolist())
+        assert sent == expected.tolist()
+        np.testing.assert_array_equal(arm.command_joint_positions(targets), expected)
+    with pytest.raises(ValueError, match="expected 7 joint position targets"):
+        arm.command_joint_positions(np.zeros(6))
 
 
 def test_simulations_are_independent():

@@ -14,8 +14,9 @@
 
 The controller loop (loop.py) calls `next_setpoint` once per robot state and `set_target`
 after the policy ran; iiwa_rl's environments call `control_step`, which makes the same calls
-in the same order for one policy period. So the joint commands the simulated arm gets in
-training are, number for number, the setpoints the controller would send.
+in the same order for one policy period (the interpolator's `step_list`: `step`'s numbers as
+plain floats). So the joint commands the simulated arm gets in training are, number for
+number, the setpoints the controller would send.
 """
 
 from __future__ import annotations
@@ -277,13 +278,15 @@ class CommandStream:
         """The setpoint for the next robot period."""
         return self.interpolator.step()
 
-    def control_step(self, joint_target: np.ndarray, send: Callable[[np.ndarray], None]) -> None:
+    def control_step(self, joint_target: np.ndarray, send: Callable[[list[float]], None]) -> None:
         """One policy period as the controller loop lives it, for a simulated robot: the first
         `command_delay_periods` setpoints still follow the previous target, then the new one
         takes over; `send(setpoint)` is called once per robot period and must advance the
-        plant by one period."""
-        delay = self.timing.command_delay_periods
-        for period in range(self.timing.steps_per_action):
+        plant by one period. The setpoint comes as a list of floats (rad), the numbers
+        `next_setpoint` would return, for a plant whose command takes plain floats."""
+        interpolator, timing = self.interpolator, self.timing
+        delay = timing.command_delay_periods
+        for period in range(timing.steps_per_action):
             if period == delay:
-                self.interpolator.set_target(joint_target)
-            send(self.interpolator.step())
+                interpolator.set_target(joint_target)
+            send(interpolator.step_list())

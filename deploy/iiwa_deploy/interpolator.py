@@ -88,9 +88,13 @@ class JointInterpolator:
         values = np.asarray(values, dtype=float)
         if values.shape != (self.joint_count,):
             raise ValueError(f"expected {self.joint_count} joint {what}, got shape {values.shape}")
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"joint {what} must be finite, got {values.tolist()}")
-        return values.tolist()
+        joint_values = values.tolist()
+        # A finite sum proves every value finite (a NaN or an inf makes it NaN or inf) in a
+        # third of np.isfinite's time; only a non-finite sum, which huge finite values can
+        # also give, needs the check value by value.
+        if not math.isfinite(sum(joint_values)) and not all(map(math.isfinite, joint_values)):
+            raise ValueError(f"joint {what} must be finite, got {joint_values}")
+        return joint_values
 
     def reset(self, position: np.ndarray) -> None:
         """Restart at rest at `position`, with the target there too."""
@@ -130,28 +134,53 @@ class JointInterpolator:
 
     def step(self) -> np.ndarray:
         """Advance one period; returns the new setpoint (a new array)."""
+        self._advance()
+        return np.array(self._position)
+
+    def step_list(self) -> list[float]:
+        """`step` for a caller that passes the setpoint on as plain floats (the simulated
+        arm's motor command, 8 times per environment step): the same numbers as a new
+        list, without an array's round trip."""
+        self._advance()
+        return self._position[:]
+
+    def _advance(self) -> None:
         period = self.period_s
-        positions, velocities, targets = self._position, self._velocity, self._target
+        positions, velocities = self._position, self._velocity
         sqrt, floor = math.sqrt, math.floor
-        for joint in range(self.joint_count):
-            target = targets[joint]
-            position = positions[joint]
-            velocity = velocities[joint]
+        # One zip over the per-joint lists instead of indexing each of them per joint.
+        for joint, (target, position, velocity, speed_step, limit, distance_unit) in enumerate(
+            zip(
+                self._target,
+                positions,
+                velocities,
+                self._speed_step,
+                self._max_velocity,
+                self._distance_unit,
+                strict=True,
+            )
+        ):
             remaining = target - position
             if remaining == 0.0 and velocity == 0.0:
                 continue  # at rest on the target: nothing moves
-            speed_step = self._speed_step[joint]
-            limit = self._max_velocity[joint]
             # _max_step_units inlined (this loop runs 56 times per environment step).
-            units = (remaining if remaining >= 0.0 else -remaining) / self._distance_unit[joint]
+            units = (remaining if remaining >= 0.0 else -remaining) / distance_unit
             whole = floor((sqrt(1.0 + 8.0 * units) - 1.0) / 2.0)
-            if (whole + 1.0) * (whole + 2.0) / 2.0 <= units:
+            # The triangular number whole * (whole + 1) / 2 is kept beside `whole` rather
+            # than recomputed: the integers involved are exact in floats, so the next one,
+            # (whole + 1) * (whole + 2) / 2, is bit for bit the one of whole + 1.
+            triangle = whole * (whole + 1.0) / 2.0
+            next_triangle = (whole + 1.0) * (whole + 2.0) / 2.0
+            if next_triangle <= units:
                 whole += 1.0
-            if whole * (whole + 1.0) / 2.0 > units:
+                triangle = next_triangle
+            if triangle > units:
                 whole -= 1.0
+                triangle = whole * (whole + 1.0) / 2.0
             if whole < 0.0:
                 whole = 0.0
-            wanted = (units + whole * (whole + 1.0) / 2.0) / (whole + 1.0) * speed_step
+                triangle = 0.0
+            wanted = (units + triangle) / (whole + 1.0) * speed_step
             if wanted > limit:
                 wanted = limit
             if remaining < 0.0:
@@ -167,11 +196,11 @@ class JointInterpolator:
             travel = new_velocity * period
             # Landing within rounding of the target counts as arrival: snapping there makes
             # arrival exact instead of leaving a 1e-17 residue that would need another
-            # braking cycle.
+            # braking cycle. (max(1.0, |target|) written out: a builtin call costs more.)
             miss = remaining - travel
-            if (miss if miss >= 0.0 else -miss) <= 1e-12 * max(1.0, abs(target)):
+            magnitude = target if target >= 0.0 else -target
+            if (miss if miss >= 0.0 else -miss) <= 1e-12 * (magnitude if magnitude > 1.0 else 1.0):
                 positions[joint] = target
             else:
                 positions[joint] = position + travel
             velocities[joint] = new_velocity
-        return np.array(positions)

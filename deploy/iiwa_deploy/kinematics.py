@@ -162,14 +162,17 @@ class KinematicChain:
         self._origins: list[tuple[float, ...]] = []
         self._fixed_rotations: list[Matrix3] = []
         self._axes: list[np.ndarray] = []
+        self._axis_floats: list[tuple[float, float, float]] = []  # the same, for the Jacobian
         self._about_z: list[bool] = []
         for joint in joints:
             axis = np.asarray(joint.axis, dtype=float)
             norm = float(np.linalg.norm(axis))
             if not norm > 1e-9:
                 raise ValueError(f"kinematics: joint '{joint.name}' has a zero axis")
-            self._axes.append(axis / norm)
-            self._about_z.append(bool(np.allclose(axis / norm, (0.0, 0.0, 1.0), atol=1e-15)))
+            unit_axis = axis / norm
+            self._axes.append(unit_axis)
+            self._axis_floats.append(tuple(float(v) for v in unit_axis))
+            self._about_z.append(bool(np.allclose(unit_axis, (0.0, 0.0, 1.0), atol=1e-15)))
             self._origins.append(tuple(float(v) for v in joint.origin_xyz))
             self._fixed_rotations.append(_as_tuple(rotation_from_rpy(*joint.origin_rpy)))
         self._tcp_origin = tuple(float(v) for v in tcp_offset_xyz)
@@ -325,8 +328,14 @@ def chain_jacobian(chain: KinematicChain, joint_positions: np.ndarray) -> np.nda
     px = py = pz = 0.0
     axes: list[tuple[float, float, float]] = []
     origins: list[tuple[float, float, float]] = []
-    for (ox, oy, oz), fixed, axis, about_z, angle in zip(
-        chain._origins, chain._fixed_rotations, chain._axes, chain._about_z, q.tolist(), strict=True
+    for (ox, oy, oz), fixed, axis, axis_floats, about_z, angle in zip(
+        chain._origins,
+        chain._fixed_rotations,
+        chain._axes,
+        chain._axis_floats,
+        chain._about_z,
+        q.tolist(),
+        strict=True,
     ):
         r00, r01, r02, r10, r11, r12, r20, r21, r22 = rotation
         px += r00 * ox + r01 * oy + r02 * oz
@@ -334,7 +343,7 @@ def chain_jacobian(chain: KinematicChain, joint_positions: np.ndarray) -> np.nda
         pz += r20 * ox + r21 * oy + r22 * oz
         rotation = _multiply(rotation, fixed)
         r00, r01, r02, r10, r11, r12, r20, r21, r22 = rotation
-        ax, ay, az = (float(v) for v in axis)
+        ax, ay, az = axis_floats
         axes.append(
             (
                 r00 * ax + r01 * ay + r02 * az,
@@ -354,16 +363,13 @@ def chain_jacobian(chain: KinematicChain, joint_positions: np.ndarray) -> np.nda
     tx = px + r00 * ox + r01 * oy + r02 * oz
     ty = py + r10 * ox + r11 * oy + r12 * oz
     tz = pz + r20 * ox + r21 * oy + r22 * oz
-    jacobian = np.empty((6, chain.joint_count))
-    for column, ((zx, zy, zz), (jx, jy, jz)) in enumerate(zip(axes, origins, strict=True)):
+    columns = []
+    for (zx, zy, zz), (jx, jy, jz) in zip(axes, origins, strict=True):
         dx, dy, dz = tx - jx, ty - jy, tz - jz
-        jacobian[0, column] = zy * dz - zz * dy
-        jacobian[1, column] = zz * dx - zx * dz
-        jacobian[2, column] = zx * dy - zy * dx
-        jacobian[3, column] = zx
-        jacobian[4, column] = zy
-        jacobian[5, column] = zz
-    return jacobian
+        columns.append((zy * dz - zz * dy, zz * dx - zx * dz, zx * dy - zy * dx, zx, zy, zz))
+    # Rows from the columns' floats, one array at the end: 42 element writes into an array
+    # cost more than the whole pass above.
+    return np.array(list(zip(*columns, strict=True)))
 
 
 DEFAULT_IK_DAMPING = 0.05

@@ -429,12 +429,12 @@ class IiwaEnv(gym.Env, ABC):
         """`send(setpoint)`: one robot period of the simulated arm, as the robot lives it
         between two states: the setpoint becomes the motors' target, the physics advances."""
         command, step, substeps = (
-            self.robot.command_joint_positions,
+            self.robot.command_setpoint,
             self.sim.step,
             self.physics_steps_per_period,
         )
 
-        def send(setpoint: np.ndarray) -> None:
+        def send(setpoint: list[float]) -> None:
             command(setpoint)
             step(substeps)
 
@@ -490,7 +490,7 @@ class IiwaEnv(gym.Env, ABC):
         periods_per_step = timing.steps_per_action
         self._periods_sent = 0  # of this policy step
 
-        def send_and_record(setpoint: np.ndarray) -> None:
+        def send_and_record(setpoint: list[float]) -> None:
             send_nominal(setpoint)
             latency = self._perturbation.observation_latency_periods
             if not latency:

@@ -169,10 +169,8 @@ class PerturbedArm:
             return
         client, body, links = self.client, self.robot.body_id, self.links
         if rubbing:
-            read = self.robot._read_after_step
-            if read is not None and read[0] == self.robot.sim.physics_steps:
-                velocities = read[2]  # what the speed clamp read after the last step
-            else:
+            velocities = self.robot.arm_speeds_after_step()  # the speed clamp's reading
+            if velocities is None:
                 arm = self.robot.arm_joint_indices
                 velocities = [s[1] for s in client.getJointStates(body, arm)]
             tanh = math.tanh

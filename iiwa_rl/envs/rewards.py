@@ -9,6 +9,7 @@ penalties are positive), so the config's weights carry the signs.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -145,8 +146,8 @@ class RewardFunction:
 
     def __init__(self, terms: dict[str, dict], sparse: bool, available: set[str], where: str):
         self.sparse = sparse
-        # (info key "reward/<name>", weight, term function, its parameters)
-        self.terms: list[tuple[str, float, Callable[..., float], dict]] = []
+        # (info key "reward/<name>", weight, the term function with its parameters bound)
+        self.terms: list[tuple[str, float, Callable[[RewardInputs], float]]] = []
         for key_name, spec in terms.items():
             term_where = f"{where}.{key_name}"
             # "term/label" is a second instance of a term with its own parameters, e.g. a
@@ -172,11 +173,13 @@ class RewardFunction:
                     )
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ConfigError(f"{term_where}.{key}: expected a number, got {value!r}")
-            self.terms.append((f"reward/{key_name}", float(spec["weight"]), fn, params))
+            # Bound once: a call with **params costs more than the term's own arithmetic.
+            term = functools.partial(fn, **params) if params else fn
+            self.terms.append((f"reward/{key_name}", float(spec["weight"]), term))
 
     def __call__(self, inputs: RewardInputs) -> tuple[float, dict[str, float]]:
         """Total reward and each weighted term (logged even when the reward is sparse)."""
-        parts = {key: weight * fn(inputs, **params) for key, weight, fn, params in self.terms}
+        parts = {key: weight * term(inputs) for key, weight, term in self.terms}
         if self.sparse:
             return (0.0 if inputs.is_success else -1.0), parts
         return float(sum(parts.values())), parts

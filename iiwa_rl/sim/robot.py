@@ -35,7 +35,7 @@ class JointLimits:
     velocity: np.ndarray
     effort: np.ndarray
 
-    # Runs every robot period: the bounds per margin are computed once (cached_property
+    # The bounds per margin are computed once (cached_property
     # writes to the instance dict, which a frozen dataclass allows).
     @functools.cached_property
     def _clip_bounds(self) -> dict[float, tuple[np.ndarray, np.ndarray]]:
@@ -169,6 +169,10 @@ class SimRobot(Protocol):
     def command_joint_positions(self, targets: np.ndarray) -> np.ndarray:
         """The position motors' targets for one robot period (clipped to the range)."""
 
+    def command_setpoint(self, setpoint: list[float]) -> list[float]:
+        """`command_joint_positions` with plain floats in and out (the command stream's
+        per-period setpoint)."""
+
     def set_motor_parameters(self, position_gain=None, velocity_gain=None, force_limits=None):
         """The motors' gains and torque limits from the next command on (randomisation)."""
 
@@ -271,6 +275,8 @@ class UrdfArm:
         )
         # Plain Python lists: the motor loop runs every control step.
         self._arm_efforts = self.limits.effort.tolist()
+        self._joint_lower = self.limits.lower.tolist()
+        self._joint_upper = self.limits.upper.tolist()
         # Extra motor arguments (gains) a randomised episode sets; empty: PyBullet's defaults.
         self._motor_options: dict[str, list[float]] = {}
         self._arm_speeds = self.limits.velocity.tolist()
@@ -318,8 +324,9 @@ class UrdfArm:
         # value for the whole body, so the limit is enforced per joint after every step.
         self.peak_speed_fraction = 0.0
         # What the clamp read after the latest physics step, and that step's number: the
-        # state after a step without a second read (see state_after_step).
-        self._read_after_step: tuple[int, tuple, list[float]] | None = None
+        # state after a step without a second read (see state_after_step); the arm's
+        # speeds as clamped, None where none was.
+        self._read_after_step: tuple[int, tuple, list[float] | None] | None = None
         sim.post_step_hooks.append(self._limit_joint_speeds)
 
     def _limit_joint_speeds(self) -> None:
@@ -328,6 +335,15 @@ class UrdfArm:
         non-finite speed, which is left alone so that blow-up detection sees it); whoever
         reads the peak clears it."""
         states = self.client.getJointStates(self.body_id, self._state_joint_indices)
+        # Nearly every step finds every speed within its limit: a check that makes nothing
+        # first, and the speeds' list only where one is clamped (state_after_step makes it
+        # otherwise, once per control step). zip stops at the arm joints (_arm_speeds).
+        for state, limit in zip(states, self._arm_speeds):
+            if not -limit <= state[1] <= limit:
+                break
+        else:
+            self._read_after_step = (self.sim.physics_steps, states, None)
+            return
         velocities = [state[1] for state in states[: self.joint_count]]
         for axis, (index, limit) in enumerate(zip(self.arm_joint_indices, self._arm_speeds)):
             speed = velocities[axis]
@@ -399,7 +415,19 @@ class UrdfArm:
         read = self._read_after_step
         if read is None or read[0] != self.sim.physics_steps:
             return self.joint_and_gripper_state()
-        return self._unpack_states(read[1], read[2])
+        return self._unpack_states(read[1], self.arm_speeds_after_step())
+
+    def arm_speeds_after_step(self) -> list[float] | None:
+        """The arm joints' speeds (rad/s) as the speed clamp left them after the latest
+        physics step, from its read; None where that read is not current (no step since a
+        reset or teleport)."""
+        read = self._read_after_step
+        if read is None or read[0] != self.sim.physics_steps:
+            return None
+        states, clamped_velocities = read[1], read[2]
+        if clamped_velocities is None:
+            return [state[1] for state in states[: self.joint_count]]
+        return clamped_velocities
 
     def _unpack_states(self, states, arm_velocities) -> tuple[np.ndarray, np.ndarray, float]:
         count = self.joint_count
@@ -414,9 +442,9 @@ class UrdfArm:
 
     def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """TCP position (m) and orientation quaternion (x, y, z, w) in the base frame."""
-        state = self.client.getLinkState(
-            self.body_id, self.last_arm_link_index, computeForwardKinematics=1
-        )
+        # (computeLinkVelocity=0, computeForwardKinematics=1) passed by position: PyBullet
+        # parses keywords slower, and this runs every control step.
+        state = self.client.getLinkState(self.body_id, self.last_arm_link_index, 0, 1)
         position, orientation = pybullet.multiplyTransforms(
             state[4], state[5], self._tcp_offset_list, (0.0, 0.0, 0.0, 1.0)
         )
@@ -455,16 +483,32 @@ class UrdfArm:
 
     def command_joint_positions(self, targets: np.ndarray) -> np.ndarray:
         """Send position targets (clipped to the joint range); returns what was sent."""
-        targets = self.limits.clip(np.asarray(targets, dtype=float))
+        targets = np.asarray(targets, dtype=float)
+        if targets.shape != (self.joint_count,):
+            raise ValueError(
+                f"expected {self.joint_count} joint position targets, got shape {targets.shape}"
+            )
+        return np.array(self.command_setpoint(targets.tolist()))
+
+    def command_setpoint(self, setpoint: list[float]) -> list[float]:
+        """`command_joint_positions` for one robot period's setpoint as plain floats (the
+        command stream's, 8 times per environment step): clipped to the joint range in
+        floats, which gives numpy's minimum/maximum numbers without two array round trips.
+        Returns what was sent (a new list)."""
+        # `x < low` and `x > high` are False for NaN, so a NaN passes as numpy's would.
+        clipped = [
+            low if x < low else (high if x > high else x)
+            for x, low, high in zip(setpoint, self._joint_lower, self._joint_upper, strict=True)
+        ]
         self.client.setJointMotorControlArray(
             self.body_id,
             self.arm_joint_indices,
             pybullet.POSITION_CONTROL,
-            targetPositions=targets.tolist(),
+            targetPositions=clipped,
             forces=self._arm_efforts,
             **self._motor_options,
         )
-        return targets
+        return clipped
 
     def set_motor_parameters(
         self,

@@ -305,8 +305,11 @@ class IiwaGraspEnv(IiwaEnv):
         # underside on the top face (a side grasp's normals are level).
         left, right = self.robot.finger_contact_normals(self.cube_id)
         self._contacts = (bool(left), bool(right))
-        self._fingers_on_cube_top = sum(
-            any(z >= TOP_CONTACT_MIN_NORMAL_Z for z in normals) for normals in (left, right)
+        # Most steps touch nothing: no generators to run over empty lists then.
+        self._fingers_on_cube_top = (
+            sum(any(z >= TOP_CONTACT_MIN_NORMAL_Z for z in normals) for normals in (left, right))
+            if left or right
+            else 0
         )
 
     # ----------------------------------------------------------------- actions
