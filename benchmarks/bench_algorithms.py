@@ -238,7 +238,7 @@ def throughput(args) -> None:
                 f"(matrix products alone: {ceiling['gflop_per_gradient_step']:.3f} GFLOP per "
                 f"gradient step at {ceiling['gflop_per_s']:.1f} GFLOP/s allow "
                 f"{ceiling['steps_per_second']:.0f} steps/s = {best_ratio:.2f}x SB3; "
-                f"ours at {100 * of_ceiling:.0f} % of it)",
+                f"ours at {100 * of_ceiling:.1f} % of it)",
                 flush=True,
             )
     lines = [
@@ -252,7 +252,7 @@ def throughput(args) -> None:
             f"| {row['ours']['steps_per_second']:.1f} ({row['ours']['num_envs']} envs) "
             f"| {row['sb3']['steps_per_second']:.1f} | {row['ratio']:.2f}x "
             f"| {row['ceiling']['steps_per_second']:.0f} ({row['ceiling_ratio']:.2f}x) "
-            f"| {100 * row['of_ceiling']:.0f} % |"
+            f"| {100 * row['of_ceiling']:.1f} % |"
         )
     table = "\n".join(lines)
     print(table)
