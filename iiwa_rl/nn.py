@@ -18,7 +18,7 @@ from torch.nn import functional
 from iiwa_rl.config import LogStdSection, NetworkSection
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
-LOG_2PI = math.log(2.0 * math.pi)
+_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def mlp(input_size: int, spec: NetworkSection) -> tuple[nn.Sequential, int]:
@@ -75,9 +75,12 @@ class GaussianActor(nn.Module):
             init_linear(self.mean_head, gain=0.01)
 
     def _squash(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (
-            torch.tanh(raw) + 1
-        )
+        return self.log_std_of_tanh(torch.tanh(raw))
+
+    def log_std_of_tanh(self, tanh_raw: torch.Tensor) -> torch.Tensor:
+        """The squashed log-std from tanh(raw) (PPO's written-out gradient keeps the tanh
+        for its derivative)."""
+        return self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (tanh_raw + 1)
 
     def forward(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-std of the action distribution."""
@@ -109,12 +112,16 @@ def gaussian_log_prob(
     action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
 ) -> torch.Tensor:
     """log N(action; mean, exp(log_std)^2), summed over action dimensions."""
-    z = (action - mean) * torch.exp(-log_std)
-    return (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
+    return standardized_log_prob((action - mean) * torch.exp(-log_std), log_std)
+
+
+def standardized_log_prob(z: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """`gaussian_log_prob` from z = (action - mean) / std, for a caller that keeps z."""
+    return (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
 
 
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    return (log_std + 0.5 * (1.0 + LOG_2PI)).sum(-1)
+    return (log_std + 0.5 * (1.0 + _LOG_2PI)).sum(-1)
 
 
 def gaussian_kl(
@@ -171,8 +178,8 @@ class QCritic(nn.Module):
 
 
 # The derivative of each activation, from its input `pre` and output `post`, with the
-# kernels autograd itself runs for them: the explicit backward below gives autograd's
-# gradients bit for bit (tests/test_ddpg.py).
+# kernels autograd itself runs for them (tests/test_ddpg.py and tests/test_ppo.py hold the
+# explicit backward below to autograd's gradients).
 # tanh's and relu's derivatives need only the output, so they overwrite their input and
 # save an allocation per layer; elu's and silu's need the input kept.
 _ACTIVATION_FORWARD = {

@@ -23,7 +23,7 @@ import torch
 from iiwa_rl.algos.base import OnPolicyAlgorithm
 from iiwa_rl.algos.optim import FlatAdam, clip_grad_norm_flat_, flatten_parameters_
 from iiwa_rl.config import PPOSection
-from iiwa_rl.nn import LOG_2PI, ExplicitBackprop, GaussianActor
+from iiwa_rl.nn import ExplicitBackprop, GaussianActor, gaussian_entropy, standardized_log_prob
 
 
 def clipped_surrogate_loss(
@@ -70,20 +70,19 @@ def policy_gradients(
         d log pi / d mean = z / std,    d log pi / d log std = z^2 - 1,
         d loss / d log pi = -A r / B where the unclipped term is taken, else 0,
         d (-entropy_coef * E[H]) / d log std = -entropy_coef / B,
-    and log std = min + (max - min) (tanh(raw) + 1) / 2 (GaussianActor._squash) gives
+    and log std = min + (max - min) (tanh(raw) + 1) / 2 (GaussianActor.log_std_of_tanh) gives
         d log std / d raw = (max - min) (1 - tanh(raw)^2) / 2.
     tests/test_ppo.py checks all of it against autograd on the module's own loss."""
     batch = advantages.shape[0]
     tanh_raw = torch.tanh(raw_log_std)
     half_span = 0.5 * (actor.log_std_max - actor.log_std_min)
-    log_std = actor.log_std_min + half_span * (tanh_raw + 1.0)
+    log_std = actor.log_std_of_tanh(tanh_raw)
     inverse_std = torch.exp(-log_std)
     z = (actions - mean) * inverse_std
-    log_probs = (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
-    log_ratio = log_probs - old_log_probs
+    log_ratio = standardized_log_prob(z, log_std) - old_log_probs
     ratio = log_ratio.exp()
     surrogate, unclipped_taken = _surrogate_and_mask(ratio, advantages, clip_range)
-    entropy = (log_std + 0.5 * (1.0 + LOG_2PI)).sum(-1).mean()
+    entropy = gaussian_entropy(log_std).mean()
 
     log_prob_gradient = (advantages * ratio * unclipped_taken).mul_(-1.0 / batch).unsqueeze(-1)
     mean_gradient = log_prob_gradient * z * inverse_std
