@@ -35,8 +35,8 @@ class JointLimits:
     velocity: np.ndarray
     effort: np.ndarray
 
-    # The bounds per margin are computed once (cached_property
-    # writes to the instance dict, which a frozen dataclass allows).
+    # The bounds per margin are computed once (cached_property writes to the instance
+    # dict, which a frozen dataclass allows).
     @functools.cached_property
     def _clip_bounds(self) -> dict[float, tuple[np.ndarray, np.ndarray]]:
         return {}
