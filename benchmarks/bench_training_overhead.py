@@ -3,7 +3,7 @@ same run: what share of what the environments allow the training loop keeps.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_training_overhead.py \
         [--config configs/reach_ppo.yaml] [--steps 100000] [--rounds 2] \
-        [--vector-modes config batched rollout_workers] [--json OUT]
+        [--vector-modes config batched rollout_workers] [--update-threads 1 2] [--json OUT]
 
 Each round measures, one right after the other so that all meet the same machine state:
 - env-only: the config's envs (same id, kwargs, num_envs, workers) in the batched vector
@@ -16,7 +16,9 @@ Each round measures, one right after the other so that all meet the same machine
   normalisation, the update, everything but evaluation and checkpoints), once per
   layout: each of `--vector-modes` ("config": the config's own), and in batched mode
   each value of `--main-process-share` (the share of the envs, relative to an even one,
-  that the main process steps, the process that also acts; "config": the config's own).
+  that the main process steps, the process that also acts; "config": the config's own),
+  and for each of those, each value of `--update-threads` (the torch threads of the update
+  alone, train.update_threads).
 The ratio is training over env-only per round, and the ratio of the totals. Beside each
 figure: the CPU milliseconds per vector step of the main process and of each subprocess
 (from /proc), which say how evenly the work is spread whatever else runs: on a shared
@@ -153,6 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
         default=["config"],
         help="batched mode's layouts to measure in each round: a share (0 to 1), or config",
     )
+    parser.add_argument(
+        "--update-threads",
+        nargs="+",
+        default=["config"],
+        help="torch threads in the update (train.update_threads) to measure for each "
+        "layout: a count, or config",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.steps < 1000:
@@ -176,6 +185,12 @@ def main(argv: list[str] | None = None) -> dict:
         for value in args.main_process_share:
             share = [] if value == "config" else [f"env.main_process_share={value}"]
             layouts[f"{mode}, main_process_share {value}"] = [*mode_overrides, *share]
+    if args.update_threads != ["config"]:
+        layouts = {
+            f"{name}, update_threads {threads}": [*layout, f"train.update_threads={threads}"]
+            for name, layout in layouts.items()
+            for threads in args.update_threads
+        }
     env_only_config = load_config(args.config, [*overrides, "env.main_process_share=1"])
     print(
         f"{config.env.id}: {config.env.num_envs} envs, vector_mode {config.env.vector_mode}, "

@@ -266,6 +266,12 @@ class TrainSection:
     torch_threads: PositiveInt = (
         1  # more threads oversubscribe a small machine: measured 10x slower
     )
+    # Torch threads for the algorithm's update alone (None: torch_threads). While it runs
+    # the env workers wait for the next actions, so their cores are free: the grasp's
+    # PPO update (1,024-sample minibatches through 2 x 256 networks) runs 1.5 to 1.8x
+    # faster on two threads, the reach's (128-sample ones through 2 x 128) slower
+    # (benchmarks/RESULTS.md, "Training speed, fourth part").
+    update_threads: PositiveInt | None = None
 
 
 @dataclass

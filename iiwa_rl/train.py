@@ -13,6 +13,7 @@ directory's rules in run_dir.py. Algorithms see normalised observations and scal
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections import deque
@@ -25,7 +26,7 @@ from iiwa_rl import run_dir as runs
 from iiwa_rl.algos import ALGORITHMS, Algorithm, Transition
 from iiwa_rl.checkpoint import load_checkpoint, remove_stale_partials, restore, save_checkpoint
 from iiwa_rl.collectors import Acting, make_collector
-from iiwa_rl.config import TrainConfig
+from iiwa_rl.config import TrainConfig, TrainSection
 from iiwa_rl.episode_stats import EpisodeStatistics
 from iiwa_rl.evaluation import (
     BackgroundEvaluation,
@@ -49,6 +50,20 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def update_threads(train: TrainSection):
+    """Torch runs the update on `train.update_threads` threads, and on `torch_threads`
+    again after it: the env workers are waiting during the update, not stepping."""
+    if train.update_threads is None or train.update_threads == train.torch_threads:
+        yield
+        return
+    torch.set_num_threads(train.update_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(train.torch_threads)
 
 
 class Trainer:
@@ -181,7 +196,8 @@ class Trainer:
 
             if self.algorithm.ready_to_update():
                 fraction = min(self.global_step / cfg.total_steps, 1.0)
-                losses = self.algorithm.update(fraction)
+                with update_threads(cfg):
+                    losses = self.algorithm.update(fraction)
                 if losses is not None:  # None: the algorithm reports less often
                     elapsed = time.monotonic() - started
                     row = {

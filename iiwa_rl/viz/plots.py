@@ -26,7 +26,13 @@ import numpy as np
 from iiwa_rl.metrics import Metric
 
 # Config keys that differ between runs of one experiment and must not split a group.
-RUN_SPECIFIC_KEYS = {"seed", "device", "train.progress", "train.torch_threads"}
+RUN_SPECIFIC_KEYS = {
+    "seed",
+    "device",
+    "train.progress",
+    "train.torch_threads",
+    "train.update_threads",
+}
 
 EVAL_PANELS: list[tuple[tuple[str, ...], str]] = [
     (("success_rate",), "evaluation success rate"),
