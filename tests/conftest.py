@@ -10,6 +10,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NEVER = "1000000000"  # an interval no test run reaches
+# A short learning run: seed 0, a constant learning rate (a linear decay over so short a run
+# stops it early), no evaluations or checkpoints, quiet, no time limit.
+LEARNING_RUN = [
+    "seed=0",
+    "ppo.lr_schedule=constant",
+    f"train.eval_every_steps={NEVER}",
+    f"train.checkpoint_every_steps={NEVER}",
+    "train.eval_episodes=1",
+    "train.progress=quiet",
+    "train.max_wall_seconds=null",
+]
 
 
 @dataclass
@@ -21,27 +32,22 @@ class TrainedRun:
 
 
 @pytest.fixture(scope="session")
-def reach_trained_150k(tmp_path_factory) -> TrainedRun:
-    """configs/reach_ppo.yaml trained 150k steps in batched mode: seed 0, a constant learning
-    rate (a linear decay over so short a run stops it early), no evaluations or
-    checkpoints. test_training's learning check and test_ray's batched reference are this
-    one run: the suite's longest minutes, spent once."""
+def learning_run_overrides() -> list[str]:
+    """The config overrides of a short learning run (LEARNING_RUN)."""
+    return list(LEARNING_RUN)
+
+
+@pytest.fixture(scope="session")
+def reach_trained_150k(tmp_path_factory, learning_run_overrides) -> TrainedRun:
+    """configs/reach_ppo.yaml trained 150k steps in batched mode as a short learning run.
+    test_training's learning check and test_ray's batched reference are this one run: the
+    suite's longest minutes, spent once."""
     from iiwa_rl.config import load_config
     from iiwa_rl.train import Trainer
 
     config = load_config(
         REPO / "configs" / "reach_ppo.yaml",
-        [
-            "seed=0",
-            "ppo.lr_schedule=constant",
-            f"train.eval_every_steps={NEVER}",
-            f"train.checkpoint_every_steps={NEVER}",
-            "train.eval_episodes=1",
-            "train.progress=quiet",
-            "train.max_wall_seconds=null",
-            "train.total_steps=150000",
-            "env.vector_mode=batched",
-        ],
+        [*learning_run_overrides, "train.total_steps=150000", "env.vector_mode=batched"],
     )
     run_dir = tmp_path_factory.mktemp("reach-150k") / "run"
     trainer = Trainer(config, run_dir)

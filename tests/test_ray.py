@@ -33,7 +33,6 @@ from iiwa_rl.train import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REACH = REPO / "configs" / "reach_ppo.yaml"
-NEVER = "1000000000"
 QUIET = ["train.progress=quiet", "train.max_wall_seconds=null"]
 
 
@@ -90,7 +89,9 @@ def _policy_results(run_dir: Path, config, episodes: int, seed: int) -> dict:
 
 # ------------------------------------------------------------------- learning
 @pytest.mark.slow
-def test_ray_mode_learns_the_reach_like_batched_mode(tmp_path, local_ray, reach_trained_150k):
+def test_ray_mode_learns_the_reach_like_batched_mode(
+    tmp_path, local_ray, reach_trained_150k, learning_run_overrides
+):
     """150k steps of the reach config in batched mode (conftest.py's run, shared with
     test_training) and in ray mode (2 workers x 8 envs): both bring the TCP from ~28 cm to
     within a few cm of the goal, ray mode about as far as batched. Measured (seed 0, 20
@@ -102,12 +103,7 @@ def test_ray_mode_learns_the_reach_like_batched_mode(tmp_path, local_ray, reach_
     config = load_config(
         REACH,
         [
-            *QUIET,
-            "seed=0",
-            "ppo.lr_schedule=constant",  # a linear decay over so short a run stops it early
-            f"train.eval_every_steps={NEVER}",
-            f"train.checkpoint_every_steps={NEVER}",
-            "train.eval_episodes=1",
+            *learning_run_overrides,
             "train.total_steps=150000",
             "env.vector_mode=ray",
             "env.ray.workers=2",

@@ -343,20 +343,8 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
 
 def _before_and_after_training(config_path, overrides, run_dir, episodes, seed):
     """Deterministic results of the untrained and the trained policy on the same episodes,
-    for a short run of `config_path` with `overrides` (no evaluations or checkpoints)."""
-    config = load_config(
-        config_path,
-        [
-            "seed=0",
-            "ppo.lr_schedule=constant",  # a linear decay over so short a run stops it early
-            f"train.eval_every_steps={NEVER}",
-            f"train.checkpoint_every_steps={NEVER}",
-            "train.eval_episodes=1",
-            "train.progress=quiet",
-            "train.max_wall_seconds=null",
-            *overrides,
-        ],
-    )
+    for a run of `config_path` with `overrides` (a short learning run's, conftest.py)."""
+    config = load_config(config_path, overrides)
     trainer = Trainer(config, run_dir)
     before = _policy_results(
         trainer.algorithm.deterministic_actor(),
@@ -395,13 +383,13 @@ def test_ppo_learns_to_reach(reach_trained_150k):
 
 
 @pytest.mark.slow
-def test_ppo_grasp_training_improves_its_reward(tmp_path):
+def test_ppo_grasp_training_improves_its_reward(tmp_path, learning_run_overrides):
     """A short run of the shipped grasp config learns the first part of the task: the
     gripper goes to the cube (not the full grasp; that takes configs/grasp_ppo.yaml's
     budget)."""
     before, after = _before_and_after_training(
         GRASP,
-        ["env.num_envs=16", "train.total_steps=102400"],
+        [*learning_run_overrides, "env.num_envs=16", "train.total_steps=102400"],
         tmp_path / "run",
         episodes=10,
         seed=777,
