@@ -32,26 +32,31 @@ class TrainedRun:
 
 
 @pytest.fixture(scope="session")
-def learning_run_overrides() -> list[str]:
-    """The config overrides of a short learning run (LEARNING_RUN)."""
-    return list(LEARNING_RUN)
-
-
-@pytest.fixture(scope="session")
-def reach_trained_150k(tmp_path_factory, learning_run_overrides) -> TrainedRun:
-    """configs/reach_ppo.yaml trained 150k steps in batched mode as a short learning run.
-    test_training's learning check and test_ray's batched reference are this one run: the
-    suite's longest minutes, spent once."""
+def learning_run(tmp_path_factory):
+    """`learning_run(config_path, overrides)`: trains a short learning run (LEARNING_RUN,
+    then `overrides`) into a new directory and returns it as a TrainedRun, with the policy
+    as it was before training."""
     from iiwa_rl.config import load_config
     from iiwa_rl.train import Trainer
 
-    config = load_config(
+    def train(config_path: Path, overrides: list[str]) -> TrainedRun:
+        config = load_config(config_path, [*LEARNING_RUN, *overrides])
+        run_dir = tmp_path_factory.mktemp("learning-run") / "run"
+        trainer = Trainer(config, run_dir)
+        untrained_actor = copy.deepcopy(trainer.algorithm.deterministic_actor())
+        untrained_normalizer = copy.deepcopy(trainer.obs_normalizer)
+        trainer.train()
+        return TrainedRun(run_dir, config, untrained_actor, untrained_normalizer)
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def reach_trained_150k(learning_run) -> TrainedRun:
+    """configs/reach_ppo.yaml trained 150k steps in batched mode as a short learning run.
+    test_training's learning check and test_ray's batched reference are this one run: the
+    suite's longest minutes, spent once."""
+    return learning_run(
         REPO / "configs" / "reach_ppo.yaml",
-        [*learning_run_overrides, "train.total_steps=150000", "env.vector_mode=batched"],
+        ["train.total_steps=150000", "env.vector_mode=batched"],
     )
-    run_dir = tmp_path_factory.mktemp("reach-150k") / "run"
-    trainer = Trainer(config, run_dir)
-    untrained_actor = copy.deepcopy(trainer.algorithm.deterministic_actor())
-    untrained_normalizer = copy.deepcopy(trainer.obs_normalizer)
-    trainer.train()
-    return TrainedRun(run_dir, config, untrained_actor, untrained_normalizer)

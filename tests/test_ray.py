@@ -89,9 +89,7 @@ def _policy_results(run_dir: Path, config, episodes: int, seed: int) -> dict:
 
 # ------------------------------------------------------------------- learning
 @pytest.mark.slow
-def test_ray_mode_learns_the_reach_like_batched_mode(
-    tmp_path, local_ray, reach_trained_150k, learning_run_overrides
-):
+def test_ray_mode_learns_the_reach_like_batched_mode(local_ray, reach_trained_150k, learning_run):
     """150k steps of the reach config in batched mode (conftest.py's run, shared with
     test_training) and in ray mode (2 workers x 8 envs): both bring the TCP from ~28 cm to
     within a few cm of the goal, ray mode about as far as batched. Measured (seed 0, 20
@@ -100,21 +98,15 @@ def test_ray_mode_learns_the_reach_like_batched_mode(
     longer learn the reach since the env drives the arm through the controller's
     interpolator (batched: 30 cm)."""
     batched_run = reach_trained_150k
-    config = load_config(
-        REACH,
-        [
-            *learning_run_overrides,
-            "train.total_steps=150000",
-            "env.vector_mode=ray",
-            "env.ray.workers=2",
-        ],
+    ray_run = learning_run(
+        REACH, ["train.total_steps=150000", "env.vector_mode=ray", "env.ray.workers=2"]
     )
     # The same run but for the layout: the collector is the only difference.
+    config = ray_run.config
     assert config.ppo == batched_run.config.ppo and config.seed == batched_run.config.seed
     assert config.train.total_steps == batched_run.config.train.total_steps
-    Trainer(config, tmp_path / "ray").train()
     batched = _policy_results(batched_run.run_dir, batched_run.config, episodes=20, seed=777)
-    ray_mode = _policy_results(tmp_path / "ray", config, episodes=20, seed=777)
+    ray_mode = _policy_results(ray_run.run_dir, config, episodes=20, seed=777)
     print({"batched": batched, "ray": ray_mode})
     # Learnt at all (at least twice the margin of the measured figures), then like batched
     # on the same budget: different action samples make the two modes two draws of one

@@ -341,22 +341,15 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- learning
 
 
-def _before_and_after_training(config_path, overrides, run_dir, episodes, seed):
-    """Deterministic results of the untrained and the trained policy on the same episodes,
-    for a run of `config_path` with `overrides` (a short learning run's, conftest.py)."""
-    config = load_config(config_path, overrides)
-    trainer = Trainer(config, run_dir)
+def _before_and_after_training(run, episodes, seed):
+    """Deterministic results of a learning run's (conftest.py) untrained and trained policy
+    on the same episodes."""
+    env_id, env_kwargs = run.config.env.id, run.config.env.kwargs
     before = _policy_results(
-        trainer.algorithm.deterministic_actor(),
-        trainer.obs_normalizer,
-        config.env.id,
-        config.env.kwargs,
-        episodes,
-        seed,
+        run.untrained_actor, run.untrained_normalizer, env_id, env_kwargs, episodes, seed
     )
-    trainer.train()
-    actor, normalizer = build_policy(*load_run(run_dir, "last"))
-    after = _policy_results(actor, normalizer, config.env.id, config.env.kwargs, episodes, seed)
+    actor, normalizer = build_policy(*load_run(run.run_dir, "last"))
+    after = _policy_results(actor, normalizer, env_id, env_kwargs, episodes, seed)
     print(f"before {before}\nafter {after}")
     return before, after
 
@@ -365,14 +358,7 @@ def _before_and_after_training(config_path, overrides, run_dir, episodes, seed):
 def test_ppo_learns_to_reach(reach_trained_150k):
     """150k steps (conftest.py's run, shared with test_ray) bring the TCP from ~28 cm to
     within ~10 cm of the goal."""
-    run = reach_trained_150k
-    env_id, env_kwargs = run.config.env.id, run.config.env.kwargs
-    before = _policy_results(
-        run.untrained_actor, run.untrained_normalizer, env_id, env_kwargs, 20, seed=777
-    )
-    actor, normalizer = build_policy(*load_run(run.run_dir, "last"))
-    after = _policy_results(actor, normalizer, env_id, env_kwargs, 20, seed=777)
-    print(f"before {before}\nafter {after}")
+    before, after = _before_and_after_training(reach_trained_150k, episodes=20, seed=777)
     # Through the controller's interpolator (since 2026-12-01) the arm has momentum to brake
     # and 60k steps no longer showed it (0.29 -> 0.30 m). At 120k (seed 0, 2026-12-01): final
     # TCP distance 0.287 -> 0.063 m, mean return -21.2 -> +5.8; at 150k (2026-12-02, 20
@@ -383,17 +369,12 @@ def test_ppo_learns_to_reach(reach_trained_150k):
 
 
 @pytest.mark.slow
-def test_ppo_grasp_training_improves_its_reward(tmp_path, learning_run_overrides):
+def test_ppo_grasp_training_improves_its_reward(learning_run):
     """A short run of the shipped grasp config learns the first part of the task: the
     gripper goes to the cube (not the full grasp; that takes configs/grasp_ppo.yaml's
     budget)."""
-    before, after = _before_and_after_training(
-        GRASP,
-        [*learning_run_overrides, "env.num_envs=16", "train.total_steps=102400"],
-        tmp_path / "run",
-        episodes=10,
-        seed=777,
-    )
+    run = learning_run(GRASP, ["env.num_envs=16", "train.total_steps=102400"])
+    before, after = _before_and_after_training(run, episodes=10, seed=777)
     # Measured (seed 0, 2026-12-01, through the controller's interpolator: 40,960 steps no
     # longer sufficed, 0.27 -> 0.38 m): TCP-to-cube distance 0.27 -> 0.061 m, mean return
     # 1.4 -> 73.7 over the same 10 episodes; the thresholds leave about half as margin.
