@@ -3,7 +3,8 @@ same run: what share of what the environments allow the training loop keeps.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_training_overhead.py \
         [--config configs/reach_ppo.yaml] [--steps 100000] [--rounds 2] \
-        [--vector-modes config batched rollout_workers] [--update-threads 1 2] [--json OUT]
+        [--vector-modes config batched rollout_workers] [--main-process-share config 0.75] \
+        [--handover-spin-s 0 config] [--update-threads 1 2] [--json OUT]
 
 Each round measures, one right after the other so that all meet the same machine state:
 - env-only: the config's envs (same id, kwargs, num_envs, workers) in the batched vector
@@ -16,8 +17,9 @@ Each round measures, one right after the other so that all meet the same machine
   normalisation, the update, everything but evaluation and checkpoints), once per
   layout: each of `--vector-modes` ("config": the config's own), and in batched mode
   each value of `--main-process-share` (the share of the envs, relative to an even one,
-  that the main process steps, the process that also acts; "config": the config's own),
-  and for each of those, each value of `--update-threads` (the torch threads of the update
+  that the main process steps, the process that also acts; "config": the config's own)
+  with each value of `--handover-spin-s` (how long the processes poll for each other's
+  messages before they block), and for each of those, each value of `--update-threads` (the torch threads of the update
   alone, train.update_threads).
 The ratio is training over env-only per round, and the ratio of the totals. Beside each
 figure: the CPU milliseconds per vector step of the main process and of each subprocess
@@ -66,7 +68,9 @@ def env_only(config, steps: int, seed: int) -> dict:
     from iiwa_rl.envs import make_vector_env
 
     env = config.env
-    envs = make_vector_env(env.id, env.num_envs, env.kwargs, "batched", env.workers)
+    envs = make_vector_env(
+        env.id, env.num_envs, env.kwargs, "batched", env.workers, 1.0, env.handover_spin_s
+    )
     try:
         envs.reset(seed=seed)
         rng = np.random.default_rng(seed)
@@ -156,6 +160,13 @@ def main(argv: list[str] | None = None) -> dict:
         help="batched mode's layouts to measure in each round: a share (0 to 1), or config",
     )
     parser.add_argument(
+        "--handover-spin-s",
+        nargs="+",
+        default=["config"],
+        help="batched mode: seconds each process polls for the other's message before it "
+        "blocks (env.handover_spin_s) to measure for each layout: a value, or config",
+    )
+    parser.add_argument(
         "--update-threads",
         nargs="+",
         default=["config"],
@@ -184,7 +195,12 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         for value in args.main_process_share:
             share = [] if value == "config" else [f"env.main_process_share={value}"]
-            layouts[f"{mode}, main_process_share {value}"] = [*mode_overrides, *share]
+            for spin in args.handover_spin_s:
+                spin_override = [] if spin == "config" else [f"env.handover_spin_s={spin}"]
+                name = f"{mode}, main_process_share {value}"
+                if args.handover_spin_s != ["config"]:
+                    name += f", handover_spin_s {spin}"
+                layouts[name] = [*mode_overrides, *share, *spin_override]
     if args.update_threads != ["config"]:
         layouts = {
             f"{name}, update_threads {threads}": [*layout, f"train.update_threads={threads}"]

@@ -165,5 +165,6 @@ def make_collector(config) -> RolloutCollector:
             env_config.vector_mode,
             env_config.workers,
             env_config.main_process_share,
+            env_config.handover_spin_s,
         )
     )

@@ -122,6 +122,10 @@ class EnvSection:
     # rest spread evenly over the subprocesses). The main process also acts, so a smaller
     # share keeps the subprocesses from waiting on the policy; no layout changes a number.
     main_process_share: Annotated[float, Range(ge=0.0, le=1.0)] = 1.0
+    # batched mode: seconds a process polls for the other side's message before it blocks
+    # and hands its core back; null: the vector env's default (envs/vector.py
+    # HANDOVER_SPIN_S, where the why is); 0 blocks at once, for cores that other work needs.
+    handover_spin_s: Annotated[float, Range(ge=0.0, le=1.0)] | None = None
     ray: RaySection = field(default_factory=RaySection)
     kwargs: dict = field(default_factory=dict)
 

@@ -131,6 +131,11 @@ BAD_CONFIGS = [
         ["env", "main_process_share must be in [0, 1], got 1.5"],
     ),
     (
+        "negative handover_spin_s",
+        _with("env.handover_spin_s", -0.001),
+        ["env", "handover_spin_s must be in [0, 1], got -0.001"],
+    ),
+    (
         "bad value: log_std bounds",
         _with("policy.log_std.min", 2.0),
         ["policy.log_std", "log_std.min must be < log_std.max"],

@@ -2,6 +2,8 @@
 like single envs stepped on their own, in every layout of envs over processes; a PPO
 training computes the same weights in every vector mode and layout."""
 
+import os
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -82,13 +84,22 @@ def test_slice_bounds_even_and_with_a_main_process_share():
         slice_bounds(16, 2, 1.5)
 
 
-@pytest.mark.parametrize("main_process_share", [1.0, 0.75, 0.0])
-def test_batched_rollout_equals_single_env_rollouts(main_process_share):
-    """Bit for bit: env i of the batched vector env, whichever process steps it, is a
-    single env seeded s + i given the same actions, through SAME_STEP autoresets."""
+@pytest.mark.parametrize(
+    "main_process_share, handover_spin_s", [(1.0, None), (0.75, 0.0), (0.0, None)]
+)
+def test_batched_rollout_equals_single_env_rollouts(main_process_share, handover_spin_s):
+    """Bit for bit: env i of the batched vector env, whichever process steps it and
+    whether the processes poll or block for each other's messages, is a single env seeded
+    s + i given the same actions, through SAME_STEP autoresets."""
     kwargs, count, seed = {"episode_steps": 3}, 3, 11
     batched = make_vector_env(
-        "IiwaReach-v0", count, kwargs, "batched", workers=2, main_process_share=main_process_share
+        "IiwaReach-v0",
+        count,
+        kwargs,
+        "batched",
+        workers=2,
+        main_process_share=main_process_share,
+        handover_spin_s=handover_spin_s,
     )
     singles = [gym.make("IiwaReach-v0", **kwargs) for _ in range(count)]
     try:
@@ -113,6 +124,37 @@ def test_batched_rollout_equals_single_env_rollouts(main_process_share):
         batched.close()
         for env in singles:
             env.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_waiting_worker_polls_for_handover_spin_s_then_blocks():
+    """Between two commands a subprocess polls for `handover_spin_s`, then blocks: waiting
+    through a long pause (an update) costs it that much CPU, not the pause. A worker that
+    blocked at once, or polled on, would fail one of the two bounds."""
+    pause_s = 1.5
+    for spin_s, low, high in [(0.0, 0.0, 0.15), (0.5, 0.35, 0.9)]:
+        envs = make_vector_env("IiwaReach-v0", 2, {}, "batched", workers=2, handover_spin_s=spin_s)
+        try:
+            envs.reset(seed=0)
+            worker = envs._processes[0].pid
+            envs.step(np.zeros((2, 7), dtype=np.float32))
+            before = _cpu_seconds(worker)
+            time.sleep(pause_s)
+            waited = _cpu_seconds(worker) - before
+        finally:
+            envs.close()
+        assert low <= waited <= high, (spin_s, waited)
+
+
+def test_a_negative_handover_spin_is_refused():
+    with pytest.raises(ValueError, match="handover_spin_s must be >= 0, got -0.1"):
+        make_vector_env("IiwaReach-v0", 2, {}, "batched", workers=2, handover_spin_s=-0.1)
 
 
 def _trained_weights(tmp_path, name: str, overrides: list[str]) -> list[torch.Tensor]:

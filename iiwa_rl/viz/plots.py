@@ -32,6 +32,7 @@ RUN_SPECIFIC_KEYS = {
     "train.progress",
     "train.torch_threads",
     "train.update_threads",
+    "env.handover_spin_s",  # how long processes poll: changes the speed, not a number
 }
 
 EVAL_PANELS: list[tuple[tuple[str, ...], str]] = [
