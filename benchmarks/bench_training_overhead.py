@@ -19,8 +19,9 @@ Each round measures, one right after the other so that all meet the same machine
   each value of `--main-process-share` (the share of the envs, relative to an even one,
   that the main process steps, the process that also acts; "config": the config's own)
   with each value of `--handover-spin-s` (how long the processes poll for each other's
-  messages before they block), and for each of those, each value of `--update-threads` (the torch threads of the update
-  alone, train.update_threads).
+  messages before they block; env-only polls as the config says), and for each of those,
+  each value of `--update-threads` (the torch threads of the update alone,
+  train.update_threads).
 The ratio is training over env-only per round, and the ratio of the totals. Beside each
 figure: the CPU milliseconds per vector step of the main process and of each subprocess
 (from /proc), which say how evenly the work is spread whatever else runs: on a shared
