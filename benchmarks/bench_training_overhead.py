@@ -70,7 +70,12 @@ def env_only(config, steps: int, seed: int) -> dict:
 
     env = config.env
     envs = make_vector_env(
-        env.id, env.num_envs, env.kwargs, "batched", env.workers, 1.0, env.handover_spin_s
+        env.id,
+        env.num_envs,
+        env.kwargs,
+        "batched",
+        env.workers,
+        handover_spin_s=env.handover_spin_s,
     )
     try:
         envs.reset(seed=seed)
