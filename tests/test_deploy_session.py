@@ -3,6 +3,7 @@ that change while it runs, and the stop that brings the arm to rest."""
 
 from __future__ import annotations
 
+import gc
 import socket
 import sys
 import time
@@ -158,3 +159,51 @@ def test_a_goal_change_leaves_the_callers_goal_array_alone(reach_model):
         listener.close()
     assert summary.goal_changes == 1
     np.testing.assert_array_equal(callers_goal, GOAL)
+
+
+class FreezeRecordingGoalSource:
+    """A goal source that brings no goals and notes, each time the loop polls it, how many
+    objects the collector skips and whether `standing` is among the ones it still walks."""
+
+    def __init__(self, standing: object) -> None:
+        self.standing = standing
+        self.freeze_counts: list[int] = []
+        self.standing_walked: bool | None = None
+
+    def poll(self) -> list[np.ndarray]:
+        self.freeze_counts.append(gc.get_freeze_count())
+        if self.standing_walked is None:
+            self.standing_walked = walked_by_the_collector(self.standing)
+        return []
+
+
+def test_the_loop_keeps_the_collector_off_the_heap_it_started_with(reach_model):
+    # A full collection over a process's whole heap stops every thread for 100-200 ms in a
+    # process like this test session's: the heap standing at the start is skipped while the
+    # loop runs, and walked again after it.
+    standing = [[index] for index in range(50_000)]
+    source = FreezeRecordingGoalSource(standing)
+    summary, _ = run(reach_model, START, duration_s=0.4, goal_source=source)
+    assert not summary.faults, summary.format()
+    assert source.freeze_counts, "the loop never polled its goal source"
+    assert min(source.freeze_counts) >= len(standing)
+    assert source.standing_walked is False
+    assert gc.get_freeze_count() == 0 and walked_by_the_collector(standing)
+
+
+def walked_by_the_collector(value: object) -> bool:
+    return any(
+        candidate is value for generation in range(3) for candidate in gc.get_objects(generation)
+    )
+
+
+def test_a_heap_the_host_froze_stays_frozen_after_the_loop(reach_model):
+    frozen_by_host = [[index] for index in range(1_000)]
+    gc.freeze()
+    try:
+        summary, _ = run(reach_model, START, duration_s=0.2)
+        assert not summary.faults, summary.format()
+        assert not walked_by_the_collector(frozen_by_host)
+    finally:
+        gc.unfreeze()
+    assert walked_by_the_collector(frozen_by_host)
