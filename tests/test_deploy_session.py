@@ -17,6 +17,7 @@ import test_deploy_support as support  # noqa: E402
 from iiwa_deploy.cli import EXIT_REFUSED, exit_code, run_policy  # noqa: E402
 from iiwa_deploy.fake_robot import FakeRobot, NumpyPlant  # noqa: E402
 from iiwa_deploy.kinematics import iiwa14_r820_chain  # noqa: E402
+from iiwa_deploy.loop import collector_kept_off_the_older_heap  # noqa: E402
 from iiwa_deploy.protocol import HEADER, MAGIC, MESSAGE_GOAL, encode_goal  # noqa: E402
 from iiwa_deploy.robot import UdpGoalListener, UdpRobot, send_goal  # noqa: E402
 
@@ -207,3 +208,16 @@ def test_a_heap_the_host_froze_stays_frozen_after_the_loop(reach_model):
     finally:
         gc.unfreeze()
     assert walked_by_the_collector(frozen_by_host)
+
+
+def test_overlapping_runs_keep_the_heap_frozen_until_the_last_one_ends():
+    # Two loops in threads of one process: the first to end must not unfreeze the heap
+    # under the other.
+    standing = [[index] for index in range(1_000)]
+    first, second = collector_kept_off_the_older_heap(), collector_kept_off_the_older_heap()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not walked_by_the_collector(standing)
+    second.__exit__(None, None, None)
+    assert walked_by_the_collector(standing) and gc.get_freeze_count() == 0

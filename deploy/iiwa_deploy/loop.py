@@ -79,6 +79,13 @@ BRAKE_SETTLE_TIMEOUT_S = 2.0
 STATUS_RECENT_CYCLES = 400
 
 
+# Runs of the loop now going in this process (threads may run several), and whether the
+# first of them found the heap unfrozen: only then does the last one unfreeze it.
+_freezing_runs = 0
+_unfreeze_after_runs = False
+_freezing_lock = threading.Lock()
+
+
 @contextmanager
 def collector_kept_off_the_older_heap() -> Iterator[None]:
     """While the loop runs, the garbage collector walks only objects made since it started.
@@ -88,17 +95,23 @@ def collector_kept_off_the_older_heap() -> Iterator[None]:
     100-200 ms (205 ms at 355k objects, measured in this project's test session), enough to
     latch the 100 ms stale-state gate and leave the robot without setpoints. So the heap as
     it stands is frozen (gc.freeze) before the first state is answered: collections skip it.
-    It is unfrozen afterwards, when its garbage is collected as before (not collected first:
-    that would cost the full walk at every start), unless the host had frozen objects itself,
-    whose freeze is theirs to undo.
+    When the last run in the process ends it is unfrozen, and its garbage collected as before
+    (not collected first: that would cost the full walk at every start), unless the host had
+    frozen objects itself, whose freeze is theirs to undo.
     """
-    frozen_by_host = gc.get_freeze_count() > 0
-    gc.freeze()
+    global _freezing_runs, _unfreeze_after_runs
+    with _freezing_lock:
+        if _freezing_runs == 0:
+            _unfreeze_after_runs = gc.get_freeze_count() == 0
+        _freezing_runs += 1
+        gc.freeze()
     try:
         yield
     finally:
-        if not frozen_by_host:
-            gc.unfreeze()
+        with _freezing_lock:
+            _freezing_runs -= 1
+            if _freezing_runs == 0 and _unfreeze_after_runs:
+                gc.unfreeze()
 
 
 class Policy(Protocol):
