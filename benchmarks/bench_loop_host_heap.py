@@ -7,10 +7,11 @@ A controller often shares its process with much else (a ROS 2 node, a notebook, 
 session), and a full collection walks every tracked object in it while no Python thread runs.
 Here the host holds `--heap-objects` small containers, and a host thread keeps making
 long-lived ones (a message history, as a logging or ROS 2 node would) and asks for a full
-collection every `--collect-every` seconds (as Ray's workers, test runners and notebooks do). The shipped reach policy then runs against the in-process fake robot
-(a thread, as in the tests), once as shipped (the heap standing at the start frozen while the
-loop runs: `loop.collector_kept_off_the_older_heap`) and once with that freeze taken out, in
-turn for `--rounds` rounds. Printed per run: full collections during it and the longest, the
+collection every `--collect-every` seconds (as Ray's workers, test runners and notebooks
+do). The shipped reach policy then runs against the in-process fake robot (a thread, as in
+the tests), once as shipped (the heap standing at the start frozen while the loop runs:
+`loop.collector_kept_off_the_older_heap`) and once with that freeze taken out, in turn for
+`--rounds` rounds. Printed per run: full collections during it and the longest, the
 longest state interval the loop saw, the faults it latched; and the ratio of the longest pauses.
 """
 

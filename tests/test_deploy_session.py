@@ -162,6 +162,12 @@ def test_a_goal_change_leaves_the_callers_goal_array_alone(reach_model):
     np.testing.assert_array_equal(callers_goal, GOAL)
 
 
+def walked_by_the_collector(value: object) -> bool:
+    return any(
+        candidate is value for generation in range(3) for candidate in gc.get_objects(generation)
+    )
+
+
 class FreezeRecordingGoalSource:
     """A goal source that brings no goals and notes, each time the loop polls it, how many
     objects the collector skips and whether `standing` is among the ones it still walks."""
@@ -190,12 +196,6 @@ def test_the_loop_keeps_the_collector_off_the_heap_it_started_with(reach_model):
     assert min(source.freeze_counts) >= len(standing)
     assert source.standing_walked is False
     assert gc.get_freeze_count() == 0 and walked_by_the_collector(standing)
-
-
-def walked_by_the_collector(value: object) -> bool:
-    return any(
-        candidate is value for generation in range(3) for candidate in gc.get_objects(generation)
-    )
 
 
 def test_a_heap_the_host_froze_stays_frozen_after_the_loop(reach_model):
