@@ -97,7 +97,10 @@ def collector_kept_off_the_older_heap() -> Iterator[None]:
     it stands is frozen (gc.freeze) before the first state is answered: collections skip it.
     When the last run in the process ends it is unfrozen, and its garbage collected as before
     (not collected first: that would cost the full walk at every start), unless the host had
-    frozen objects itself, whose freeze is theirs to undo.
+    frozen objects itself, whose freeze is theirs to undo. Telling whether it had costs one
+    count of its frozen objects (gc.get_freeze_count walks them: 130-180 ms for 1.7 million
+    in a fragmented heap, measured), paid once before the first state is answered and
+    nothing where the host froze nothing.
     """
     global _freezing_runs, _unfreeze_after_runs
     with _freezing_lock:
