@@ -98,7 +98,7 @@ def collector_kept_off_the_older_heap() -> Iterator[None]:
     When the last run in the process ends it is unfrozen, and its garbage collected as before
     (not collected first: that would cost the full walk at every start), unless the host had
     frozen objects itself, whose freeze is theirs to undo. Telling whether it had costs one
-    count of its frozen objects (gc.get_freeze_count walks them: 130-180 ms for 1.7 million
+    count of its frozen objects (gc.get_freeze_count walks them: 90-180 ms for 1.7 million
     in a fragmented heap, measured), paid once before the first state is answered and
     nothing where the host froze nothing.
     """
