@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -185,17 +184,11 @@ def test_cli_check_and_refusal_exit_codes(
     assert "refused:" in capsys.readouterr().err
 
 
-def _subprocess_environment() -> dict[str, str]:
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = str(support.DEPLOY_DIR)
-    return environment
-
-
 def test_fake_robot_module_runs_as_a_process(controller: UdpRobot) -> None:
     port = controller.local_address[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "iiwa_deploy.fake_robot", "--port", str(port), "--duration", "0.5"],
-        env=_subprocess_environment(),
+        env=support.deploy_subprocess_environment(),
         cwd=support.DEPLOY_DIR,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -263,7 +256,7 @@ def test_runtime_imports_and_runs_with_training_packages_unavailable(reach_model
     )
     completed = subprocess.run(
         [sys.executable, "-c", script],
-        env=_subprocess_environment(),
+        env=support.deploy_subprocess_environment(),
         cwd=reach_model.parent,
         capture_output=True,
         text=True,

@@ -4,7 +4,6 @@ that change while it runs, and the stop that brings the arm to rest."""
 from __future__ import annotations
 
 import gc
-import os
 import socket
 import subprocess
 import sys
@@ -216,7 +215,7 @@ def run_against_a_robot_process(model, start, **options):
     robot = subprocess.Popen(
         [sys.executable, "-m", "iiwa_deploy.fake_robot", "--port", str(backend.local_address[1])]
         + ["--period", str(PERIOD), "--duration", "30", "--q0", *map(str, start)],
-        env={**os.environ, "PYTHONPATH": str(support.DEPLOY_DIR)},
+        env=support.deploy_subprocess_environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -230,7 +229,7 @@ def run_against_a_robot_process(model, start, **options):
 
 def test_a_heap_the_host_froze_stays_frozen_after_the_loop(reach_model):
     # The loop counts the host's frozen objects before it answers a state: in this test
-    # session's heap, frozen whole, that is 100-200 ms holding the interpreter lock, which
+    # session's heap, frozen whole, that is 90-180 ms holding the interpreter lock, which
     # a fake robot in a thread of this process would live through as lost periods.
     frozen_by_host = [[index] for index in range(1_000)]
     gc.freeze()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -180,3 +181,9 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def deploy_subprocess_environment() -> dict[str, str]:
+    """This process's environment with iiwa_deploy importable, for `python -m iiwa_deploy...`
+    run as a process of its own."""
+    return {**os.environ, "PYTHONPATH": str(DEPLOY_DIR)}
