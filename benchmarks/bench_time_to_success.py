@@ -83,7 +83,9 @@ def train_with_snapshots(config, snapshot_every: int) -> list[dict]:
 
 
 def evaluate_snapshots(config, snapshots: list[dict], episodes: int) -> None:
-    """Adds each snapshot's success rate over `episodes` deterministic episodes."""
+    """Adds each snapshot's summary over `episodes` deterministic episodes: the success
+    rate, and the task's metrics (the reach's final TCP distance shows progress while the
+    success rate is still 0 %)."""
     import gymnasium as gym
 
     from iiwa_rl.evaluation import deterministic_policy, run_episodes, summarize_episodes
@@ -93,9 +95,15 @@ def evaluate_snapshots(config, snapshots: list[dict], episodes: int) -> None:
         for snapshot in snapshots:
             act = deterministic_policy(snapshot.pop("actor"), snapshot.pop("normalizer"))
             summary = summarize_episodes(run_episodes(act, env, episodes, config.eval.seed))
-            snapshot["success_rate"] = summary["success_rate"]
+            snapshot.update(summary)
     finally:
         env.close()
+
+
+def headline(snapshot: dict) -> str:
+    """The reach's mean final TCP distance in cm, as " (2.3 cm)", when the task has it."""
+    distance = snapshot.get("final_tcp_distance")
+    return "" if distance is None else f" ({100 * distance:.1f} cm)"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -150,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
             }
         )
         curve = ", ".join(
-            f"{s['step'] // 1000}k@{s['train_s']:.0f}s:{s['success_rate']:.0%}" for s in snapshots
+            f"{s['step'] // 1000}k@{s['train_s']:.0f}s:{s['success_rate']:.0%}{headline(s)}"
+            for s in snapshots
         )
         if reached:
             verdict = (
