@@ -82,13 +82,14 @@ def train_with_snapshots(config, snapshot_every: int) -> list[dict]:
     return snapshots
 
 
-def evaluate_snapshots(config, snapshots: list[dict], episodes: int) -> None:
+def evaluate_snapshots(config, snapshots: list[dict], episodes: int):
     """Adds each snapshot's summary over `episodes` deterministic episodes: the success
     rate, and the task's metrics (the reach's final TCP distance shows progress while the
-    success rate is still 0 %)."""
+    success rate is still 0 %). Returns the task's headline metric (None if it has none)."""
     import gymnasium as gym
 
     from iiwa_rl.evaluation import deterministic_policy, run_episodes, summarize_episodes
+    from iiwa_rl.metrics import headline_metric
 
     env = gym.make(config.env.id, **config.env.kwargs)
     try:
@@ -96,14 +97,17 @@ def evaluate_snapshots(config, snapshots: list[dict], episodes: int) -> None:
             act = deterministic_policy(snapshot.pop("actor"), snapshot.pop("normalizer"))
             summary = summarize_episodes(run_episodes(act, env, episodes, config.eval.seed))
             snapshot.update(summary)
+        return headline_metric(env)
     finally:
         env.close()
 
 
-def headline(snapshot: dict) -> str:
-    """The reach's mean final TCP distance in cm, as " (2.3 cm)", when the task has it."""
-    distance = snapshot.get("final_tcp_distance")
-    return "" if distance is None else f" ({100 * distance:.1f} cm)"
+def headline(metric, snapshot: dict) -> str:
+    """The snapshot's headline figure, as " (2.3 cm)"; "" where the task has none."""
+    from iiwa_rl.metrics import format_value
+
+    value = snapshot.get(metric.column_name) if metric else None
+    return "" if value is None else f" ({format_value(metric, value)})"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         load_before = os.getloadavg()[0]
         snapshots = train_with_snapshots(config, args.snapshot_every)
         load_after = os.getloadavg()[0]
-        evaluate_snapshots(config, snapshots, args.episodes)
+        metric = evaluate_snapshots(config, snapshots, args.episodes)
         reached = next((s for s in snapshots if s["success_rate"] >= args.threshold), None)
         best = max(snapshots, key=lambda s: s["success_rate"], default=None)
         results.append(
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             }
         )
         curve = ", ".join(
-            f"{s['step'] // 1000}k@{s['train_s']:.0f}s:{s['success_rate']:.0%}{headline(s)}"
+            f"{s['step'] // 1000}k@{s['train_s']:.0f}s:{s['success_rate']:.0%}{headline(metric, s)}"
             for s in snapshots
         )
         if reached:

@@ -102,6 +102,13 @@ def headline_metric(env) -> Metric | None:
     return find_metric(declared_metrics(env), getattr(_unwrapped(env), "headline_metric", None))
 
 
+def format_value(metric: Metric, value: float) -> str:
+    """A metric's value for people: a length in cm ("6.3 cm"), anything else as it is."""
+    if metric.unit == "m":
+        return f"{value * 100:.1f} cm"
+    return f"{value:.4g}"
+
+
 def distance_metric(env) -> Metric | None:
     """The task's distance (the env's `distance_metric`), for the robustness table."""
     return find_metric(declared_metrics(env), getattr(_unwrapped(env), "distance_metric", None))

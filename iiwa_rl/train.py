@@ -35,7 +35,7 @@ from iiwa_rl.evaluation import (
     summarize_episodes,
 )
 from iiwa_rl.logger import CsvLog, Progress, TensorBoardLog
-from iiwa_rl.metrics import headline_metric
+from iiwa_rl.metrics import format_value, headline_metric
 from iiwa_rl.normalization import ObservationNormalizer, RewardScaler
 from iiwa_rl.schema import ConfigError
 from iiwa_rl.spaces import ActionScaler, ObservationFlattener, check_action_space, flat_size
@@ -326,9 +326,7 @@ class Trainer:
         value = summary.get(metric.column_name) if metric else None
         if value is None:
             return ""
-        if metric.unit == "m":
-            return f", {metric.title or metric.column_name} {value * 100:.1f} cm"
-        return f", {metric.title or metric.column_name} {value:.4g}"
+        return f", {metric.title or metric.column_name} {format_value(metric, value)}"
 
     def _recall_last_evaluation(self) -> None:
         """After a resume: whether the checkpoint's step was already evaluated (a finished

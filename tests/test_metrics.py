@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from iiwa_rl.evaluation import run_episodes, summarize_episodes
-from iiwa_rl.metrics import PREFIX, Metric, headline_metric, task_metrics
+from iiwa_rl.metrics import PREFIX, Metric, format_value, headline_metric, task_metrics
 from iiwa_rl.rollout import Rollout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -306,3 +306,9 @@ def test_rollout_stops_mid_episode_and_takes_seeds_from_a_function():
     assert rollout.episode == 1 and not rollout.done
     with pytest.raises(ValueError, match="episodes or a stop"):
         rollout.run()
+
+
+def test_a_length_reads_in_centimetres_and_other_figures_as_they_are():
+    # The progress line's and bench_time_to_success's headline figure.
+    assert format_value(Metric("tcp_distance", unit="m"), 0.0634) == "6.3 cm"
+    assert format_value(Metric("cube_lift"), 0.123456) == "0.1235"
