@@ -10,7 +10,9 @@
   distance, and the speed and force the gripper may use to get there.
 - `CommandStream`: the velocity- and acceleration-limited interpolator fed with those targets
   at the control timing: one setpoint per robot period, a new target every `steps_per_action`
-  periods, taking effect `command_delay_periods` periods after the state it was computed from.
+  periods, taking effect `command_delay_periods` periods after the state it was computed from;
+  a grasp's stream previews each new target and lifts it clear of the table first
+  (floor_guard.FloorGuard).
 
 The controller loop (loop.py) calls `next_setpoint` once per robot state and `set_target`
 after the policy ran; iiwa_rl's environments call `control_step`, which makes the same calls
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import RobotConfig
+from .floor_guard import FloorGuard
 from .interpolator import JointInterpolator
 from .kinematics import (
     DEFAULT_IK_DAMPING,
@@ -248,11 +251,14 @@ class CommandStream:
         velocity_limits: np.ndarray,
         acceleration_limits: np.ndarray,
         initial_positions: np.ndarray,
+        floor_guard: FloorGuard | None = None,
     ) -> None:
         self.timing = timing
         self.interpolator = JointInterpolator(
             velocity_limits, acceleration_limits, timing.robot_period_s, initial_positions
         )
+        # A grasp's: every new target is previewed and lifted clear of the table if needed.
+        self.floor_guard = floor_guard
 
     @classmethod
     def for_robot(
@@ -272,6 +278,10 @@ class CommandStream:
         self.interpolator.reset(joint_positions)
 
     def set_target(self, joint_target: np.ndarray) -> None:
+        if self.floor_guard is not None:
+            joint_target = self.floor_guard.guarded_target(
+                self.interpolator, joint_target, self.timing.steps_per_action
+            )
         self.interpolator.set_target(joint_target)
 
     def next_setpoint(self) -> np.ndarray:
@@ -288,5 +298,5 @@ class CommandStream:
         delay = timing.command_delay_periods
         for period in range(timing.steps_per_action):
             if period == delay:
-                interpolator.set_target(joint_target)
+                self.set_target(joint_target)
             send(interpolator.step_list())

@@ -7,6 +7,8 @@
   observes them (`finger_contacts`);
 - every state: the gripper's own gates (fault, force) and the newest object poses through
   `ObjectPoseGate` (unknown source, non-finite, jump);
+- every target: the floor guard's look-ahead (floor_guard.py), lifting it clear of the
+  table, as the env's stream does in training;
 - every setpoint: the cell gates (workspace box, table plane, through forward kinematics);
 - every policy step: a fresh object pose (else the stale gate latches), the observation from
   the robot state, forward kinematics and the pose through the contract's terms, the action
@@ -28,6 +30,7 @@ from .actuation import CartesianTargetMapping, GripperCommand, GripperCommandMap
 from .cell import CellGate
 from .config import RobotConfig
 from .contract import PolicyContract
+from .floor_guard import FloorGuard
 from .grasp import GraspOutcomeTracker
 from .kinematics import quaternion_from_matrix, rotation_yaw
 from .observation import FINGER_CONTACTS, OBSERVATION_TERMS, ObservationInputs
@@ -77,6 +80,15 @@ class GraspSession:
         # Open, as every training episode starts.
         self.gripper_command: GripperCommand = self.gripper_mapping.command(1.0)
         self.cell = CellGate(contract.kinematics, robot, task.finger_tip_points_m, safety)
+        # The command stream's look-ahead onto the same floor, as in training: the gate
+        # above is then the last line, not the one that stops every grasp near the table.
+        self.floor_guard = FloorGuard(
+            contract.kinematics,
+            task.finger_tip_points_m,
+            self.cell.floor_m,
+            robot.target_lower,
+            robot.target_upper,
+        )
         self.poses = ObjectPoseGate(robot.perception)
         self.first_pose_timeout_s = robot.perception.first_pose_timeout_s
         self.outcome = GraspOutcomeTracker(task, contract.control_period_s)
@@ -179,6 +191,9 @@ class GraspSession:
             "poses_accepted": self.poses.accepted,
             "poses_ignored": self.poses.ignored,
             "lowest_setpoint_point_m": self.cell.lowest_point_m,
+            "setpoint_floor_m": self.cell.floor_m,
+            "targets_lifted_off_the_floor": self.floor_guard.lifted,
+            "targets_braked_above_the_floor": self.floor_guard.braked,
         }
 
 

@@ -105,6 +105,16 @@ class JointInterpolator:
     def set_target(self, target: np.ndarray) -> None:
         self._target = self._joint_list(target, "targets")
 
+    def copy(self) -> JointInterpolator:
+        """An independent interpolator in this one's state: stepping it previews exactly
+        the setpoints this one would stream (floor_guard.FloorGuard looks ahead with it)."""
+        twin = object.__new__(JointInterpolator)
+        twin.__dict__.update(self.__dict__)
+        twin._position = self._position[:]
+        twin._velocity = self._velocity[:]
+        twin._target = self._target[:]
+        return twin
+
     @property
     def at_target(self) -> bool:
         return self._position == self._target and not any(self._velocity)

@@ -224,6 +224,35 @@ class KinematicChain:
         )
         return position, np.array(_multiply(rotation, self._tcp_rotation)).reshape(3, 3)
 
+    def heights(self, joint_positions: np.ndarray, points_m: np.ndarray) -> np.ndarray:
+        """Base-frame z (m) of the TCP and of each point given in the TCP frame (k x 3), for
+        N configurations (N x n rad): N x (1 + k), the TCP first.
+
+        A height needs only the bottom row of each rotation, and the bottom row of a product
+        is the bottom row of the left factor times the right one, so the chain carries one
+        row vector per configuration: a few numpy operations per joint for all N at once."""
+        q = np.asarray(joint_positions, dtype=float)
+        if q.ndim != 2 or q.shape[1] != self.joint_count:
+            raise ValueError(f"expected N x {self.joint_count} joint positions, got {q.shape}")
+        row = np.zeros((q.shape[0], 3))
+        row[:, 2] = 1.0  # the identity's bottom row
+        z = np.zeros(q.shape[0])
+        for origin, fixed, axis, about_z, angle in zip(
+            self._origins, self._fixed_rotations, self._axes, self._about_z, q.T, strict=True
+        ):
+            z = z + row @ np.asarray(origin)
+            row = row @ np.asarray(fixed).reshape(3, 3)
+            c, s = np.cos(angle)[:, None], np.sin(angle)[:, None]
+            if about_z:
+                x, y = row[:, 0:1], row[:, 1:2]
+                row = np.concatenate([x * c + y * s, y * c - x * s, row[:, 2:3]], axis=1)
+            else:  # row @ Rodrigues(axis, angle) = c row + s (row x axis) + (1 - c)(row . axis) axis
+                row = c * row + s * np.cross(row, axis) + (1.0 - c) * (row @ axis)[:, None] * axis
+        tcp_z = z + row @ np.asarray(self._tcp_origin)
+        tcp_row = row @ np.asarray(self._tcp_rotation).reshape(3, 3)
+        points = np.asarray(points_m, dtype=float).reshape(-1, 3)
+        return np.concatenate([tcp_z[:, None], tcp_z[:, None] + tcp_row @ points.T], axis=1)
+
     def tcp_position(self, joint_positions: np.ndarray) -> np.ndarray:
         return self.forward(joint_positions)[0]
 

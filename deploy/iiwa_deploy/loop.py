@@ -188,7 +188,11 @@ class LoopSummary:
                 f"end, {grasp['max_lift_m'] * 1000:.0f} mm at most (success: "
                 f"{self.success_threshold_m * 1000:.0f} mm held by both fingers for "
                 f"{self.success_hold_s:.2f} s); object poses used {grasp['poses_accepted']}, "
-                f"ignored {grasp['poses_ignored']} -> {verdict}"
+                f"ignored {grasp['poses_ignored']}; lowest setpoint finger tip or TCP at z "
+                f"{grasp['lowest_setpoint_point_m'] * 1000:.1f} mm (floor "
+                f"{grasp['setpoint_floor_m'] * 1000:.1f} mm; targets lifted off it "
+                f"{grasp['targets_lifted_off_the_floor']}, braked above it "
+                f"{grasp['targets_braked_above_the_floor']}) -> {verdict}"
             )
         verdict = "SUCCESS" if self.success else "not reached"
         return (
@@ -432,6 +436,7 @@ class ControlLoop:
                 object_source,
                 needs_finger_contacts(contract),
             )
+        self._floor_guard = None if self._grasp is None else self._grasp.floor_guard
         self._observation_inputs = ObservationInputs(
             goal_position=self.goal_position,
             previous_action=np.zeros(contract.action_size),
@@ -825,6 +830,7 @@ class ControlLoop:
                                 robot.interpolator_velocity,
                                 robot.acceleration,
                                 origin,
+                                self._floor_guard,
                             )
                             policy_start = received
                 setpoint: np.ndarray | None = None
@@ -886,6 +892,7 @@ class ControlLoop:
                         robot.interpolator_velocity,
                         robot.acceleration,
                         home_move.position,
+                        self._floor_guard,
                     )
                     self._home_move = None
                     policy_start = received

@@ -49,6 +49,7 @@ import pybullet
 from iiwa_deploy.actuation import CommandStream, ControlTiming, JointTargetMapping
 from iiwa_deploy.config import ConfigError as RobotConfigError
 from iiwa_deploy.config import RobotConfig, load_robot_config
+from iiwa_deploy.floor_guard import FloorGuard
 from iiwa_deploy.observation import ObservationBuilder, ObservationConstants, ObservationInputs
 
 from iiwa_rl.envs.config import IiwaEnvConfig
@@ -120,6 +121,7 @@ class IiwaEnv(gym.Env, ABC):
             robot_config.interpolator_velocity,
             robot_config.acceleration,
             self.home_joint_positions,
+            self._make_floor_guard(),
         )
         self._send_setpoint = self._make_setpoint_sender()
         self._setup_randomization()
@@ -439,6 +441,11 @@ class IiwaEnv(gym.Env, ABC):
             step(substeps)
 
         return send
+
+    def _make_floor_guard(self) -> FloorGuard | None:
+        """The command stream's floor guard (iiwa_deploy.floor_guard): a task with a hand
+        near a table returns the one its controller session uses."""
+        return None
 
     def _drive_joints(self, joint_target: np.ndarray) -> None:
         """One policy period through the controller's command stream to `joint_target`."""

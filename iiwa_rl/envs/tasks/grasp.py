@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pybullet
 from iiwa_deploy.actuation import CartesianTargetMapping, GripperCommandMapping
+from iiwa_deploy.floor_guard import FloorGuard
 from iiwa_deploy.grasp import FELL_OFF_BELOW_M, grasp_failure_reason
 from iiwa_deploy.kinematics import KinematicChain
 from iiwa_deploy.observation import ObservationInputs
@@ -313,6 +314,18 @@ class IiwaGraspEnv(IiwaEnv):
         )
 
     # ----------------------------------------------------------------- actions
+    def _make_floor_guard(self) -> FloorGuard:
+        """The controller's floor guard, with the floor its cell gate holds (the table plane
+        plus the robot configuration's clearance): the setpoints between two targets keep
+        the finger tips off the table here as they do through the controller."""
+        return FloorGuard(
+            self.cartesian_mapping.chain,
+            self._finger_tip_points(),
+            self._table_height() + self.robot_config.workspace.table_clearance_m,
+            self.cartesian_mapping.target_lower,
+            self.cartesian_mapping.target_upper,
+        )
+
     def _apply_action(self, action: np.ndarray) -> None:
         cfg = self.config
         current = self._current  # measured after the last step; nothing moved since
@@ -414,15 +427,23 @@ class IiwaGraspEnv(IiwaEnv):
         return lines
 
     # ------------------------------------------------------------- description
+    def _table_height(self) -> float:
+        """The table's top in the arm's base frame (m)."""
+        _, table_top = self.sim.client.getAABB(self.table_id)
+        return float(table_top[2]) - float(self.robot.base_position[2])
+
+    def _finger_tip_points(self) -> list[list[float]]:
+        """The finger tips in the TCP frame: the fingers' far end along the tool axis, at
+        the full opening (the widest the gripper ever is), from the URDF's link geometry."""
+        robot = self.robot
+        tip_depth = robot.finger_tip_depth
+        tip_side = robot.max_gripper_width / 2.0 + robot.finger_thickness
+        return [[0.0, tip_side, tip_depth], [0.0, -tip_side, tip_depth]]
+
     def describe_contract(self) -> dict:
         """Adds the `grasp` section the controller reads (iiwa_deploy.grasp.GraspTask)."""
         contract = super().describe_contract()
         cfg, robot = self.config, self.robot
-        _, table_top = self.sim.client.getAABB(self.table_id)
-        # The finger tips in the TCP frame: the fingers' far end along the tool axis, at the
-        # full opening (the widest the gripper ever is), from the URDF's link geometry.
-        tip_depth = robot.finger_tip_depth
-        tip_side = robot.max_gripper_width / 2.0 + robot.finger_thickness
         contract["grasp"] = {
             "workspace_low": list(cfg.workspace_low),
             "workspace_high": list(cfg.workspace_high),
@@ -432,8 +453,8 @@ class IiwaGraspEnv(IiwaEnv):
                 "speed_m_s": robot.gripper_speed,
                 "force_n": robot.finger_force,
             },
-            "table_height_m": float(table_top[2]) - float(robot.base_position[2]),
-            "finger_tip_points_m": [[0.0, tip_side, tip_depth], [0.0, -tip_side, tip_depth]],
+            "table_height_m": self._table_height(),
+            "finger_tip_points_m": self._finger_tip_points(),
             "object_size_m": cfg.cube_size,
             "object_rest_height_m": self.cube_rest_height,
             "object_area_low": list(cfg.cube_low),
