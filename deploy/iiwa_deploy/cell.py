@@ -38,7 +38,7 @@ class CellGate:
 
     def check_setpoint(self, setpoint: np.ndarray) -> bool:
         """True if the setpoint's TCP and finger tips are inside the cell."""
-        position, rotation = self.chain.forward(setpoint)
+        lowest, position = self.chain.lowest_hand_point(setpoint, self.tip_points)
         outside = np.flatnonzero((position < self.low) | (position > self.high))
         if outside.size:
             axis = "xyz"[int(outside[0])]
@@ -47,8 +47,6 @@ class CellGate:
                 f"on {axis} ({self.low.tolist()} .. {self.high.tolist()} m, workspace.low/high)"
             )
             return False
-        tips_z = position[2] + self.tip_points @ rotation[2]
-        lowest = min(float(position[2]), float(tips_z.min()))
         self.lowest_point_m = min(self.lowest_point_m, lowest)
         if lowest < self.floor_m:
             what = "TCP" if lowest == float(position[2]) else "a finger tip"

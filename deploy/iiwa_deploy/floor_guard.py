@@ -124,8 +124,7 @@ class FloorGuard:
             speed * speed / (2.0 * interpolator.max_acceleration) + speed * interpolator.period_s
         )
         travel = np.abs(np.asarray(target) - position) + overshoot
-        tcp, rotation = self.chain.forward(position)  # one configuration: the scalar path
-        now = min(float(tcp[2]), float((tcp[2] + self.points @ rotation[2]).min()))
+        now, _ = self.chain.lowest_hand_point(position, self.points)  # the scalar path
         # A quarter over the bound, for what the reasoning above might have missed.
         return now - 1.25 * float(self.levers_m @ travel) > clearance
 

@@ -253,6 +253,15 @@ class KinematicChain:
         points = np.asarray(points_m, dtype=float).reshape(-1, 3)
         return np.concatenate([tcp_z[:, None], tcp_z[:, None] + tcp_row @ points.T], axis=1)
 
+    def lowest_hand_point(
+        self, joint_positions: np.ndarray, points_m: np.ndarray
+    ) -> tuple[float, np.ndarray]:
+        """The lowest base-frame z (m) of the TCP and of the points given in the TCP frame
+        (k x 3) for one configuration, and the TCP position (the cell gate checks it too)."""
+        position, rotation = self.forward(joint_positions)
+        tips_z = position[2] + np.asarray(points_m) @ rotation[2]
+        return min(float(position[2]), float(tips_z.min())), position
+
     def tcp_position(self, joint_positions: np.ndarray) -> np.ndarray:
         return self.forward(joint_positions)[0]
 
