@@ -200,6 +200,38 @@ def test_step_list_gives_the_numbers_of_step() -> None:
         np.testing.assert_array_equal(as_array.velocity, as_list.velocity)
 
 
+def test_braking_setpoints_are_the_stepped_stop_in_closed_form() -> None:
+    """The floor guard previews a stop with `braking_setpoints` instead of stepping a brake:
+    the same positions to within rounding, ending on `stopping_target`; stepping may repeat
+    the last one while its residual speed (under one a*dt) runs out, and nothing else."""
+    rng = np.random.default_rng(11)
+    v_max, a_max = rng.uniform(0.5, 2.5, 7), rng.uniform(2.0, 15.0, 7)
+    interpolator = JointInterpolator(v_max, a_max, 0.005, np.zeros(7))
+    assert interpolator.braking_setpoints().shape == (0, 7)  # at rest: nothing to stream
+    for trial in range(300):
+        interpolator.set_target(interpolator.position + rng.uniform(-0.5, 0.5, 7))
+        for _ in range(int(rng.integers(1, 40))):
+            interpolator.step()
+        closed_form = interpolator.braking_setpoints()
+        np.testing.assert_array_equal(closed_form[-1], interpolator.stopping_target())
+        braking = interpolator.copy()
+        braking.brake()
+        stepped = run_until_settled(braking, 1000)[1:]
+        assert len(closed_form) <= len(stepped) <= len(closed_form) + 2, trial
+        np.testing.assert_allclose(stepped[: len(closed_form)], closed_form, rtol=0, atol=1e-12)
+        tail = stepped[len(closed_form) :]
+        np.testing.assert_allclose(
+            tail, np.broadcast_to(closed_form[-1], tail.shape), rtol=0, atol=1e-12
+        )
+        assert_within_limits(
+            np.vstack([interpolator.position, closed_form]),
+            0.005,
+            v_max,
+            a_max,
+            interpolator.velocity,
+        )
+
+
 def test_a_non_finite_or_misshaped_target_is_refused() -> None:
     interpolator = JointInterpolator(np.ones(2), np.ones(2), 0.005, np.zeros(2))
     for bad in ([math.nan, 0.0], [0.0, math.inf], [-math.inf, math.inf]):

@@ -12,7 +12,7 @@ latched a fault and the grasp stopped.
 interpolator, which streams exactly the setpoints the real one will, along two paths: on to
 the target for two policy periods (the next target is due after one; the second covers a
 policy step that comes late), and, from one policy period on, braking to rest (the fallback
-below). If the lowest TCP or finger tip on them
+below; `JointInterpolator.braking_setpoints` writes that path in closed form). If the lowest TCP or finger tip on them
 would come within `margin_m` of the floor, it lifts the target, one damped-least-squares
 step straight up at the target, by what was missing, and looks again; if two lifts do not
 clear it, the stream brakes instead, along the path the previous accepted target's preview
@@ -40,8 +40,6 @@ MAX_LIFTS = 2
 # due after one, and a policy step late by up to a period stays covered. (Previewing to the
 # arrival instead cost 60 periods a target, the env's step 1.5x.)
 LATE_POLICY_PERIODS = 2
-# Periods of braking previewed at most: 2 s at 200 Hz, more than a stop from full speed.
-MAX_BRAKING_PERIODS = 400
 
 
 class FloorGuard:
@@ -80,6 +78,8 @@ class FloorGuard:
         self.levers_m = np.array([sum(links[j + 1 :]) + hand_m for j in range(len(links))])
         first_axis = np.asarray(chain._fixed_rotations[0]).reshape(3, 3) @ chain._axes[0]
         self.levers_m[0] *= math.sqrt(max(0.0, 1.0 - float(first_axis[2]) ** 2))
+        # The last forward kinematics of the bound: (joint positions, lowest hand point).
+        self._reference: tuple[np.ndarray, float] | None = None
         self.lifted = 0  # targets lifted clear of the floor
         self.braked = 0  # targets replaced by braking: no lift cleared them
 
@@ -124,9 +124,20 @@ class FloorGuard:
             speed * speed / (2.0 * interpolator.max_acceleration) + speed * interpolator.period_s
         )
         travel = np.abs(np.asarray(target) - position) + overshoot
-        now, _ = self.chain.lowest_hand_point(position, self.points)  # the scalar path
         # A quarter over the bound, for what the reasoning above might have missed.
-        return now - 1.25 * float(self.levers_m @ travel) > clearance
+        reach = 1.25 * float(self.levers_m @ travel)
+        if self._reference is not None:
+            # The same bound from the last configuration whose lowest point was computed:
+            # the hand is now at most (lever x angle moved since) lower. Where this proves
+            # the floor out of reach, so would the forward kinematics below (its lowest
+            # point is at least this one), so the answer is the same, without them.
+            then, lowest_then = self._reference
+            drift = 1.25 * float(self.levers_m @ np.abs(position - then))
+            if lowest_then - drift - reach > clearance:
+                return True
+        now, _ = self.chain.lowest_hand_point(position, self.points)  # the scalar path
+        self._reference = (position, now)
+        return now - reach > clearance
 
     def _previewed_lowest(
         self, interpolator: JointInterpolator, target: np.ndarray, steps_per_action: int
@@ -134,22 +145,16 @@ class FloorGuard:
         ahead = interpolator.copy()
         ahead.set_target(target)
         setpoints: list[list[float]] = []
-        braking: JointInterpolator | None = None
+        braking = np.empty((0, interpolator.joint_count))
         for period in range(LATE_POLICY_PERIODS * steps_per_action):
             if period == steps_per_action:
-                braking = ahead.copy()
+                braking = ahead.braking_setpoints()
             if ahead.at_target:
                 break
             setpoints.append(ahead.step_list())
-        if braking is not None:
-            braking.brake()
-            for _ in range(MAX_BRAKING_PERIODS):
-                if braking.at_target:
-                    break
-                setpoints.append(braking.step_list())
         if not setpoints:
             return math.inf
-        return float(self.lowest_points(np.array(setpoints)).min())
+        return float(self.lowest_points(np.vstack([setpoints, braking])).min())
 
     def _lifted(self, target: np.ndarray, lift_m: float) -> np.ndarray:
         position, rotation = self.chain.forward(target)

@@ -120,6 +120,23 @@ def _multiply(a: Matrix3, b: Matrix3) -> Matrix3:
     )
 
 
+def _height_block(fixed: Matrix3, unit_axis: np.ndarray, origin: Point3) -> np.ndarray:
+    """3 x 10: a row r times it gives r F a a^T, r F (I - a a^T), r F [a]x and r . origin,
+    the parts of r F R(a, q) (Rodrigues) and of the height of the joint's origin."""
+    rotation = np.array(fixed).reshape(3, 3)
+    ax, ay, az = unit_axis
+    along = np.outer(unit_axis, unit_axis)
+    cross = np.array([[0.0, -az, ay], [az, 0.0, -ax], [-ay, ax, 0.0]])
+    return np.hstack(
+        [
+            rotation @ along,
+            rotation @ (np.eye(3) - along),
+            rotation @ cross,
+            np.array(origin, dtype=float)[:, None],
+        ]
+    )
+
+
 def axis_rotation_tuple(unit_axis: np.ndarray, angle: float) -> Matrix3:
     return _as_tuple(rotation_about_axis(unit_axis, angle))
 
@@ -177,6 +194,15 @@ class KinematicChain:
             self._fixed_rotations.append(_as_tuple(rotation_from_rpy(*joint.origin_rpy)))
         self._tcp_origin = tuple(float(v) for v in tcp_offset_xyz)
         self._tcp_rotation = _as_tuple(rotation_from_rpy(*(float(v) for v in tcp_offset_rpy)))
+        # `heights`' constants: per joint [F a a^T | F (I - a a^T) | F [a]x | origin].
+        self._height_blocks = [
+            _height_block(fixed, axis, origin)
+            for fixed, axis, origin in zip(
+                self._fixed_rotations, self._axes, self._origins, strict=True
+            )
+        ]
+        self._tcp_origin_array = np.array(self._tcp_origin)
+        self._tcp_rotation_array = np.array(self._tcp_rotation).reshape(3, 3)
 
     @property
     def joint_count(self) -> int:
@@ -230,26 +256,29 @@ class KinematicChain:
 
         A height needs only the bottom row of each rotation, and the bottom row of a product
         is the bottom row of the left factor times the right one, so the chain carries one
-        row vector per configuration: a few numpy operations per joint for all N at once."""
+        row vector per configuration. Rodrigues splits joint j's rotation into constant
+        parts, R = a a^T + cos(q) (I - a a^T) + sin(q) [a]x, so one product of the rows with
+        the joint's constant 3 x 10 block (`_height_blocks`: the fixed rotation times each
+        part, and the joint's origin) gives all three terms and the origin's height; the
+        floor guard calls this for some 35 configurations per preview, where each numpy call
+        costs more than its arithmetic."""
         q = np.asarray(joint_positions, dtype=float)
         if q.ndim != 2 or q.shape[1] != self.joint_count:
             raise ValueError(f"expected N x {self.joint_count} joint positions, got {q.shape}")
+        cosines, sines = np.cos(q), np.sin(q)
         row = np.zeros((q.shape[0], 3))
         row[:, 2] = 1.0  # the identity's bottom row
         z = np.zeros(q.shape[0])
-        for origin, fixed, axis, about_z, angle in zip(
-            self._origins, self._fixed_rotations, self._axes, self._about_z, q.T, strict=True
-        ):
-            z = z + row @ np.asarray(origin)
-            row = row @ np.asarray(fixed).reshape(3, 3)
-            c, s = np.cos(angle)[:, None], np.sin(angle)[:, None]
-            if about_z:
-                x, y = row[:, 0:1], row[:, 1:2]
-                row = np.concatenate([x * c + y * s, y * c - x * s, row[:, 2:3]], axis=1)
-            else:  # row @ Rodrigues(axis, angle) = c row + s (row x axis) + (1 - c)(row . axis) axis
-                row = c * row + s * np.cross(row, axis) + (1.0 - c) * (row @ axis)[:, None] * axis
-        tcp_z = z + row @ np.asarray(self._tcp_origin)
-        tcp_row = row @ np.asarray(self._tcp_rotation).reshape(3, 3)
+        for joint, block in enumerate(self._height_blocks):
+            terms = row @ block
+            z += terms[:, 9]
+            row = (
+                terms[:, 0:3]
+                + cosines[:, joint, None] * terms[:, 3:6]
+                + sines[:, joint, None] * terms[:, 6:9]
+            )
+        tcp_z = z + row @ self._tcp_origin_array
+        tcp_row = row @ self._tcp_rotation_array
         points = np.asarray(points_m, dtype=float).reshape(-1, 3)
         return np.concatenate([tcp_z[:, None], tcp_z[:, None] + tcp_row @ points.T], axis=1)
 
