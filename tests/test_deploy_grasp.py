@@ -371,7 +371,7 @@ def test_grasp_over_loopback_udp_lifts_the_cube():
     It stops on success, as `iiwa-rl deploy --stop-on-success` does, because the policy does
     not always keep holding after the hold: in the env it still holds at the episode's end in
     90-91 % of episodes (benchmarks/RESULTS.md), and under load the deployed one was seen to
-    open the gripper a second after the success latched and let the cube fall."""
+    open the gripper after the hold had counted and let the cube fall."""
     from iiwa_deploy import ControlLoop, FakeRobot, UdpRobot, prepare_policy
     from iiwa_deploy.perception import PoseNoise, SimulatedPoseSensor
     from iiwa_deploy.robot import UdpObjectListener
