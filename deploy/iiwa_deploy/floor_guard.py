@@ -12,13 +12,13 @@ latched a fault and the grasp stopped.
 interpolator, which streams exactly the setpoints the real one will, along two paths: on to
 the target for two policy periods (the next target is due after one; the second covers a
 policy step that comes late), and, from one policy period on, braking to rest (the fallback
-below; `JointInterpolator.braking_setpoints` writes that path in closed form). If the lowest TCP or finger tip on them
-would come within `margin_m` of the floor, it lifts the target, one damped-least-squares
-step straight up at the target, by what was missing, and looks again; if two lifts do not
-clear it, the stream brakes instead, along the path the previous accepted target's preview
-already cleared. A target is only previewed when the arm is near enough to the table for its
-motion to reach the floor (a bound from the joints' travel and the arm's reach), so steps
-away from the table cost one forward kinematics call.
+below; `JointInterpolator.braking_setpoints` writes that path in closed form). If the lowest
+TCP or finger tip on them would come within `margin_m` of the floor, it lifts the target, one
+damped-least-squares step straight up at the target, by what was missing, and looks again; if
+two lifts do not clear it, the stream brakes instead, along the path the previous accepted
+target's preview already cleared. A target is only previewed when the arm is near enough to
+the table for its motion to reach the floor (a bound from the joints' travel and the arm's
+reach), so steps away from the table cost at most one forward kinematics call.
 
 iiwa_rl's grasp environment sets the same guard on its command stream, so the policy was
 trained with it: far from the table it changes nothing, number for number.
