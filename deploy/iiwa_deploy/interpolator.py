@@ -124,28 +124,22 @@ class JointInterpolator:
         return not any(self._velocity)
 
     def stopping_target(self) -> np.ndarray:
-        """Where each joint comes to rest if it brakes now at full deceleration (the
-        discrete sum of the remaining steps): setting it as the target stops the stream
-        within the acceleration limit, the quickest safe stop."""
-        stops = []
-        period = self.period_s
-        for position, velocity, speed_step in zip(
-            self._position, self._velocity, self._speed_step, strict=True
-        ):
-            steps = math.floor(abs(velocity) / speed_step)
-            # Speeds after each braking step: |v| - k*a*dt for k = 1..steps.
-            travel = (steps * abs(velocity) - speed_step * steps * (steps + 1) / 2.0) * period
-            stops.append(position + math.copysign(travel, velocity))
-        return np.array(stops)
+        """Where each joint comes to rest if it brakes now at full deceleration (the last of
+        `braking_setpoints`): setting it as the target stops the stream within the
+        acceleration limit, the quickest safe stop."""
+        braking = self.braking_setpoints()
+        return braking[-1] if len(braking) else np.array(self._position)
 
     def braking_setpoints(self) -> np.ndarray:
         """The setpoints that `brake()` and stepping to rest would stream (K x n, K the
-        slowest joint's braking steps), in closed form: joint j's k-th is its position plus
-        the travel of `stopping_target`'s sum cut at min(k, its own steps), so the last row
-        is `stopping_target()`. Stepping streams the same positions to within rounding
-        (4.4e-16 rad at most over 3,000 random states; tests/test_deploy_interpolator.py),
-        then repeats the last once or twice while the residual speed runs out: the floor
-        guard's preview of a stop, in a few numpy operations instead of K pure-Python steps."""
+        slowest joint's braking steps), in closed form. Braking, a joint's speed after k
+        steps is |v| - k*a*dt until it would pass zero, after floor(|v| / (a*dt)) steps, so
+        its k-th position is its position plus dt * (k |v| - a*dt k (k + 1) / 2), with k cut
+        at its own step count; the last row is where it rests (`stopping_target`).
+        Stepping streams the same positions to within rounding (4.4e-16 rad at most over
+        3,000 random states; tests/test_deploy_interpolator.py), then repeats the last once
+        or twice while the residual speed runs out: the floor guard previews a stop with
+        this, in a few numpy operations instead of K pure-Python steps."""
         position = np.array(self._position)
         velocity = np.array(self._velocity)
         speed_step = np.array(self._speed_step)
