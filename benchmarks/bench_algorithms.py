@@ -55,7 +55,13 @@ DDPG_CONFIGS = {
 
 # ------------------------------------------------------------------ throughput
 def ddpg_ours(
-    env_id: str, steps: int, hidden: list[int] | None, batch_size: int | None, utd: float, out: Path
+    env_id: str,
+    steps: int,
+    hidden: list[int] | None,
+    batch_size: int | None,
+    utd: float,
+    out: Path,
+    extra_overrides: list[str] = (),
 ) -> dict:
     from iiwa_rl.config import load_config
     from iiwa_rl.train import Trainer
@@ -78,7 +84,7 @@ def ddpg_ours(
     ]
     if hidden:
         overrides += [f"policy.hidden_sizes={hidden}", f"critic.hidden_sizes={hidden}"]
-    config = load_config(ROOT / DDPG_CONFIGS[env_id], overrides)
+    config = load_config(ROOT / DDPG_CONFIGS[env_id], [*overrides, *extra_overrides])
     run_dir = out / f"throughput-ours-{env_id}-utd{utd}"
     shutil.rmtree(run_dir, ignore_errors=True)
     trainer = Trainer(config, run_dir)
@@ -213,7 +219,9 @@ def throughput(args) -> None:
     rows = []
     for env_id in args.envs:
         for utd in args.utd:
-            ours = ddpg_ours(env_id, args.steps, args.hidden, args.batch_size, utd, out)
+            ours = ddpg_ours(
+                env_id, args.steps, args.hidden, args.batch_size, utd, out, args.overrides
+            )
             sb3 = ddpg_sb3(env_id, args.steps, args.hidden, args.batch_size, utd)
             ceiling = compute_ceiling(ours, utd)
             ratio = ours["steps_per_second"] / sb3["steps_per_second"]
@@ -524,6 +532,9 @@ def main() -> None:
         "--utd", type=float, nargs="+", default=[1.0], help="gradient steps per environment step"
     )
     speed.add_argument("--out", default="runs/bench_algorithms")
+    speed.add_argument(
+        "overrides", nargs="*", help="config overrides for ours (key=value), after the bench's own"
+    )
     versus = commands.add_parser("compare", help="PPO / TRPO / DDPG / SB3 PPO on IiwaReach-v0")
     versus.add_argument("--steps", type=int, default=150_000)
     versus.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -276,6 +276,13 @@ class TrainSection:
     # faster on two threads, the reach's (128-sample ones through 2 x 128) slower
     # (benchmarks/RESULTS.md, "Training speed, fourth part").
     update_threads: PositiveInt | None = None
+    # The update with denormal floats (|x| < 1.2e-38) flushed to zero (x86 FTZ/DAZ,
+    # torch.set_flush_denormal). Where a weight's gradient is zero (a dead ReLU's), Adam's
+    # first moment decays by beta1 a step into that range, where the CPU computes on it
+    # several times slower: DDPG at SB3's sizes spent 810 instead of 118 us in each Adam
+    # step (benchmarks/RESULTS.md, "Denormals in the update"). Set on the calling thread
+    # only: with update_threads > 1 torch's other threads keep IEEE denormals.
+    flush_denormals: bool = True
 
 
 @dataclass

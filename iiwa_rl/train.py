@@ -53,17 +53,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def update_threads(train: TrainSection):
-    """Torch runs the update on `train.update_threads` threads, and on `torch_threads`
-    again after it: the env workers are waiting during the update, not stepping."""
-    if train.update_threads is None or train.update_threads == train.torch_threads:
-        yield
-        return
-    torch.set_num_threads(train.update_threads)
+def update_settings(train: TrainSection):
+    """The algorithm's update runs on `train.update_threads` torch threads (the env
+    workers are waiting then, not stepping), and with `train.flush_denormals` with denormal
+    floats flushed to zero; after it, `torch_threads` and IEEE denormals again, so acting,
+    evaluation and whatever else shares the process compute as they would without it."""
+    threads = train.update_threads is not None and train.update_threads != train.torch_threads
+    if threads:
+        torch.set_num_threads(train.update_threads)
+    if train.flush_denormals:
+        torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        torch.set_num_threads(train.torch_threads)
+        if train.flush_denormals:
+            torch.set_flush_denormal(False)
+        if threads:
+            torch.set_num_threads(train.torch_threads)
 
 
 class Trainer:
@@ -196,7 +202,7 @@ class Trainer:
 
             if self.algorithm.ready_to_update():
                 fraction = min(self.global_step / cfg.total_steps, 1.0)
-                with update_threads(cfg):
+                with update_settings(cfg):
                     losses = self.algorithm.update(fraction)
                 if losses is not None:  # None: the algorithm reports less often
                     elapsed = time.monotonic() - started

@@ -149,20 +149,30 @@ def test_background_evaluation_logs_what_the_loop_would(tmp_path):
             assert torch.equal(value, best_bg["algorithm"][network][key]), (network, key)
 
 
-def test_the_update_runs_on_update_threads_and_acting_on_torch_threads(tmp_path, monkeypatch):
-    """train.update_threads is the thread count inside the update only: acting (and the
-    envs in the main process) runs on torch_threads before and after each update."""
+def _denormals_flushed() -> bool:
+    """Whether this thread computes with denormal floats flushed to zero (1e-39 is one in
+    float32, whose smallest normal is 1.2e-38)."""
+    return float(torch.tensor([1e-39]) * 1.0) == 0.0
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_the_update_runs_on_update_threads_and_acting_on_torch_threads(
+    tmp_path, monkeypatch, flush
+):
+    """train.update_threads is the thread count inside the update only, and
+    train.flush_denormals flushes denormals inside it only: acting (and the envs in the
+    main process) runs on torch_threads with IEEE denormals before and after each update."""
     from iiwa_rl.algos.ppo import PPO
 
     seen = {"update": set(), "act": set()}
     update, act = PPO.update, PPO.act
 
     def counting_update(self, progress):
-        seen["update"].add(torch.get_num_threads())
+        seen["update"].add((torch.get_num_threads(), _denormals_flushed()))
         return update(self, progress)
 
     def counting_act(self, observations, deterministic=False):
-        seen["act"].add(torch.get_num_threads())
+        seen["act"].add((torch.get_num_threads(), _denormals_flushed()))
         return act(self, observations, deterministic)
 
     monkeypatch.setattr(PPO, "update", counting_update)
@@ -173,16 +183,20 @@ def test_the_update_runs_on_update_threads_and_acting_on_torch_threads(tmp_path,
             *TINY_PPO,
             "train.total_steps=256",
             "train.update_threads=2",
+            f"train.flush_denormals={str(flush).lower()}",
             f"train.eval_every_steps={NEVER}",
             f"train.checkpoint_every_steps={NEVER}",
             "train.eval_episodes=1",
         ],
     )
+    assert not _denormals_flushed()
     try:
         Trainer(config, tmp_path / "run").train()
     finally:
         torch.set_num_threads(1)
-    assert seen == {"update": {2}, "act": {1}}
+        torch.set_flush_denormal(False)
+    assert seen == {"update": {(2, flush)}, "act": {(1, False)}}
+    assert not _denormals_flushed()
 
 
 def test_saved_model_acts_exactly_like_the_trained_one(tiny_run):
