@@ -36,6 +36,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -61,7 +62,7 @@ def ddpg_ours(
     batch_size: int | None,
     utd: float,
     out: Path,
-    extra_overrides: list[str] = (),
+    extra_overrides: Sequence[str] = (),
 ) -> dict:
     from iiwa_rl.config import load_config
     from iiwa_rl.train import Trainer
