@@ -127,8 +127,6 @@ class RolloutWorker:
         """`steps` vector steps acted with `acting_state`, as arrays [steps, M, ...].
         `reset_seed` is used only where this worker has not reset its environments yet
         (its first collection, or a restarted Ray actor's first)."""
-        import torch
-
         self.algorithm.load_acting_state(acting_state)
         self.acting.obs_normalizer.load_state_dict(normalizer_state)
         reset_observations = None
@@ -138,7 +136,7 @@ class RolloutWorker:
             self.collector.start(self.acting, reset_seed)
             reset_observations = self.collector.flat_observations
             self.started = True
-        torch.manual_seed(int(np.random.SeedSequence(sampling_seed).generate_state(1)[0]))
+        # Acting draws from the algorithm's numpy generator alone (torch's is left alone).
         # In place: DDPG's exploration noise holds this same generator.
         self.algorithm.rng.bit_generator.state = np.random.default_rng(
             sampling_seed
@@ -369,12 +367,7 @@ class ProcessCollector(WorkerCollector):
             arguments = (acting_state, normalizer_state, *self.collection_arguments(index))
             self._send(index, ("collect", arguments))
         results = [
-            _in_own_torch_rng(
-                self._local.collect,
-                acting_state,
-                normalizer_state,
-                *self.collection_arguments(0),
-            )
+            self._local.collect(acting_state, normalizer_state, *self.collection_arguments(0))
         ]
         results += [self._receive(index) for index in range(1, self.worker_count)]
         return results
@@ -389,8 +382,8 @@ class ProcessCollector(WorkerCollector):
 
 def _in_own_torch_rng(function, *arguments):
     """`function(*arguments)` with torch's global generator saved and restored around it:
-    an in-process worker seeds it (at construction and at every collection) as a worker in
-    its own process does, and the learner's draws must not depend on that."""
+    building an in-process worker seeds it and draws its networks' initial weights, as a
+    worker in its own process does, and the learner's draws must not depend on that."""
     import torch
 
     with torch.random.fork_rng(devices=[]):

@@ -14,7 +14,15 @@ from iiwa_rl.algos.optim import FlatAdam, flatten_parameters_
 from iiwa_rl.algos.ppo import PPO, clipped_surrogate_loss, policy_gradients, value_loss_and_gradient
 from iiwa_rl.buffers import RolloutBuffer, compute_gae
 from iiwa_rl.config import LogStdSection, NetworkSection, TrainConfig
-from iiwa_rl.nn import GaussianActor, gaussian_entropy, gaussian_kl, gaussian_log_prob
+from iiwa_rl.nn import (
+    ArrayForward,
+    ArrayGaussianActor,
+    GaussianActor,
+    ValueCritic,
+    gaussian_entropy,
+    gaussian_kl,
+    gaussian_log_prob,
+)
 from iiwa_rl.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
 
 # ------------------------------------------------------------------------------ GAE
@@ -129,7 +137,10 @@ def test_observe_bootstraps_truncations_only():
     )
     with torch.no_grad():
         v_final = algo.critic(torch.from_numpy(finals)).numpy()
-    np.testing.assert_allclose(algo.buffer.bootstrap_values[0], [v_final[0], 0.0, 0.0, 0.0])
+    # Acting's critic runs in numpy (nn.ArrayForward): torch's value to float32 rounding.
+    np.testing.assert_allclose(
+        algo.buffer.bootstrap_values[0], [v_final[0], 0.0, 0.0, 0.0], rtol=1e-6
+    )
     np.testing.assert_array_equal(algo.buffer.dones[0], [1.0, 1.0, 1.0, 0.0])
     np.testing.assert_array_equal(algo.buffer.actions[0], stored)
     np.testing.assert_allclose(algo.buffer.log_probs[0], extras["log_prob"])
@@ -165,9 +176,58 @@ def test_log_prob_and_entropy_match_torch_normal(mode):
     torch.testing.assert_close(gaussian_entropy(log_std), reference.entropy().sum(-1))
     if mode == "state_dependent":
         assert log_std.std(dim=0).min() > 0  # really depends on the observation
-    # The sampled action's log-probability is the density of that very action.
-    sampled, sampled_log_prob = actor.sample(observations)
-    torch.testing.assert_close(sampled_log_prob, reference.log_prob(sampled).sum(-1))
+    # Acting samples in numpy: each action's log-probability is the density of that very
+    # action under the torch actor's distribution, and the actions are that distribution's.
+    sampler = ArrayGaussianActor(actor, "tanh")
+    rng = np.random.default_rng(3)
+    sampled, sampled_log_prob = sampler.sample(observations.numpy(), rng)
+    assert sampled.dtype == sampled_log_prob.dtype == np.float32
+    torch.testing.assert_close(
+        torch.from_numpy(sampled_log_prob),
+        reference.log_prob(torch.from_numpy(sampled)).sum(-1),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    draws = np.stack([sampler.sample(observations.numpy(), rng)[0] for _ in range(2000)])
+    z = (draws - mean.detach().numpy()) / log_std.exp().detach().numpy()
+    assert np.abs(z.mean(0)).max() < 0.1 and np.abs(z.std(0) - 1.0).max() < 0.1
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu", "silu"])
+def test_acting_forward_in_numpy_is_the_torch_networks(activation):
+    """nn.ArrayForward: the torch modules' outputs to float32 rounding (the products of
+    activations of a few units summed in another order), following in-place
+    updates of the weights and a move of their storage (flatten_parameters_)."""
+    torch.manual_seed(0)
+    spec = NetworkSection(hidden_sizes=[32, 24], activation=activation)
+    actor = GaussianActor(5, 3, NetworkSection(hidden_sizes=[32, 24], activation=activation,
+                          log_std=LogStdSection(mode="state_dependent")))  # fmt: skip
+    critic = ValueCritic(5, spec)
+    array_actor, array_critic = ArrayForward(actor, activation), ArrayForward(critic, activation)
+    observations = torch.randn(17, 5)
+
+    def check() -> None:
+        with torch.no_grad():
+            mean = actor.mean_head(actor.trunk(observations))
+            raw_log_std = actor.log_std_head(actor.trunk(observations))
+            value = critic(observations)
+        outputs = array_actor(observations.numpy())
+        np.testing.assert_allclose(outputs[0], mean.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(outputs[1], raw_log_std.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            array_critic(observations.numpy())[0][:, 0], value.numpy(), rtol=1e-5, atol=1e-5
+        )
+
+    check()
+    with torch.no_grad():
+        for parameter in (*actor.parameters(), *critic.parameters()):
+            parameter.add_(0.5 * torch.randn_like(parameter))
+    check()
+    flatten_parameters_(actor, critic)
+    with torch.no_grad():
+        for parameter in (*actor.parameters(), *critic.parameters()):
+            parameter.mul_(-1.5)
+    check()
 
 
 @pytest.mark.parametrize("mode", ["parameter", "state_dependent"])

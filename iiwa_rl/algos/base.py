@@ -15,7 +15,7 @@ from torch import nn
 
 from iiwa_rl.buffers import RolloutBatch, RolloutBuffer
 from iiwa_rl.config import TrainConfig
-from iiwa_rl.nn import GaussianActor, ValueCritic
+from iiwa_rl.nn import ArrayForward, ArrayGaussianActor, GaussianActor, ValueCritic
 
 
 @dataclass
@@ -127,6 +127,9 @@ class OnPolicyAlgorithm(Algorithm):
         else:
             self.acting_actor = copy.deepcopy(self.actor).cpu()
             self.acting_critic = copy.deepcopy(self.critic).cpu()
+        # Acting's forward in numpy on the acting networks' own weights (nn.ArrayForward).
+        self.array_actor = ArrayGaussianActor(self.acting_actor, config.policy.activation)
+        self.array_critic = ArrayForward(self.acting_critic, config.critic.activation)
         self.buffer = RolloutBuffer(section.rollout_steps, num_envs, observation_size, action_size)
         self.updates = 0
         self.generator = torch.Generator(device="cpu").manual_seed(seed)  # minibatch order
@@ -165,29 +168,32 @@ class OnPolicyAlgorithm(Algorithm):
         self.rng.bit_generator.state = state["rng"]
         self.sync_acting_networks()
 
-    @torch.no_grad()
     def act(self, observations, deterministic=False):
-        obs = torch.from_numpy(np.asarray(observations, dtype=np.float32))
+        """Sampled in numpy (nn.ArrayGaussianActor) with the algorithm's own generator,
+        which checkpoints save and rollout workers reseed; the deterministic action is the
+        torch actor's, as evaluation and export compute it."""
+        obs = np.asarray(observations, dtype=np.float32)
         if deterministic:
-            action = self.acting_actor.deterministic(obs).numpy()
+            with torch.no_grad():
+                action = self.acting_actor.deterministic(torch.from_numpy(obs)).numpy()
             return action, action, {}
-        action, log_prob = self.acting_actor.sample(obs)
-        value = self.acting_critic.forward(obs)  # no per-call hook dispatch (nn.through)
-        action = action.numpy()
+        action, log_prob = self.array_actor.sample(obs, self.rng)
         return (
             np.clip(action, -1.0, 1.0),
             action,
-            {"log_prob": log_prob.numpy(), "value": value.numpy()},
+            {"log_prob": log_prob, "value": self.value(obs)},
         )
 
-    @torch.no_grad()
+    def value(self, observations: np.ndarray) -> np.ndarray:
+        """V(s) from the acting critic, float32 (batch,)."""
+        return self.array_critic(np.asarray(observations, dtype=np.float32))[0][:, 0]
+
     def observe(self, transition: Transition) -> None:
         # A time-limit truncation is not an end: bootstrap with V(final observation).
         bootstrap = np.zeros(self.num_envs, dtype=np.float32)
         cut = transition.truncated & ~transition.terminated
         if cut.any():
-            final = torch.from_numpy(transition.final_observations[cut].astype(np.float32))
-            bootstrap[cut] = self.acting_critic(final).numpy()
+            bootstrap[cut] = self.value(transition.final_observations[cut])
         self.buffer.add(
             transition.observations,
             transition.actions,
@@ -202,10 +208,8 @@ class OnPolicyAlgorithm(Algorithm):
     def ready_to_update(self) -> bool:
         return self.buffer.full
 
-    @torch.no_grad()
     def finish_rollout(self) -> RolloutBatch:
-        last = torch.from_numpy(self._last_observations.astype(np.float32))
-        last_values = self.acting_critic(last).numpy()
+        last_values = self.value(self._last_observations)
         return self.buffer.finish(last_values, self.gamma, self.gae_lambda, self.device)
 
     def sync_acting_networks(self) -> None:
