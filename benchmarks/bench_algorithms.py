@@ -213,8 +213,25 @@ def compute_ceiling(ours: dict, utd: float) -> dict:
     }
 
 
+def check_throughput_steps(env_ids: Sequence[str], steps: int, overrides: Sequence[str]) -> None:
+    """Ours is timed from the metrics rows DDPG writes every `ddpg.log_every_steps` after
+    the warm-up: fewer timed steps than two rows apart leave nothing to time. Checked for
+    every environment before any of them trains."""
+    from iiwa_rl.config import load_config
+
+    for env_id in env_ids:
+        every = load_config(ROOT / DDPG_CONFIGS[env_id], list(overrides)).ddpg.log_every_steps
+        if steps < 2 * every:
+            raise SystemExit(
+                f"bench_algorithms throughput: --steps {steps} is too few for {env_id}: ours is "
+                f"timed between the metrics rows written every ddpg.log_every_steps ({every}) "
+                f"steps, so it needs --steps >= {2 * every}"
+            )
+
+
 def throughput(args) -> None:
     torch.set_num_threads(1)
+    check_throughput_steps(args.envs, args.steps, args.overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

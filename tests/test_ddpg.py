@@ -379,3 +379,18 @@ def test_gradient_step_flops_of_the_throughput_ceiling_match_the_update():
         algorithm.update(0.0)
     assert algorithm.gradient_steps == 1
     assert counter.get_total_flops() == gradient_step_flops(3, 1, hidden, batch)
+
+
+def test_the_throughput_bench_refuses_too_few_steps_before_any_training():
+    """bench_algorithms.py times ours between DDPG's metrics rows: with fewer steps than
+    two rows apart it used to train both sides and then divide by zero."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_algorithms import check_throughput_steps
+
+    with pytest.raises(SystemExit, match=r"--steps 300 is too few for Pendulum-v1.*>= 2000"):
+        check_throughput_steps(["Pendulum-v1"], 300, [])
+    with pytest.raises(SystemExit, match=r">= 1000"):
+        check_throughput_steps(["Pendulum-v1"], 900, ["ddpg.log_every_steps=500"])
+    check_throughput_steps(["Pendulum-v1", "IiwaReach-v0"], 2000, [])
