@@ -5,7 +5,17 @@ Importing the package registers its Gymnasium environments, as panda-gym does:
 imports gymnasium only; PyBullet loads when an environment is first made.
 """
 
-import gymnasium as _gym
+import os as _os
+
+# One thread per process unless the user says otherwise, set before numpy loads (gymnasium
+# imports it): acting's matrix products run in numpy (nn.ArrayForward), and an OpenBLAS
+# pool of one thread per core would contend with the processes that step the environments
+# on those cores (a grasp's 32 observations through 256-unit layers are above OpenBLAS's
+# threading threshold). torch's threads are set per run (train.torch_threads). A program
+# that imported numpy before iiwa_rl keeps the BLAS threads it started with.
+_os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import gymnasium as _gym  # noqa: E402
 
 __version__ = "0.1.0"
 

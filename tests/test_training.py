@@ -155,6 +155,31 @@ def _denormals_flushed() -> bool:
     return float(torch.tensor([1e-39]) * 1.0) == 0.0
 
 
+@pytest.mark.parametrize("given", [None, "3"])
+def test_importing_iiwa_rl_starts_numpy_on_one_blas_thread_unless_told(given):
+    """Acting runs its products in numpy: iiwa_rl sets OMP_NUM_THREADS (which OpenBLAS
+    reads when numpy loads) to 1 unless it is set, before gymnasium loads numpy. The
+    process's thread count after the import is OpenBLAS's pool (iiwa_rl loads no torch)."""
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if given is not None:
+        environment["OMP_NUM_THREADS"] = given
+    probe = (
+        "import os, iiwa_rl; "
+        "threads = open('/proc/self/status').read().split('Threads:')[1].split()[0]; "
+        "print(os.environ.get('OMP_NUM_THREADS'), threads)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=environment, capture_output=True, text=True, check=True
+    )
+    variable, threads = result.stdout.split()
+    if given is None:
+        assert (variable, threads) == ("1", "1")
+    else:
+        assert variable == given
+        if (os.cpu_count() or 1) > 1:  # the probe sees a pool where one was asked for
+            assert int(threads) > 1
+
+
 @pytest.mark.parametrize("flush", [True, False])
 def test_the_update_runs_on_update_threads_and_acting_on_torch_threads(
     tmp_path, monkeypatch, flush
