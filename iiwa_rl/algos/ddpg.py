@@ -40,7 +40,7 @@ from iiwa_rl.algos.base import Algorithm, Transition
 from iiwa_rl.algos.optim import FlatAdam, flatten_parameters_
 from iiwa_rl.buffers import ReplayBuffer
 from iiwa_rl.config import DDPGSection
-from iiwa_rl.nn import DeterministicActor, ExplicitBackprop, QCritic
+from iiwa_rl.nn import ArrayForward, DeterministicActor, ExplicitBackprop, QCritic
 
 
 @torch.no_grad()
@@ -163,6 +163,12 @@ class DDPG(Algorithm):
         self.target_critic_pass = ExplicitBackprop(
             self.target_critic, config.critic.activation, None
         )
+        # On the CPU, acting runs the actor's forward in numpy on its own weights
+        # (nn.ArrayForward: cheaper between environment steps); on an accelerator the
+        # actor's weights live there, and acting asks it.
+        self.array_actor = (
+            ArrayForward(self.actor, config.policy.activation) if device.type == "cpu" else None
+        )
         # The critic's input is (observation, action): the actor's step needs the
         # gradient with respect to the action columns only.
         self.action_columns = slice(observation_size, observation_size + action_size)
@@ -194,8 +200,10 @@ class DDPG(Algorithm):
             action = self.rng.uniform(-1.0, 1.0, (len(observations), self.action_size))
             action = action.astype(np.float32)
             return action, action, {}
-        obs = torch.from_numpy(observations).to(self.device)
-        action = self.actor(obs).cpu().numpy()
+        if self.array_actor is not None:
+            action = np.tanh(self.array_actor(observations)[0])  # DeterministicActor's tanh
+        else:
+            action = self.actor(torch.from_numpy(observations).to(self.device)).cpu().numpy()
         if not deterministic:
             action = np.clip(action + self.noise.sample(self.noise_std()), -1.0, 1.0)
             action = action.astype(np.float32)
