@@ -364,7 +364,8 @@ class ArrayForward:
 
 
 class ArrayGaussianActor:
-    """`GaussianActor.sample` in numpy (see `ArrayForward`), with a numpy generator."""
+    """Sampling from a `GaussianActor`'s distribution in numpy (see `ArrayForward`), with
+    a numpy generator: what on-policy acting runs."""
 
     def __init__(self, actor: GaussianActor, activation: str):
         self.actor = actor
