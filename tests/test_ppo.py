@@ -4,6 +4,8 @@ the running statistics against numpy."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -200,9 +202,8 @@ def test_acting_forward_in_numpy_is_the_torch_networks(activation):
     updates of the weights and a move of their storage (flatten_parameters_)."""
     torch.manual_seed(0)
     spec = NetworkSection(hidden_sizes=[32, 24], activation=activation)
-    actor = GaussianActor(5, 3, NetworkSection(hidden_sizes=[32, 24], activation=activation,
-                          log_std=LogStdSection(mode="state_dependent")))  # fmt: skip
-    critic = ValueCritic(5, spec)
+    state_dependent = dataclasses.replace(spec, log_std=LogStdSection(mode="state_dependent"))
+    actor, critic = GaussianActor(5, 3, state_dependent), ValueCritic(5, spec)
     array_actor, array_critic = ArrayForward(actor, activation), ArrayForward(critic, activation)
     observations = torch.randn(17, 5)
 

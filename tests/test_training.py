@@ -149,12 +149,6 @@ def test_background_evaluation_logs_what_the_loop_would(tmp_path):
             assert torch.equal(value, best_bg["algorithm"][network][key]), (network, key)
 
 
-def _denormals_flushed() -> bool:
-    """Whether this thread computes with denormal floats flushed to zero (1e-39 is one in
-    float32, whose smallest normal is 1.2e-38)."""
-    return float(torch.tensor([1e-39]) * 1.0) == 0.0
-
-
 @pytest.mark.parametrize("given", [None, "3"])
 def test_importing_iiwa_rl_starts_numpy_on_one_blas_thread_unless_told(given):
     """Acting runs its products in numpy: iiwa_rl sets OMP_NUM_THREADS (which OpenBLAS
@@ -178,6 +172,12 @@ def test_importing_iiwa_rl_starts_numpy_on_one_blas_thread_unless_told(given):
         assert variable == given
         if (os.cpu_count() or 1) > 1:  # the probe sees a pool where one was asked for
             assert int(threads) > 1
+
+
+def _denormals_flushed() -> bool:
+    """Whether this thread computes with denormal floats flushed to zero (1e-39 is one in
+    float32, whose smallest normal is 1.2e-38)."""
+    return float(torch.tensor([1e-39]) * 1.0) == 0.0
 
 
 @pytest.mark.parametrize("flush", [True, False])
