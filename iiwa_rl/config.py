@@ -280,8 +280,8 @@ class TrainSection:
     # torch.set_flush_denormal). Where a weight's gradient is zero (a dead ReLU's), Adam's
     # first moment decays by beta1 a step into that range, where the CPU computes on it
     # several times slower: DDPG at SB3's sizes spent 810 instead of 118 us in each Adam
-    # step (benchmarks/RESULTS.md, "Denormals in the update"). Set on the calling thread
-    # only: with update_threads > 1 torch's other threads keep IEEE denormals.
+    # step (benchmarks/RESULTS.md, "Denormals in the update"). Set on every update thread
+    # (iiwa_rl/denormals.py); a torch whose threads it cannot reach is refused at start.
     flush_denormals: bool = True
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from iiwa_rl import denormals
 from iiwa_rl import run_dir as runs
 from iiwa_rl.algos import ALGORITHMS, Algorithm, Transition
 from iiwa_rl.checkpoint import load_checkpoint, remove_stale_partials, restore, save_checkpoint
@@ -52,24 +53,46 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _update_thread_count(train: TrainSection) -> int:
+    return train.torch_threads if train.update_threads is None else train.update_threads
+
+
 @contextlib.contextmanager
 def update_settings(train: TrainSection):
     """The algorithm's update runs on `train.update_threads` torch threads (the env
     workers are waiting then, not stepping), and with `train.flush_denormals` with denormal
-    floats flushed to zero; after it, `torch_threads` and IEEE denormals again, so acting,
-    evaluation and whatever else shares the process compute as they would without it."""
-    threads = train.update_threads is not None and train.update_threads != train.torch_threads
-    if threads:
-        torch.set_num_threads(train.update_threads)
+    floats flushed to zero on every one of them (iiwa_rl/denormals.py); after it,
+    `torch_threads` and IEEE denormals again, so acting, evaluation and whatever else shares
+    the process compute as they would without it."""
+    threads = _update_thread_count(train)
+    if threads != train.torch_threads:
+        torch.set_num_threads(threads)
     if train.flush_denormals:
-        torch.set_flush_denormal(True)
+        denormals.set_flush_denormal(True, threads)
     try:
         yield
     finally:
         if train.flush_denormals:
-            torch.set_flush_denormal(False)
-        if threads:
+            denormals.set_flush_denormal(False, threads)
+        if threads != train.torch_threads:
             torch.set_num_threads(train.torch_threads)
+
+
+def check_update_settings(train: TrainSection) -> None:
+    """Refuse, before any work, a flush of denormals that would not reach every update
+    thread (a torch that does not run on libgomp)."""
+    threads = _update_thread_count(train)
+    if not train.flush_denormals or threads == 1:
+        return
+    with update_settings(train):
+        flushed = denormals.flushed_on_threads(threads)
+    if not flushed:
+        raise ConfigError(
+            f"train.flush_denormals: true cannot reach all {threads} update threads here "
+            f"(torch {torch.__version__} does not run its threads on libgomp, or this CPU "
+            "cannot flush denormals): set train.flush_denormals: false, or "
+            "train.update_threads: 1"
+        )
 
 
 class Trainer:
@@ -89,6 +112,7 @@ class Trainer:
             runs.check_fresh(self.run_dir)
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.train.torch_threads)
+        check_update_settings(config.train)
 
         self.collector = make_collector(config)
         try:

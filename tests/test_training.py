@@ -19,10 +19,12 @@ import pytest
 import torch
 
 import iiwa_rl.envs  # noqa: F401  (registers the Iiwa ids)
+from iiwa_rl import denormals
 from iiwa_rl.checkpoint import build_policy, load_checkpoint, load_run
 from iiwa_rl.cli import main
 from iiwa_rl.config import config_from_dict, load_config
 from iiwa_rl.evaluation import run_episodes, summarize_episodes
+from iiwa_rl.schema import ConfigError
 from iiwa_rl.spaces import ActionScaler, ObservationFlattener
 from iiwa_rl.train import Trainer
 
@@ -185,15 +187,18 @@ def test_the_update_runs_on_update_threads_and_acting_on_torch_threads(
     tmp_path, monkeypatch, flush
 ):
     """train.update_threads is the thread count inside the update only, and
-    train.flush_denormals flushes denormals inside it only: acting (and the envs in the
-    main process) runs on torch_threads with IEEE denormals before and after each update."""
+    train.flush_denormals flushes denormals inside it only, on every update thread: torch's
+    pool is started here before the trainer, with IEEE denormals, as a test process or a
+    host application may have done, and flushing on the calling thread alone would leave
+    its second thread computing with denormals. Acting (and the envs in the main process)
+    runs on torch_threads with IEEE denormals before and after each update."""
     from iiwa_rl.algos.ppo import PPO
 
     seen = {"update": set(), "act": set()}
     update, act = PPO.update, PPO.act
 
     def counting_update(self, progress):
-        seen["update"].add((torch.get_num_threads(), _denormals_flushed()))
+        seen["update"].add((torch.get_num_threads(), denormals.flushed_on_threads(2)))
         return update(self, progress)
 
     def counting_act(self, observations, deterministic=False):
@@ -215,6 +220,13 @@ def test_the_update_runs_on_update_threads_and_acting_on_torch_threads(
         ],
     )
     assert not _denormals_flushed()
+    assert not denormals.flushed_on_threads(2)  # and it starts the pool if none was
+    torch.set_flush_denormal(True)
+    try:
+        # Flushing on this thread leaves the pool's second thread with IEEE denormals.
+        assert not denormals.flushed_on_threads(2)
+    finally:
+        torch.set_flush_denormal(False)
     try:
         Trainer(config, tmp_path / "run").train()
     finally:
@@ -222,6 +234,23 @@ def test_the_update_runs_on_update_threads_and_acting_on_torch_threads(
         torch.set_flush_denormal(False)
     assert seen == {"update": {(2, flush)}, "act": {(1, False)}}
     assert not _denormals_flushed()
+    assert not denormals.flushed_on_threads(2)
+
+
+def test_a_flush_that_cannot_reach_every_update_thread_is_refused_before_any_work(
+    tmp_path, monkeypatch
+):
+    """Where torch's threads are not libgomp's (the lookup finds no libgomp), flushing
+    denormals on two update threads cannot be done: the trainer says so and what to set,
+    before the run directory or a worker exists; one update thread needs no pool."""
+    monkeypatch.setattr(denormals, "_torch_libgomp", lambda: None)
+    overrides = [*TINY_PPO, "train.total_steps=256", "train.eval_episodes=1"]
+    config = load_config(REACH, [*overrides, "train.update_threads=2"])
+    with pytest.raises(ConfigError, match="flush_denormals.*update_threads: 1"):
+        Trainer(config, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    torch.set_num_threads(1)
+    Trainer(load_config(REACH, overrides), tmp_path / "one_thread").collector.close()
 
 
 def test_saved_model_acts_exactly_like_the_trained_one(tiny_run):
